@@ -1,0 +1,5 @@
+import sys
+
+from scatterdist.cli import main
+
+sys.exit(main())

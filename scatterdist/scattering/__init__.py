@@ -1,0 +1,7 @@
+"""The spherical scattering transform: filters, the algorithm (core), backends and frontend."""
+
+from scatterdist.scattering.filters import FilterBank, path_label, scattering_paths
+from scatterdist.scattering.frontend import Scattering
+from scatterdist.scattering.inputs import UNSEEN, InvalidMapError, check_maps
+
+__all__ = ["FilterBank", "InvalidMapError", "Scattering", "UNSEEN", "check_maps", "path_label", "scattering_paths"]

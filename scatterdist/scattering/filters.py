@@ -1,0 +1,113 @@
+"""The scattering filter bank: kernels, bandlimits, resolutions and index maps, built once in numpy.
+
+Multiresolution (DESIGN.md): wavelet scale j needs only bandlimit
+``L_j = min(L, ceil(lam**(j+1)))`` and is synthesised at ``nside_j``, the smallest power of
+two with ``2*nside_j >= L_j``, times ``oversample``. A modulus map of scale j is analysed
+only up to what the next step uses: the next (lower) wavelet's bandlimit, or ``L0`` for
+the final smoothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from scatterdist.sphere import alm_l_index, alm_truncate_index
+from scatterdist.wavelets import axisym_kernels, j_max, scaling_bandlimit, wavelet_bandlimit
+
+
+def next_pow2(x: int) -> int:
+    """Smallest power of two >= x (x >= 1)."""
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def default_J0(L: int, lam: float) -> int:
+    """J0 whose ``lam**J0`` is closest to 16, capped below ``J = j_max(L, lam)``."""
+    J = j_max(L, lam)
+    candidates = np.arange(J)
+    return int(candidates[np.argmin(np.abs(float(lam) ** candidates - 16.0))])
+
+
+def scattering_paths(scales: list[int], depth: int) -> list[tuple[int, ...]]:
+    """Frequency-decreasing paths up to ``depth``: ``()``, ``(j1,)``, ``(j1, j2)`` with j2 < j1, ..."""
+    paths: list[tuple[int, ...]] = [()]
+    for order in range(1, depth + 1):
+        for combo in combinations(sorted(scales), order):
+            paths.append(tuple(reversed(combo)))
+    order_key = {p: (len(p), tuple(reversed(p))) for p in paths}
+    return sorted(paths, key=lambda p: order_key[p])
+
+
+def path_label(path: tuple[int, ...]) -> str:
+    """Readable label: ``S0``, ``S1 j1=7``, ``S2 j1=7 j2=5``."""
+    if not path:
+        return "S0"
+    return f"S{len(path)} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(path))
+
+
+@dataclass(frozen=True)
+class FilterBank:
+    """Everything about the filters that does not depend on the data; numpy, built once."""
+
+    L: int
+    lam: float
+    J0: int
+    depth: int
+    oversample: int
+    J: int = field(init=False)
+    L0: int = field(init=False)
+    scales: tuple[int, ...] = field(init=False)
+    phi: np.ndarray = field(init=False, repr=False)
+    psi: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if int(self.oversample) != self.oversample or self.oversample < 1 or next_pow2(self.oversample) != self.oversample:
+            raise ValueError(f"oversample must be a power of two >= 1 (1, 2, 4, ...), got {self.oversample}")
+        phi, psi = axisym_kernels(self.L, self.lam, self.J0)
+        J = j_max(self.L, self.lam)
+        object.__setattr__(self, "J", J)
+        object.__setattr__(self, "L0", scaling_bandlimit(self.J0, self.lam))
+        object.__setattr__(self, "scales", tuple(range(self.J0, J + 1)))
+        object.__setattr__(self, "phi", phi)
+        object.__setattr__(self, "psi", psi)
+
+    # --- resolutions -------------------------------------------------------------------
+    @property
+    def nside_out(self) -> int:
+        """Output resolution: smallest power of two with ``2*nside_out >= L0``."""
+        return next_pow2(math.ceil(self.L0 / 2))
+
+    def bandlimit(self, j: int) -> int:
+        """``L_j``: kappa_j(l) vanishes for l >= L_j."""
+        return wavelet_bandlimit(j, self.L, self.lam)
+
+    def nside(self, j: int) -> int:
+        """Resolution at which the wavelet signal of scale j is synthesised."""
+        return next_pow2(math.ceil(self.bandlimit(j) / 2)) * int(self.oversample)
+
+    def analysis_bandlimit(self, j: int, order: int) -> int:
+        """Bandlimit to analyse ``|f * Psi_j|`` (a path of this order ending in j) to."""
+        needed = self.L0
+        if order < self.depth and j > self.J0:
+            needed = max(needed, self.bandlimit(j - 1))
+        return needed
+
+    # --- kernels on the alm layout -------------------------------------------------------
+    def wavelet_alm_kernel(self, j: int) -> np.ndarray:
+        """kappa_j expanded on the alm layout of lmax ``L_j - 1``."""
+        Lj = self.bandlimit(j)
+        return np.ascontiguousarray(self.psi[j - self.J0][alm_l_index(Lj - 1)])
+
+    def scaling_alm_kernel(self) -> np.ndarray:
+        """eta expanded on the alm layout of lmax ``L0 - 1``."""
+        return np.ascontiguousarray(self.phi[alm_l_index(self.L0 - 1)])
+
+    @staticmethod
+    def truncation(lmax_in: int, lmax_out: int) -> np.ndarray:
+        """Gather index keeping l <= lmax_out of an lmax_in alm array (int64)."""
+        return alm_truncate_index(lmax_in, lmax_out).astype(np.int64)
