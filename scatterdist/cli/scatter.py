@@ -1,0 +1,163 @@
+"""``scatterdist scatter`` (maps -> Zarr store of coefficients, on Dask) and ``scatterdist info``.
+
+Exit status of ``scatter``: 0 when every map of the store is ok, 1 when some map failed (a
+table of failures is printed), 2 for a refused run (store locked, other configuration, bad
+inputs or options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED_MAPS, EXIT_REFUSED = 0, 1, 2
+_TABLE_ROWS = 50
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``scatter`` and ``info`` subcommands."""
+    from scatterdist.cluster import add_cluster_arguments
+
+    p = subparsers.add_parser(
+        "scatter",
+        help="scattering coefficients of many maps into a resumable Zarr store (Dask)",
+        description="Scatter HEALPix maps into a sharded Zarr store with Dask. INPUTS are FITS "
+                    "files, globs ('dir/*.fits'), .txt lists of FITS paths, .zarr stores with a "
+                    "maps (map, pixel) variable, or simulation specs such as "
+                    "sim:kind=mixed,n=64,nside=64,seed=0,alpha=1.0. Running the same command "
+                    "again resumes: only unfinished shards are computed.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUTS")
+    p.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store directory")
+    p.add_argument("--labels", default=None, metavar="CSV", help="CSV file with columns id,label")
+    t = p.add_argument_group("transform")
+    t.add_argument("--nside", type=int, default=None, help="input nside (default: from the inputs)")
+    t.add_argument("--L", type=int, default=None, help="bandlimit (default 2*nside)")
+    t.add_argument("--J0", type=int, default=None, help="lowest wavelet scale (default: lam**J0 ~ 16)")
+    t.add_argument("--lam", type=float, default=2.0, help="dilation factor (default 2)")
+    t.add_argument("--depth", type=int, default=2, help="scattering order (default 2)")
+    t.add_argument("--oversample", type=int, default=1, help="oversampling of each scale (default 1)")
+    t.add_argument("--analysis", choices=("quadrature", "lsq"), default="quadrature")
+    t.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                   help="numpy (ducc0) or torch (on cuda with --cluster cuda)")
+    add_cluster_arguments(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--shard-size", type=int, default=None, metavar="K",
+                   help="maps per shard (default: ceil(n/16) in [1, 32]; the store's when resuming)")
+    r.add_argument("--retries", type=int, default=3, help="Dask retries per shard task (default 3)")
+    r.add_argument("--retry-failed", action="store_true", help="recompute maps whose status is -1")
+    r.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_scatter)
+
+    q = subparsers.add_parser("info", help="configuration and status counts of a store",
+                              description="Print a scatter store's configuration and status counts.")
+    q.add_argument("store", metavar="STORE")
+    q.add_argument("--failures", action="store_true", help="list every failed map")
+    q.set_defaults(func=run_info)
+
+
+def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"nside": nside, "lam": args.lam, "depth": args.depth,
+                              "oversample": args.oversample, "analysis": args.analysis}
+    if args.L is not None:
+        config["L"] = args.L
+    if args.J0 is not None:
+        config["J0"] = args.J0
+    from scatterdist import Scattering
+
+    full = Scattering(**config).config()  # validates and fills the defaults
+    if args.backend != "numpy":
+        full["backend"] = args.backend
+        if args.cluster == "cuda":
+            full["device"] = "cuda"
+    return full
+
+
+def _failures_table(ids: Any, errors: Any, stream, limit: int = _TABLE_ROWS) -> None:
+    rows = list(zip(ids, errors))
+    width = min(40, max([len("map")] + [len(str(i)) for i, _ in rows]))
+    print(f"\n{len(rows)} failed map(s):", file=stream)
+    print(f"  {'map':<{width}}  error", file=stream)
+    for i, e in rows[:limit]:
+        print(f"  {str(i):<{width}}  {e}", file=stream)
+    if len(rows) > limit:
+        print(f"  ... and {len(rows) - limit} more (scatterdist info STORE --failures)", file=stream)
+
+
+def run_scatter(args: argparse.Namespace) -> int:
+    """Handler of ``scatterdist scatter``."""
+    from scatterdist import store as zstore
+    from scatterdist.catalog import Catalog, CatalogError
+    from scatterdist.cluster import ClusterError, client_from_args
+    from scatterdist.pipeline import scatter
+
+    try:
+        catalog = Catalog.from_inputs(args.inputs, labels_csv=args.labels)
+        nside = args.nside if args.nside is not None else catalog.infer_nside()
+        config = _config(args, nside)
+    except (CatalogError, ValueError) as exc:
+        print(f"scatterdist scatter: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
+          file=sys.stderr, flush=True)
+    resources = {"GPU": 1} if args.cluster == "cuda" else None
+    try:
+        with client_from_args(args) as client:
+            summary = scatter(catalog, args.output, config, client=client,
+                              shard_size=args.shard_size, retries=args.retries,
+                              retry_failed=args.retry_failed, progress=not args.no_progress,
+                              overwrite=args.overwrite, resources=resources)
+    except (zstore.StoreError, ClusterError, ValueError) as exc:
+        print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:  # cannot reach the scheduler, cannot write the store
+        print(f"scatterdist scatter: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"computed {summary.shards_computed} shard(s), skipped {summary.shards_skipped}; "
+          f"maps ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
+          f"{summary.maps_per_s:.2f} maps/s over {summary.seconds:.1f} s", flush=True)
+    ds = zstore.open_coefficients(args.output)
+    status = ds["status"].values
+    if (status == zstore.STATUS_OK).all():
+        print(f"all {status.size} maps ok -> {args.output}")
+        return EXIT_OK
+    bad = status != zstore.STATUS_OK
+    _failures_table(ds["map"].values[bad], ds["error"].values[bad], sys.stdout)
+    return EXIT_FAILED_MAPS
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Handler of ``scatterdist info``."""
+    from scatterdist import store as zstore
+
+    try:
+        ds = zstore.open_coefficients(args.store)
+    except zstore.StoreError as exc:
+        print(f"scatterdist info: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    attrs = ds.attrs
+    print(f"store      {args.store}")
+    print(f"created    {attrs.get('created')} by scatterdist {attrs.get('scatterdist_version')}")
+    config = json.loads(attrs.get("scattering_config", "{}"))
+    print("config     " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    print(f"hash       {attrs.get('config_hash')}")
+    print(f"shape      map={ds.sizes['map']} path={ds.sizes['path']} pixel={ds.sizes['pixel']} "
+          f"(nside_out {attrs.get('nside_out')}), shard size {attrs.get('shard_size')}")
+    print("paths      " + ", ".join(str(p) for p in ds["path"].values))
+    status = ds["status"].values
+    counts = {name: int((status == code).sum()) for name, code in
+              (("ok", zstore.STATUS_OK), ("failed", zstore.STATUS_FAILED), ("todo", zstore.STATUS_TODO))}
+    print("status     " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if "label" in ds:
+        labels, n = np.unique(ds["label"].values, return_counts=True)
+        print("labels     " + ", ".join(f"{int(a)}: {int(b)}" for a, b in zip(labels, n)))
+    bad = status == zstore.STATUS_FAILED
+    if bad.any():
+        ids, errs = ds["map"].values[bad], ds["error"].values[bad]
+        _failures_table(ids, errs, sys.stdout, limit=len(ids) if args.failures else 5)
+    return EXIT_OK

@@ -1,0 +1,306 @@
+"""The distributed pipeline for real: LocalCluster (2 worker processes under Nannies), Zarr stores,
+SIGKILLed workers and CLI processes, bad inputs, lock and configuration refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import healpy as hp
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+
+from scatterdist import Scattering
+from scatterdist import store as zstore
+from scatterdist.catalog import Catalog, parse_sim_spec
+from scatterdist.cli import main as cli_main
+from scatterdist.pipeline import scatter
+
+DATA = Path(__file__).parent / "data"
+WMAP = DATA / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
+WMAP_MASKED = DATA / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32_masked.fits"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        yield c
+
+
+def _maps_store(path: Path, n: int, nside: int, seed: int) -> np.ndarray:
+    maps = np.random.default_rng(seed).standard_normal((n, 12 * nside**2))
+    ds = xr.Dataset({"maps": (("map", "pixel"), maps), "label": ("map", (np.arange(n) % 2).astype(np.int8))},
+                    coords={"map": np.array([f"sky{i:03d}" for i in range(n)], dtype=object)})
+    ds.to_zarr(path, zarr_format=3, consolidated=False)
+    return maps
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """24 maps at nside 32 in a Zarr store, their direct transform (float32)."""
+    d = tmp_path_factory.mktemp("small")
+    maps = _maps_store(d / "maps.zarr", 24, 32, seed=0)
+    sc = Scattering(nside=32)
+    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """48 maps at nside 64 (slow enough to kill things mid-run), their direct transform."""
+    d = tmp_path_factory.mktemp("big")
+    maps = _maps_store(d / "maps.zarr", 48, 64, seed=1)
+    sc = Scattering(nside=64)
+    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scatterdist", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_status(path: Path, proc_or_thread, timeout: float = 120.0) -> np.ndarray:
+    """Poll the store until at least one map is done (and return the status then)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if (path / "zarr.json").exists():
+            try:
+                status = zstore.read_status(path)
+            except (FileNotFoundError, KeyError):
+                status = None
+            if status is not None and (status != 0).any():
+                return status
+        alive = proc_or_thread.poll() is None if hasattr(proc_or_thread, "poll") else proc_or_thread.is_alive()
+        assert alive, "the run ended before any shard was seen"
+        time.sleep(0.01)
+    raise TimeoutError("no shard finished in time")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    t0 = time.monotonic()
+    while any(os.path.exists(f"/proc/{p}") for p in pids):
+        assert time.monotonic() - t0 < timeout, f"processes {pids} outlived their parent"
+        time.sleep(0.05)
+
+
+def test_end_to_end_bitwise_resume_and_refusals(client: Client, small, tmp_path: Path) -> None:
+    maps_path, maps, sc, expected = small
+    cat = Catalog.from_inputs([str(maps_path), str(WMAP)])
+    out = tmp_path / "c.zarr"
+    summary = scatter(cat, out, sc.config(), client=client, shard_size=4, progress=False)
+    assert (summary.ok, summary.failed, summary.skipped) == (25, 0, 0)
+    assert summary.shards_computed == 7 and summary.maps_per_s > 0 and summary.failures == []
+    ds = zstore.open_coefficients(out)
+    assert ds.coefficients.chunks[0] == (4,) * 6 + (1,)
+    wmap = hp.read_map(str(WMAP), dtype=np.float64)
+    direct = np.concatenate([expected, sc(wmap)[None].astype(np.float32)])
+    np.testing.assert_array_equal(ds.coefficients.values, direct)  # bitwise
+    assert (ds.status.values == 1).all() and (ds.error.values == "").all()
+    assert ds.label.values.tolist() == [i % 2 for i in range(24)] + [-1]
+    assert ds["map"].values[-1] == WMAP.name[:-5]
+    # The same call again: everything is done, nothing is recomputed.
+    again = scatter(cat, out, sc.config(), client=client, progress=False)
+    assert (again.ok, again.skipped, again.shards_computed, again.shards_skipped) == (0, 25, 0, 7)
+    # Another configuration is refused, a store being written is refused; nothing damaged.
+    before = zstore.read_rows(out, 0, 25)
+    with pytest.raises(zstore.StoreConfigError, match="another configuration"):
+        scatter(cat, out, Scattering(nside=32, depth=1).config(), client=client, progress=False)
+    with zstore.StoreLock(out):
+        with pytest.raises(zstore.StoreLockedError, match="being written"):
+            scatter(cat, out, sc.config(), client=client, progress=False, overwrite=True)
+    np.testing.assert_array_equal(zstore.read_rows(out, 0, 25), before)
+    assert (zstore.read_status(out) == 1).all()
+
+
+def test_worker_killed_mid_run(client: Client, big, tmp_path: Path) -> None:
+    maps_path, _, sc, expected = big
+    cat = Catalog.from_inputs([str(maps_path)])
+    out = tmp_path / "c.zarr"
+    pids = client.run(os.getpid)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        s=scatter(cat, out, sc.config(), client=client, shard_size=2, progress=False)))
+    runner.start()
+    status = _wait_status(out, runner)
+    assert (status == 0).any(), "the run finished before the kill"
+    busy = [w for w, tasks in client.processing().items() if tasks] or list(pids)
+    os.kill(pids[busy[0]], signal.SIGKILL)
+    runner.join(timeout=180)
+    assert not runner.is_alive()
+    summary = result["s"]
+    assert (summary.ok, summary.failed) == (48, 0)
+    ds = zstore.open_coefficients(out)
+    np.testing.assert_array_equal(ds.coefficients.values, expected)  # bitwise equal to a clean run
+    assert (ds.status.values == 1).all()
+    client.wait_for_workers(2, timeout=60)
+    assert pids[busy[0]] not in client.run(os.getpid).values()
+
+
+def test_cli_killed_mid_run_then_resumed(big, tmp_path: Path) -> None:
+    maps_path, _, sc, expected = big
+    out = tmp_path / "c.zarr"
+    cmd = ["scatter", str(maps_path), "--output", str(out), "--workers", "2",
+           "--threads-per-worker", "1", "--shard-size", "2", "--no-progress"]
+    proc = _cli(*cmd)
+    try:
+        _wait_status(out, proc)
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait_gone(children)  # its worker processes die with it
+    assert Path(str(out) + ".lock").exists()  # left behind by the dead writer: stale
+    status = zstore.read_status(out)
+    unfinished = sum(int((status[s:s + 2] != 1).any()) for s in range(0, 48, 2))
+    assert 0 < unfinished < 24, status
+    again = _cli(*cmd)
+    stdout, stderr = again.communicate(timeout=240)
+    assert again.returncode == 0, stderr
+    assert f"computed {unfinished} shard(s), skipped {24 - unfinished}" in stdout
+    ds = zstore.open_coefficients(out)
+    np.testing.assert_array_equal(ds.coefficients.values, expected)
+    assert (ds.status.values == 1).all()
+    assert not Path(str(out) + ".lock").exists()
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    goods = []
+    for i in range(3):
+        p = tmp_path / f"good{i}.fits"
+        hp.write_map(str(p), rng.standard_normal(12 * 32**2), dtype=np.float64)
+        goods.append(p)
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(WMAP.read_bytes()[:50000])
+    text = tmp_path / "notes.fits"
+    text.write_text("a text file named .fits\n")
+    wrong = tmp_path / "nside16.fits"
+    hp.write_map(str(wrong), rng.standard_normal(12 * 16**2), dtype=np.float64)
+    nan = tmp_path / "nan.fits"
+    m = rng.standard_normal(12 * 32**2)
+    m[100] = np.nan
+    hp.write_map(str(nan), m, dtype=np.float64)
+    unseen = tmp_path / "unseen.fits"
+    hp.write_map(str(unseen), np.full(12 * 32**2, hp.UNSEEN), dtype=np.float64)
+    inputs = [goods[0], truncated, goods[1], text, tmp_path / "missing.fits", WMAP, wrong, nan,
+              goods[2], unseen, WMAP_MASKED]
+    reasons = {"truncated": "truncated FITS file", "notes": "unreadable FITS", "missing": "missing file",
+               "nside16": "nside 16", "nan": "NaN", "unseen": "all-UNSEEN",
+               WMAP_MASKED.name[:-5]: "partial-sky"}
+    return inputs, reasons
+
+
+def test_bad_inputs_fail_alone_and_retry_failed(client: Client, bad_inputs, tmp_path: Path) -> None:
+    inputs, reasons = bad_inputs
+    out = tmp_path / "c.zarr"
+    proc = _cli("scatter", *map(str, inputs), "--output", str(out), "--shard-size", "3",
+                "--cluster", client.scheduler.address, "--no-progress")
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr
+    assert "7 failed map(s)" in stdout
+    for map_id, words in reasons.items():
+        line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(map_id + " "))
+        assert words in line, line
+    ds = zstore.open_coefficients(out)
+    ids = ds["map"].values.tolist()
+    sc = Scattering(nside=32)
+    for i, map_id in enumerate(ids):
+        if map_id in reasons:
+            assert ds.status.values[i] == -1 and reasons[map_id] in ds.error.values[i]
+            assert np.isnan(ds.coefficients.values[i]).all()
+        else:
+            assert ds.status.values[i] == 1 and ds.error.values[i] == ""
+            m = hp.read_map(str(inputs[i]), dtype=np.float64)
+            np.testing.assert_array_equal(ds.coefficients.values[i], sc(m).astype(np.float32))
+    # `scatterdist info` reports the counts.
+    assert cli_main(["info", str(out)]) == 0
+
+    # Without retry_failed nothing is recomputed; with it only failed maps are, the ok ones kept.
+    before = zstore.read_rows(out, 0, len(ids))
+    cat = Catalog.from_inputs([str(p) for p in inputs])
+    assert scatter(cat, out, sc.config(), client=client, progress=False).shards_computed == 0
+    fixed = np.random.default_rng(8).standard_normal(12 * 32**2)
+    hp.write_map(str(inputs[4]), fixed, dtype=np.float64)  # the missing file appears
+    summary = scatter(cat, out, sc.config(), client=client, progress=False, retry_failed=True)
+    assert (summary.ok, summary.failed, summary.shards_computed) == (1, 6, 4)  # shards 0-3
+    assert {f[0] for f in summary.failures} == set(reasons) - {"missing"}
+    after = zstore.read_rows(out, 0, len(ids))
+    np.testing.assert_array_equal(after[4], sc(fixed).astype(np.float32))
+    ok_before = zstore.read_status(out) == 1
+    np.testing.assert_array_equal(after[ok_before & (np.arange(len(ids)) != 4)],
+                                  before[ok_before & (np.arange(len(ids)) != 4)])
+
+
+def test_cli_refuses_locked_store_and_other_config(client: Client, small, tmp_path: Path) -> None:
+    maps_path, _, sc, expected = small
+    out = tmp_path / "c.zarr"
+    base = ["scatter", str(maps_path), "--output", str(out), "--cluster", client.scheduler.address,
+            "--no-progress"]
+    first = _cli(*base)
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err
+    before = zstore.read_rows(out, 0, 24)
+    with zstore.StoreLock(out):  # a live writer (this process) holds the store
+        locked = _cli(*base, "--overwrite")
+        _, err = locked.communicate(timeout=240)
+    assert locked.returncode == 2 and f"being written by pid {os.getpid()}" in err
+    other = _cli(*base, "--J0", "3")
+    _, err = other.communicate(timeout=240)
+    assert other.returncode == 2 and "another configuration" in err and "J0" in err
+    np.testing.assert_array_equal(zstore.read_rows(out, 0, 24), before)
+    np.testing.assert_array_equal(before, expected)
+    assert (zstore.read_status(out) == 1).all()
+
+
+def test_simulation_spec_run(client: Client, tmp_path: Path) -> None:
+    sims = pytest.importorskip("scatterdist.sims")
+    if not hasattr(sims, "SimulationSpec"):
+        pytest.skip("scatterdist.sims.SimulationSpec is not there yet")
+    text = "sim:kind=mixed,n=6,nside=32,seed=3,alpha=1.0"
+    cat = Catalog.from_inputs([text])
+    sc = Scattering(nside=32)
+    summary = scatter(cat, tmp_path / "s.zarr", sc.config(), client=client, shard_size=2, progress=False)
+    assert (summary.ok, summary.failed) == (6, 0)
+    ds = zstore.open_coefficients(tmp_path / "s.zarr")
+    spec = parse_sim_spec(text)
+    maps = np.stack([spec.generate(i) for i in range(6)])
+    np.testing.assert_array_equal(ds.coefficients.values, sc(maps).astype(np.float32))
+    assert ds.label.values.tolist() == np.asarray(spec.labels()).tolist()
+
+
+def test_cluster_specs_are_checked() -> None:
+    from scatterdist.cluster import ClusterError, connect
+
+    with pytest.raises(ClusterError, match="unknown cluster 'bogus'"):
+        with connect("bogus"):
+            pass
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(ClusterError, match="dask-cuda"):
+            with connect("cuda"):
+                pass
