@@ -1,0 +1,142 @@
+"""The HPC paths run for real: batch scripts under stand-in srun/scontrol/sbatch/pbsdsh
+(only the batch system is stood in for: dask, torchrun and scatterdist underneath are
+real processes on loopback addresses), a scheduler-file cluster, and TLS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDINS = Path(__file__).parent / "batch_standins"
+BIN = Path(sys.executable).parent
+SIM = "sim:kind=mixed,n=4,nside=32,seed=0,alpha=1.0"
+
+
+def batch_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{STANDINS}:{BIN}:{env.get('PATH', '')}",
+        SCATTERDIST_DEPLOY_DIR=str(ROOT / "deploy"),
+        SCATTERDIST_INTERFACE="lo",
+        SCATTERDIST_WAIT="60",
+        BATCH_STANDIN_LOG=str(tmp_path / "batch.log"),
+        STANDIN_CPUS_PER_TASK="1",
+        OMP_NUM_THREADS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def assert_complete(store: Path, n: int) -> xr.Dataset:
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.sizes["map"] == n
+    assert (ds["status"].values == 1).all()
+    assert np.isfinite(ds["coefficients"].values).all()
+    return ds
+
+
+def test_slurm_scatter_in_one_allocation(tmp_path):
+    store = tmp_path / "store.zarr"
+    done = subprocess.run(
+        ["sbatch", str(ROOT / "deploy/slurm/scatter.sbatch"), SIM, "--output", str(store),
+         "--shard-size", "2", "--no-progress"],
+        cwd=tmp_path, env=batch_env(tmp_path), capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_complete(store, 4)
+    log = (tmp_path / "batch.log").read_text()
+    assert "srun ntasks=1 dask scheduler" in log and "srun ntasks=2 dask worker" in log
+    workers = next((tmp_path / ".scatterdist").glob("*/workers.log")).read_text()
+    assert workers.count("Registered to:") == 2  # two real workers joined
+
+
+def test_pbs_scatter_in_one_job(tmp_path):
+    store = tmp_path / "store.zarr"
+    (tmp_path / "nodes").write_text("127.0.0.1\n127.0.0.2\n")
+    env = batch_env(tmp_path, PBS_NODEFILE=str(tmp_path / "nodes"), PBS_JOBID="7.pbs", NCPUS="1",
+                    PBS_O_WORKDIR=str(tmp_path),
+                    ARGS=f"{SIM} --output {store} --shard-size 2 --no-progress")
+    done = subprocess.run(["bash", str(ROOT / "deploy/pbs/scatter.pbs")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_complete(store, 4)
+
+
+def test_tls_cluster_refuses_a_client_without_certificate(tmp_path):
+    from distributed import Client
+
+    from scatterdist.tls import make_certificates, security
+
+    certs = make_certificates(tmp_path / "tls")
+    sched_file = tmp_path / "scheduler.json"
+    tls = ["--tls-ca-file", str(certs / "ca.pem"), "--tls-cert", str(certs / "cert.pem"),
+           "--tls-key", str(certs / "key.pem")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "tls://127.0.0.1", "--port", "0",
+                                  "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file), *tls],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        import json
+
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tls://127.0.0.1:")
+        worker = subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                   "--protocol", "tls", *tls], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from distributed import Security
+
+        with pytest.raises(TypeError, match="TLS expects"):
+            Client(address, timeout=5)  # a plain client cannot even talk TLS
+        ca_only = Security(tls_ca_file=str(certs / "ca.pem"), require_encryption=True)
+        with pytest.raises((OSError, TimeoutError, TypeError)):
+            Client(address, security=ca_only, timeout=5)  # TLS, but no client certificate
+        with Client(address, security=security(certs), timeout=30) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+        # a client with certificates from ANOTHER authority is refused as well
+        other = make_certificates(tmp_path / "other")
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, security=security(other), timeout=5)
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def test_tls_through_the_batch_script(tmp_path):
+    from scatterdist.tls import make_certificates
+
+    certs = make_certificates(tmp_path / "tls")
+    store = tmp_path / "store.zarr"
+    done = subprocess.run(
+        ["sbatch", str(ROOT / "deploy/slurm/scatter.sbatch"), SIM, "--output", str(store), "--shard-size", "4",
+         "--no-progress"],
+        cwd=tmp_path, env=batch_env(tmp_path, SCATTERDIST_TLS_DIR=str(certs), STANDIN_NODES="1"),
+        capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dask scheduler tls://127.0.0.1:" in done.stderr
+    assert_complete(store, 4)
+
+
+def test_scripts_parse():
+    scripts = sorted((ROOT / "deploy").glob("*/*.sbatch")) + sorted((ROOT / "deploy").glob("*/*.pbs"))
+    assert len(scripts) >= 8
+    for script in scripts + [ROOT / "deploy/lib.sh"]:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-x", "-S", "warning", *map(str, scripts)], check=True, cwd=ROOT)
