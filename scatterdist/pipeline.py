@@ -92,9 +92,9 @@ def _scattering(config: dict[str, Any]) -> Any:
     with _SC_LOCK:
         sc = _SC_CACHE.get(key)
         if sc is None:
-            from scatterdist import Scattering
+            from scatterdist.transforms import build_transform
 
-            sc = _SC_CACHE[key] = Scattering(**config)
+            sc = _SC_CACHE[key] = build_transform(config)
         return sc
 
 
@@ -204,7 +204,8 @@ def scatter(
     """Scatter every map of ``catalog`` into the Zarr store ``store`` with Dask.
 
     ``config``: ``Scattering`` parameters (``Scattering(**config)`` rebuilds the transform on
-    each worker, once). ``client``: a ``distributed.Client`` (default: a local cluster for
+    each worker, once), or another transform's with a ``"transform"`` key
+    (:func:`scatterdist.transforms.build_transform`, e.g. ``"lowpass"``). ``client``: a ``distributed.Client`` (default: a local cluster for
     this call). ``shard_size``: maps per shard (default :func:`default_shard_size`, or the
     existing store's). ``retries``: Dask retries of a shard task that raised or whose worker
     died. ``retry_failed``: also recompute maps whose status is -1. ``window``: shards in
@@ -212,7 +213,7 @@ def scatter(
     ``{"GPU": 1}`` on a dask-cuda cluster. Resuming with another config is refused
     (:class:`scatterdist.store.StoreConfigError`); a store locked by a live writer too.
     """
-    from scatterdist import Scattering
+    from scatterdist.transforms import build_transform
 
     store = os.fspath(store)
     if len(catalog) == 0:
@@ -223,7 +224,7 @@ def scatter(
         with connect("local") as own:
             return scatter(catalog, store, config, own, shard_size, retries, retry_failed,
                            progress, overwrite, window, resources)
-    sc = Scattering(**config)
+    sc = build_transform(config)
     if catalog.nside is not None and catalog.nside != sc.nside:
         raise ValueError(f"the inputs are at nside {catalog.nside} but the transform is at nside "
                          f"{sc.nside}: pass nside={catalog.nside}")
