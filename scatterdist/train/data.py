@@ -1,0 +1,345 @@
+"""Coefficient store -> torch: store metadata, labels, deterministic splits, lazy Dataset, shard sampler.
+
+The store follows the schema of DESIGN.md (Zarr v3): ``coefficients (map, path, pixel)``
+float32 sharded along ``map`` (``K`` maps per shard), ``status (map)`` int8 (1 = ok), optional
+``label (map)``, root attribute ``nside_out``. Only maps with ``status == 1`` are ever read.
+
+Reading is shard-oriented: the Dataset reads a whole shard (one object in the store) the
+first time one of its maps is asked for and keeps the last few shards in memory; the
+:class:`ShardDistributedSampler` hands each rank whole shards, so every shard is read once per
+epoch by one rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+SPLITS = ("train", "val", "test")
+
+
+class StoreFormatError(ValueError):
+    """The path is not a coefficient store the trainer can read (missing variable or attribute)."""
+
+
+@dataclass
+class StoreInfo:
+    """Metadata of a coefficient store (small arrays only; the coefficients stay on disk).
+
+    ``map_ids`` are the ``map`` coordinate as strings; ``shard_size`` is the number of maps per
+    shard of ``coefficients`` (the inner-chunk grouping that one task writes).
+    """
+
+    path: str
+    n_maps: int
+    n_paths: int
+    npix: int
+    nside_out: int
+    shard_size: int
+    map_ids: np.ndarray
+    status: np.ndarray
+    labels: np.ndarray | None
+    path_labels: list[str]
+    attrs: dict = field(default_factory=dict)
+
+
+def _open_group(path: str):
+    import zarr
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"coefficient store {path!r} does not exist")
+    try:
+        return zarr.open_group(path, mode="r")
+    except Exception as exc:  # zarr raises several types for "not a group"
+        raise StoreFormatError(f"{path!r} is not a readable Zarr group: {exc}") from exc
+
+
+def read_store_info(store: str | os.PathLike) -> StoreInfo:
+    """Read the metadata of the coefficient store at ``store`` (a directory)."""
+    path = os.path.abspath(os.fspath(store))
+    group = _open_group(path)
+    for name in ("coefficients", "status", "map"):
+        if name not in group:
+            raise StoreFormatError(f"store {path!r} has no {name!r} array (schema: see DESIGN.md)")
+    coeffs = group["coefficients"]
+    if coeffs.ndim != 3:
+        raise StoreFormatError(f"'coefficients' must be (map, path, pixel), got shape {coeffs.shape}")
+    n_maps, n_paths, npix = (int(v) for v in coeffs.shape)
+    attrs = dict(group.attrs)
+    nside_out = int(attrs.get("nside_out", round(np.sqrt(npix / 12))))
+    if 12 * nside_out**2 != npix:
+        raise StoreFormatError(f"store attribute nside_out={nside_out} does not match {npix} pixels")
+    shards = getattr(coeffs, "shards", None)
+    shard_size = int(shards[0]) if shards else int(coeffs.chunks[0])
+    if "shard_size" in attrs and int(attrs["shard_size"]) != shard_size:
+        raise StoreFormatError(
+            f"store attribute shard_size={attrs['shard_size']} disagrees with the array's shards ({shard_size})"
+        )
+    status = np.asarray(group["status"][:]).astype(np.int8)
+    map_ids = np.asarray([str(v) for v in np.asarray(group["map"][:])], dtype=object)
+    labels = np.asarray(group["label"][:]) if "label" in group else None
+    path_labels = [str(v) for v in np.asarray(group["path"][:])] if "path" in group else [f"path {i}" for i in range(n_paths)]
+    if status.shape != (n_maps,) or map_ids.shape != (n_maps,):
+        raise StoreFormatError(f"'status' and 'map' must have {n_maps} entries")
+    return StoreInfo(path, n_maps, n_paths, npix, nside_out, shard_size, map_ids, status, labels, path_labels, attrs)
+
+
+def _missing_label(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    if isinstance(value, (int, np.integer)):
+        return int(value) < 0
+    return str(value).strip() == ""
+
+
+def read_labels(info: StoreInfo, labels_csv: str | os.PathLike | None = None) -> np.ndarray:
+    """Label of every map as a string (``""`` when unlabelled), from the store or a CSV.
+
+    The CSV has a header with columns ``map`` (or ``id``, as the catalog's CSV) and ``label``; map ids are matched as strings.
+    Store labels: negative integers, NaN and empty strings mean "no label".
+    """
+    out = np.full(info.n_maps, "", dtype=object)
+    if labels_csv is not None:
+        index = {mid: i for i, mid in enumerate(info.map_ids)}
+        with open(labels_csv, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = set(reader.fieldnames or ())
+            key = "map" if "map" in fields else "id"
+            if not {key, "label"} <= fields:
+                raise ValueError(f"label CSV {labels_csv} needs a header with columns 'map' (or 'id') and 'label'")
+            unknown = []
+            for row in reader:
+                i = index.get(row[key].strip())
+                if i is None:
+                    unknown.append(row[key])
+                    continue
+                out[i] = row["label"].strip()
+        if unknown:
+            warnings.warn(f"{len(unknown)} map ids in {labels_csv} are not in the store (e.g. {unknown[:3]})", stacklevel=2)
+        return out
+    if info.labels is None:
+        raise ValueError(f"store {info.path} has no 'label' variable: pass a labels CSV (columns map,label)")
+    for i, value in enumerate(info.labels.tolist()):
+        if not _missing_label(value):
+            out[i] = str(int(value)) if isinstance(value, (float, np.floating)) and float(value).is_integer() else str(value)
+    return out
+
+
+def class_names_of(labels: np.ndarray) -> list[str]:
+    """Sorted distinct non-empty labels (numerically when all are integers)."""
+    names = sorted({str(v) for v in labels if str(v) != ""})
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)
+    return names
+
+
+def split_of(map_ids: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15) -> np.ndarray:
+    """Deterministic split ``"train" | "val" | "test"`` of every map, from SHA-256 of its id.
+
+    Independent of the store order and of the other maps (adding maps never moves old ones).
+    """
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+    u = np.array([int(hashlib.sha256(str(m).encode()).hexdigest()[:15], 16) / 16.0**15 for m in map_ids])
+    return np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)
+
+
+def select_maps(
+    info: StoreInfo, labels: np.ndarray, split: str | None, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> np.ndarray:
+    """Store indices of the maps with status 1, a label, and in ``split`` (``None``/"all": every split)."""
+    ok = (info.status == 1) & (labels != "")
+    if split not in (None, "all"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or 'all', got {split!r}")
+        ok &= split_of(info.map_ids, val_fraction, test_fraction) == split
+    return np.flatnonzero(ok)
+
+
+class CoefficientDataset(Dataset):
+    """Map-style Dataset of ``(maps (n_paths, npix) float32, label int64)`` over a coefficient store.
+
+    ``indices`` are store map indices (all with status 1), ``targets`` their class indices.
+    ``mean``/``std`` ``(n_paths,)``: per-channel normalisation ``(x - mean) / std``.
+    The store is opened lazily on first ``__getitem__`` in each process (DataLoader workers
+    under spawn/forkserver get a pickled Dataset without any open handle).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        indices: np.ndarray,
+        targets: np.ndarray,
+        shard_size: int,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+        cache_shards: int = 2,
+    ) -> None:
+        self.store = os.path.abspath(os.fspath(store))
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        if self.indices.shape != self.targets.shape:
+            raise ValueError(f"indices {self.indices.shape} and targets {self.targets.shape} differ in shape")
+        self.shard_size = int(shard_size)
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)[:, None]
+        self.std = None if std is None else np.asarray(std, dtype=np.float32)[:, None]
+        self.cache_shards = max(1, int(cache_shards))
+        self._array = None
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.shard_reads = 0
+
+    @property
+    def shard_ids(self) -> np.ndarray:
+        """Shard of every item, ``(len(self),)``."""
+        return self.indices // self.shard_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        state["_cache"] = OrderedDict()
+        return state
+
+    def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 block of a whole shard and which of its rows are finite (cached)."""
+        if shard in self._cache:
+            self._cache.move_to_end(shard)
+            return self._cache[shard]
+        if self._array is None:
+            self._array = _open_group(self.store)["coefficients"]
+        start = shard * self.shard_size
+        block = np.asarray(self._array[start : start + self.shard_size], dtype=np.float32)
+        self.shard_reads += 1
+        finite = np.isfinite(block).all(axis=(1, 2))
+        if self.mean is not None:
+            block = (block - self.mean) / self.std
+        self._cache[shard] = (block, finite)
+        while len(self._cache) > self.cache_shards:
+            self._cache.popitem(last=False)
+        return block, finite
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(self.indices[item])
+        block, finite = self._shard(index // self.shard_size)
+        row = index % self.shard_size
+        if not finite[row]:
+            raise ValueError(f"map {index} of store {self.store} has non-finite coefficients although its status is 1")
+        return torch.from_numpy(block[row]), torch.tensor(self.targets[item])
+
+
+def channel_statistics(
+    store: str | os.PathLike, indices: np.ndarray, shard_size: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std ``(n_paths,)`` float64 of the maps ``indices`` (reads whole shards).
+
+    Raises ValueError for a channel with zero variance (it cannot be normalised).
+    """
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if indices.size == 0:
+        raise ValueError("no maps to compute normalisation statistics from")
+    array = _open_group(os.fspath(store))["coefficients"]
+    total = sq = None
+    count = 0
+    shards = np.unique(indices // shard_size)
+    for shard in tqdm(shards, desc="channel statistics", unit="shard", disable=not progress):
+        start = int(shard) * shard_size
+        block = np.asarray(array[start : start + shard_size], dtype=np.float64)
+        sel = indices[(indices >= start) & (indices < start + shard_size)] - start
+        x = block[sel]
+        s, s2 = x.sum(axis=(0, 2)), (x * x).sum(axis=(0, 2))
+        total, sq = (s, s2) if total is None else (total + s, sq + s2)
+        count += x.shape[0] * x.shape[2]
+    mean = total / count
+    var = np.maximum(sq / count - mean**2, 0.0)
+    if np.any(var <= 0) or not np.all(np.isfinite(var)):
+        bad = np.flatnonzero(~(var > 0)).tolist()
+        raise ValueError(f"channels {bad} have zero or non-finite variance over the training maps")
+    return mean, np.sqrt(var)
+
+
+class ShardDistributedSampler(Sampler[int]):
+    """Distributed sampler that gives each rank whole shards of the store.
+
+    Every epoch (``set_epoch``) the shards are permuted with ``seed + epoch`` and dealt
+    greedily to the rank with the fewest items so far; items are shuffled within each shard,
+    shards are visited one after the other (so the Dataset's shard cache always hits).
+    With ``pad=True`` (training) every rank yields the same number of items (the largest
+    rank's), repeating its own items, so DDP ranks run the same number of steps;
+    with ``pad=False`` (evaluation) every item is yielded exactly once over all ranks.
+    """
+
+    def __init__(
+        self,
+        shard_ids: np.ndarray,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        pad: bool = True,
+    ) -> None:
+        if num_replicas is None or rank is None:
+            dist = torch.distributed
+            ready = dist.is_available() and dist.is_initialized()
+            num_replicas = (dist.get_world_size() if ready else 1) if num_replicas is None else num_replicas
+            rank = (dist.get_rank() if ready else 0) if rank is None else rank
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.shuffle, self.seed, self.pad = bool(shuffle), int(seed), bool(pad)
+        self.shards = np.unique(self.shard_ids)
+        if pad and len(self.shards) < self.num_replicas:
+            raise ValueError(
+                f"{len(self.shards)} shards hold these maps, fewer than the {self.num_replicas} ranks: "
+                "every rank needs at least one whole shard (write the store with smaller shards or use fewer ranks)"
+            )
+        self.epoch = 0
+        self._plan = self._make_plan()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (call it every epoch, before iterating)."""
+        self.epoch = int(epoch)
+        self._plan = self._make_plan()
+
+    def assignment(self) -> list[np.ndarray]:
+        """Shards dealt to every rank this epoch (list over ranks)."""
+        return self._plan[1]
+
+    def _make_plan(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        gen = np.random.default_rng([self.seed, self.epoch])
+        order = gen.permutation(self.shards) if self.shuffle else self.shards
+        members = {int(s): np.flatnonzero(self.shard_ids == s) for s in order}
+        if self.shuffle:
+            members = {s: gen.permutation(m) for s, m in members.items()}
+        loads = np.zeros(self.num_replicas, dtype=np.int64)
+        dealt: list[list[int]] = [[] for _ in range(self.num_replicas)]
+        for s in order:
+            r = int(np.argmin(loads))
+            dealt[r].append(int(s))
+            loads[r] += len(members[int(s)])
+        mine = [members[s] for s in dealt[self.rank]]
+        items = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        if self.pad:
+            target = int(loads.max())
+            items = np.resize(items, target) if items.size else items
+        return items, [np.asarray(d, dtype=np.int64) for d in dealt]
+
+    def __iter__(self):
+        return iter(self._plan[0].tolist())
+
+    def __len__(self) -> int:
+        return len(self._plan[0])

@@ -1,0 +1,347 @@
+"""Training and evaluation loops: one process or DDP under torchrun, checkpoints, resume.
+
+Run directory layout (``RUN_DIR``)::
+
+    checkpoint.pt    last completed epoch (model, optimizer, normalisation, history), atomic
+    metrics.jsonl    one JSON object per completed epoch (rewritten from the checkpoint's history)
+    curves.png       loss and accuracy per epoch
+    ranks.json       SHA-256 of the final weights on every rank (DDP consistency check)
+
+Resuming: when ``RUN_DIR/checkpoint.pt`` exists the same command continues after its last
+epoch (``resume=True`` makes a missing checkpoint an error). Everything random is seeded
+from ``seed`` and the epoch (model init, shard order), so a killed-and-resumed run ends
+with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scatterdist.train.data import (
+    CoefficientDataset,
+    ShardDistributedSampler,
+    StoreInfo,
+    channel_statistics,
+    class_names_of,
+    read_labels,
+    read_store_info,
+    select_maps,
+)
+from scatterdist.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_tensor, init_distributed, shutdown, wrap_ddp
+from scatterdist.train.metrics import plot_curves, write_metrics
+from scatterdist.train.model import HybridCNN
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+RANKS = "ranks.json"
+
+#: settings that must match to resume a run (``epochs`` may grow).
+RESUME_KEYS = (
+    "store", "labels_csv", "val_fraction", "test_fraction", "hidden", "n_layers", "nonlinearity",
+    "batch_size", "lr", "seed",
+)
+
+
+class RunConfigError(ValueError):
+    """The run directory holds a run with other settings, or a requested resume is impossible."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``scatterdist train`` (see the CLI help for each)."""
+
+    store: str
+    out: str
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    resume: bool = False
+    labels_csv: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    hidden: int = 16
+    n_layers: int = 2
+    nonlinearity: str = "tensor"
+    workers: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.store = os.path.abspath(os.fspath(self.store))
+        self.out = os.path.abspath(os.fspath(self.out))
+        if self.labels_csv is not None:
+            self.labels_csv = os.path.abspath(os.fspath(self.labels_csv))
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.workers < 0:
+            raise ValueError(
+                f"need epochs >= 1, batch_size >= 1, lr > 0, workers >= 0; got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}, {self.workers}"
+            )
+
+
+def _targets(labels: np.ndarray, indices: np.ndarray, class_names: list[str], store: str) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({str(labels[i]) for i in indices} - lookup.keys())
+    if unknown:
+        raise ValueError(f"store {store} has labels {unknown} the model was not trained on (classes {class_names})")
+    return np.array([lookup[str(labels[i])] for i in indices], dtype=np.int64)
+
+
+def _loader(dataset: CoefficientDataset, sampler: ShardDistributedSampler, batch_size: int, workers: int) -> DataLoader:
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": True}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, **kwargs)
+
+
+def _run_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    ctx: DistContext,
+    n_classes: int,
+    optimizer: torch.optim.Optimizer | None,
+    desc: str,
+    progress: bool,
+) -> tuple[float, float, np.ndarray]:
+    """One pass; returns (mean loss, accuracy, confusion matrix) summed over all ranks."""
+    training = optimizer is not None
+    model.train(training)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64)
+    with torch.set_grad_enabled(training):
+        for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and ctx.is_main)):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            loss_sum += float(loss.detach()) * len(y)
+            pred = logits.detach().argmax(-1).cpu()
+            confusion.index_put_((y.cpu(), pred), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    totals = all_reduce_sum(torch.cat([loss_sum[None], confusion.flatten()]), ctx)
+    confusion = totals[1:].reshape(n_classes, n_classes).numpy()
+    n = float(confusion.sum())
+    if n == 0:
+        return float("nan"), float("nan"), confusion
+    return float(totals[0]) / n, float(np.trace(confusion) / n), confusion
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
+    saved = state.get("train_config", {})
+    diff = {k: (saved.get(k), getattr(cfg, k)) for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
+    if diff:
+        raise RunConfigError(
+            f"{path} belongs to a run with other settings {{setting: (saved, requested)}}: {diff}; "
+            "repeat the original command to resume, or choose another --out"
+        )
+
+
+def _model_for(info: StoreInfo, n_classes: int, cfg: TrainConfig) -> HybridCNN:
+    return HybridCNN(
+        info.n_paths, info.nside_out, 2 * info.nside_out - 1, hidden=cfg.hidden, n_classes=n_classes,
+        n_layers=cfg.n_layers, nonlinearity=cfg.nonlinearity,
+    )
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Train (or resume training) a :class:`HybridCNN` on the store; returns the per-epoch history.
+
+    Works alone or under ``torchrun`` (DDP, gloo on CPU / nccl on GPU); only rank 0 writes.
+    """
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    state = None
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        _check_resumable(state, cfg, ckpt_path)
+    elif cfg.resume:
+        raise RunConfigError(f"--resume given but {ckpt_path} does not exist (nothing to resume)")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+
+    info = read_store_info(cfg.store)
+    labels = read_labels(info, cfg.labels_csv)
+    split = {s: select_maps(info, labels, s, cfg.val_fraction, cfg.test_fraction) for s in ("train", "val")}
+    if split["train"].size == 0:
+        raise ValueError(f"store {cfg.store} has no labelled maps with status 1 in the training split")
+    if state is not None:
+        class_names = list(state["class_names"])
+        mean, std = state["norm_mean"].numpy(), state["norm_std"].numpy()
+    else:
+        class_names = class_names_of(labels[split["train"]])
+        if len(class_names) < 2:
+            raise ValueError(f"the training split of {cfg.store} has fewer than 2 classes ({class_names})")
+        stats = torch.zeros(2, info.n_paths, dtype=torch.float64)
+        if ctx.is_main:
+            mean, std = channel_statistics(cfg.store, split["train"], info.shard_size, progress=cfg.progress)
+            stats = torch.from_numpy(np.stack([mean, std]))
+        stats = broadcast_tensor(stats, ctx)
+        mean, std = stats[0].numpy(), stats[1].numpy()
+    n_classes = len(class_names)
+
+    datasets, loaders, samplers = {}, {}, {}
+    for name, idx in split.items():
+        if idx.size == 0:
+            continue
+        datasets[name] = CoefficientDataset(
+            cfg.store, idx, _targets(labels, idx, class_names, cfg.store), info.shard_size, mean, std
+        )
+        samplers[name] = ShardDistributedSampler(
+            datasets[name].shard_ids, ctx.world_size, ctx.rank, shuffle=name == "train", seed=cfg.seed, pad=name == "train"
+        )
+        loaders[name] = _loader(datasets[name], samplers[name], cfg.batch_size, cfg.workers)
+
+    torch.manual_seed(cfg.seed)
+    model = _model_for(info, n_classes, cfg).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [dict(row) for row in state["history"]]
+        start = int(state["epoch"])
+        if ctx.is_main:
+            print(f"resuming {out} after epoch {start} of {cfg.epochs}", flush=True)
+    net = wrap_ddp(model, ctx)
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        samplers["train"].set_epoch(epoch)
+        loss, acc, _ = _run_epoch(net, loaders["train"], ctx, n_classes, optimizer, f"epoch {epoch + 1}", cfg.progress)
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc}
+        if "val" in loaders:
+            vloss, vacc, _ = _run_epoch(model, loaders["val"], ctx, n_classes, None, "val", cfg.progress)
+            row.update(val_loss=vloss, val_accuracy=vacc)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "model_config": dict(model.config),
+                "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+                "norm_mean": torch.as_tensor(mean, dtype=torch.float64),
+                "norm_std": torch.as_tensor(std, dtype=torch.float64),
+                "class_names": list(class_names),
+                "store": {
+                    "path": cfg.store, "n_paths": info.n_paths, "nside_out": info.nside_out,
+                    "path_labels": list(info.path_labels), "config_hash": str(info.attrs.get("config_hash", "")),
+                },
+                "world_size": ctx.world_size,
+                "history": history,
+            })
+            write_metrics(out / METRICS, history)
+            plot_curves(out / CURVES, history)
+            text = f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} acc {acc:.3f}"
+            if "val_loss" in row:
+                text += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}"
+            print(text, flush=True)
+        barrier(ctx)
+
+    digest = _weights_digest(model)
+    digests = [digest]
+    if ctx.distributed:
+        digests = [None] * ctx.world_size
+        dist.all_gather_object(digests, digest)
+    if ctx.is_main:
+        (out / RANKS).write_text(json.dumps({"world_size": ctx.world_size, "sha256": digests}, indent=1))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks ended with different weights (SHA-256 per rank: {digests})")
+        if history:
+            write_metrics(out / METRICS, history)
+    return history
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[HybridCNN, dict]:
+    """The trained model (eval mode, CPU) and the checkpoint state of a run directory."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: train first (scatterdist train STORE --out {run_dir})")
+    state = load_checkpoint(path)
+    try:
+        model = HybridCNN(**state["model_config"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not describe a HybridCNN this version can build: {exc}") from exc
+    return model.eval(), state
+
+
+def evaluate(
+    run_dir: str | os.PathLike,
+    store: str | os.PathLike,
+    split: str | None = None,
+    labels_csv: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Accuracy and confusion matrix (rows: true class, columns: predicted) of a trained run.
+
+    ``split`` None means the held-out ``"test"`` split when ``store`` is the training store,
+    and every map with status 1 (``"all"``) of any other store.
+    """
+    model, state = load_run(run_dir)
+    info = read_store_info(store)
+    cfg = state["model_config"]
+    if info.n_paths != cfg["in_channels"] or info.nside_out != cfg["nside"]:
+        raise ValueError(
+            f"store {info.path} has {info.n_paths} paths at nside_out={info.nside_out}, the model expects "
+            f"{cfg['in_channels']} at nside_out={cfg['nside']}"
+        )
+    tcfg = state["train_config"]
+    same = os.path.abspath(os.fspath(store)) == tcfg["store"]
+    if split is None:
+        split = "test" if same else "all"
+    if labels_csv is None and same:
+        labels_csv = tcfg.get("labels_csv")
+    labels = read_labels(info, labels_csv)
+    idx = select_maps(info, labels, split, tcfg["val_fraction"], tcfg["test_fraction"])
+    if idx.size == 0:
+        raise ValueError(f"no labelled maps with status 1 in split {split!r} of {info.path}")
+    class_names = list(state["class_names"])
+    dataset = CoefficientDataset(
+        info.path, idx, _targets(labels, idx, class_names, info.path), info.shard_size,
+        state["norm_mean"].numpy(), state["norm_std"].numpy(),
+    )
+    sampler = ShardDistributedSampler(dataset.shard_ids, 1, 0, shuffle=False, pad=False)
+    loss, acc, confusion = _run_epoch(
+        model, _loader(dataset, sampler, batch_size, 0), DistContext(), len(class_names), None, "evaluate", progress
+    )
+    return {
+        "run_dir": os.path.abspath(os.fspath(run_dir)), "store": info.path, "split": split, "n_maps": int(idx.size),
+        "loss": loss, "accuracy": acc, "class_names": class_names, "confusion": confusion.astype(int).tolist(),
+    }

@@ -1,0 +1,153 @@
+"""Coefficient store -> torch: metadata, labels, splits, lazy Dataset under spawn, shard sampler (issue 6)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from scatterdist.store import open_coefficients
+from scatterdist.train import data as D
+from scatterdist.train.synthetic import write_synthetic_store
+
+N_MAPS, SHARD = 40, 8
+FAILED, TODO = (3, 17), (38, 39)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("train_data") / "coeffs.zarr"
+    write_synthetic_store(path, n_maps=N_MAPS, shard_size=SHARD, failed=FAILED, todo=TODO, seed=3)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def info(store) -> D.StoreInfo:
+    return D.read_store_info(store)
+
+
+def test_store_info_reads_schema(store, info):
+    assert (info.n_maps, info.n_paths, info.nside_out, info.npix) == (N_MAPS, 3, 8, 768)
+    assert info.shard_size == SHARD == zarr.open_array(store, path="coefficients", mode="r").shards[0]
+    assert set(np.flatnonzero(info.status != 1)) == set(FAILED) | set(TODO)
+    assert info.map_ids[0] == "syn00000"
+
+
+def test_missing_store_and_bad_store_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D.read_store_info(tmp_path / "nope.zarr")
+    zarr.open_group(tmp_path / "empty.zarr", mode="w")
+    with pytest.raises(D.StoreFormatError, match="no 'coefficients'"):
+        D.read_store_info(tmp_path / "empty.zarr")
+
+
+def test_split_is_deterministic_by_id_and_skips_bad_maps(info):
+    labels = D.read_labels(info)
+    parts = {s: D.select_maps(info, labels, s) for s in D.SPLITS}
+    union = np.concatenate(list(parts.values()))
+    assert len(union) == len(set(union.tolist())) == N_MAPS - len(FAILED) - len(TODO)
+    assert not set(union.tolist()) & (set(FAILED) | set(TODO))
+    # the split of a map depends on its id only: reversing the order or dropping maps changes nothing
+    ids = info.map_ids
+    np.testing.assert_array_equal(D.split_of(ids[::-1])[::-1], D.split_of(ids))
+    np.testing.assert_array_equal(D.split_of(ids[:10]), D.split_of(ids)[:10])
+    many = D.split_of(np.array([f"m{i}" for i in range(4000)]), 0.2, 0.1)
+    assert abs((many == "val").mean() - 0.2) < 0.03 and abs((many == "test").mean() - 0.1) < 0.03
+
+
+def test_labels_from_csv_override_store(tmp_path, info):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("map,label\n" + "".join(f"{m},{'cat' if i % 3 else 'dog'}\n" for i, m in enumerate(info.map_ids[:20])))
+    labels = D.read_labels(info, csv)
+    assert labels[0] == "dog" and labels[1] == "cat" and labels[25] == ""
+    assert D.class_names_of(labels) == ["cat", "dog"]
+    assert set(D.select_maps(info, labels, "all").tolist()) <= set(range(20))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,value\na,1\n")
+    with pytest.raises(ValueError, match="columns 'map'"):
+        D.read_labels(info, bad)
+
+
+def test_channel_statistics_match_xarray(store, info):
+    idx = D.select_maps(info, D.read_labels(info), "train")
+    mean, std = D.channel_statistics(store, idx, info.shard_size, progress=False)
+    ds = open_coefficients(store)
+    x = ds["coefficients"].values[idx].astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-10)
+    np.testing.assert_allclose(std, x.std(axis=(0, 2)), rtol=1e-8)
+
+
+def _dataset(store, info, split="all"):
+    labels = D.read_labels(info)
+    idx = D.select_maps(info, labels, split)
+    mean, std = np.arange(3.0), np.arange(1.0, 4.0)
+    return D.CoefficientDataset(store, idx, labels[idx].astype(int), info.shard_size, mean, std), idx, mean, std
+
+
+def test_dataset_opens_lazily_and_works_in_spawned_workers(store, info):
+    ds, idx, mean, std = _dataset(store, info)
+    assert ds._array is None  # nothing opened in __init__
+    raw = zarr.open_array(store, path="coefficients", mode="r")
+    x, y = ds[5]
+    np.testing.assert_allclose(x.numpy(), (raw[idx[5]] - mean[:, None]) / std[:, None], rtol=1e-6)
+    assert int(y) == int(info.labels[idx[5]])
+    assert ds._array is not None
+    clone = pickle.loads(pickle.dumps(ds))  # what a spawn/forkserver worker receives
+    assert clone._array is None and len(clone._cache) == 0
+    sampler = D.ShardDistributedSampler(ds.shard_ids, 1, 0, shuffle=False, pad=False)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, multiprocessing_context="spawn")
+    xs, ys = zip(*loader)
+    got = torch.cat(xs).numpy()
+    order = np.fromiter(iter(sampler), dtype=np.int64)
+    np.testing.assert_allclose(got, (raw[idx[order]] - mean[:, None]) / std[:, None], rtol=1e-6)
+    np.testing.assert_array_equal(torch.cat(ys).numpy(), info.labels[idx[order]])
+
+
+def test_dataset_reads_each_shard_once_in_sampler_order(store, info):
+    ds, idx, _, _ = _dataset(store, info)
+    sampler = D.ShardDistributedSampler(ds.shard_ids, 1, 0, shuffle=True, seed=1)
+    for i in sampler:
+        ds[i]
+    assert ds.shard_reads == len(np.unique(idx // SHARD))
+
+
+def test_dataset_refuses_non_finite_coefficients(store, info):
+    ds = D.CoefficientDataset(store, np.array([FAILED[0]]), np.array([0]), info.shard_size)
+    with pytest.raises(ValueError, match="non-finite"):
+        ds[0]
+
+
+def test_shard_sampler_gives_ranks_whole_disjoint_shards(info):
+    labels = D.read_labels(info)
+    idx = D.select_maps(info, labels, "all")
+    shard_ids = idx // SHARD
+    ranks = [D.ShardDistributedSampler(shard_ids, 2, r, shuffle=True, seed=7) for r in range(2)]
+    for epoch in (0, 1):
+        for s in ranks:
+            s.set_epoch(epoch)
+        items = [np.fromiter(iter(s), dtype=np.int64) for s in ranks]
+        assert len(items[0]) == len(items[1]) == len(ranks[0]) == len(ranks[1])  # same number of DDP steps
+        shards = [set(shard_ids[it].tolist()) for it in items]
+        assert not shards[0] & shards[1]
+        assert shards[0] | shards[1] == set(shard_ids.tolist())
+        for r in range(2):  # a rank gets every item of each of its shards, and only those
+            own = np.flatnonzero(np.isin(shard_ids, list(shards[r])))
+            assert set(items[r].tolist()) == set(own.tolist())
+            assert shards[r] == set(ranks[r].assignment()[r].tolist())
+    # reshuffled per epoch, reproducible for a given epoch
+    s = D.ShardDistributedSampler(shard_ids, 2, 0, shuffle=True, seed=7)
+    s.set_epoch(0)
+    e0 = list(s)
+    s.set_epoch(1)
+    assert list(s) != e0
+    s.set_epoch(0)
+    assert list(s) == e0
+    # evaluation mode: every item exactly once over the ranks
+    ev = [list(D.ShardDistributedSampler(shard_ids, 3, r, shuffle=False, pad=False)) for r in range(3)]
+    assert sorted(sum(ev, [])) == list(range(len(idx)))
+    with pytest.raises(ValueError, match="fewer than the 9 ranks"):
+        D.ShardDistributedSampler(shard_ids, 9, 0)
