@@ -15,6 +15,9 @@ Cluster specifications (the ``cluster`` argument, ``--cluster`` on the command l
   standard jobqueue configuration (``~/.config/dask/jobqueue.yaml``, sections
   ``jobqueue.slurm`` / ``jobqueue.pbs`` of ``dask.config``); ``workers`` is the number of
   jobs (``cluster.scale(jobs=workers)``).
+- ``"jobqueue-local"``: ``dask_jobqueue.LocalCluster``: the job scripts dask-jobqueue
+  generates (section ``jobqueue.local``) run as local processes instead of batch jobs; a
+  dry run of the login-node workflow on one machine.
 - ``"cuda"``: ``dask_cuda.LocalCUDACluster``, one worker per GPU, every worker advertising
   ``resources={"GPU": 1}`` (use the torch backend on ``cuda`` there).
 """
@@ -69,7 +72,10 @@ def _jobqueue_cluster(kind: str, workers: int | None, **kwargs: Any):
         raise ClusterError(
             f"--cluster {kind} needs dask-jobqueue: pip install 'scatterdist[jobqueue]'"
         ) from exc
-    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    from dask_jobqueue.local import LocalCluster as JobqueueLocalCluster
+
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
+           "jobqueue-local": JobqueueLocalCluster}[kind]
     # Every unset parameter comes from dask.config["jobqueue"][kind] (jobqueue.yaml).
     cluster = cls(**kwargs)
     cluster.scale(jobs=workers if workers is not None else 1)
@@ -121,13 +127,13 @@ def connect(
         with Client(spec, security=security, timeout=timeout) as client:
             yield client
         return
-    if spec not in ("local", "slurm", "pbs", "cuda"):
+    if spec not in ("local", "slurm", "pbs", "jobqueue-local", "cuda"):
         if os.path.isfile(spec):
             with Client(scheduler_file=spec, security=security, timeout=timeout) as client:
                 yield client
             return
         raise ClusterError(
-            f"unknown cluster {spec!r}: use local, slurm, pbs, cuda, a scheduler address "
+            f"unknown cluster {spec!r}: use local, slurm, pbs, jobqueue-local, cuda, a scheduler address "
             "(tcp://HOST:PORT, tls://HOST:PORT) or the path of an existing scheduler file"
         )
     if spec == "local":

@@ -140,3 +140,131 @@ def test_scripts_parse():
         subprocess.run(["bash", "-n", str(script)], check=True)
     if shutil.which("shellcheck"):
         subprocess.run(["shellcheck", "-x", "-S", "warning", *map(str, scripts)], check=True, cwd=ROOT)
+
+
+def test_jobqueue_local_cluster_drives_scatter(tmp_path):
+    """dask-jobqueue's LocalCluster runs the job scripts it generates as local processes:
+    the login-node workflow (`--cluster slurm|pbs`) end to end, minus the batch system."""
+    cfg = tmp_path / "dask-config"
+    cfg.mkdir()
+    shutil.copy(ROOT / "deploy" / "jobqueue.yaml", cfg)
+    env = dict(os.environ, DASK_CONFIG=str(cfg), DASK_JOBQUEUE__LOCAL__INTERFACE="lo", OMP_NUM_THREADS="1")
+    store = tmp_path / "store.zarr"
+    done = subprocess.run(
+        [str(BIN / "scatterdist"), "scatter", SIM, "--output", str(store), "--cluster", "jobqueue-local",
+         "--workers", "2", "--shard-size", "2", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_complete(store, 4)
+    # the job script is dask-jobqueue's own, with the example configuration's worker settings
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "from dask_jobqueue.local import LocalCluster as C; c = C(); print(c.job_script()); c.close()"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert "distributed.cli.dask_worker" in probe.stdout and "--name" in probe.stdout
+
+
+def test_scheduler_file_with_two_worker_processes(tmp_path):
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["--scheduler-file", str(sched_file)]
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", "127.0.0.1:0", *common], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--nthreads", "1", "--host", "127.0.0.1",
+                                           *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        store = tmp_path / "store.zarr"
+        done = subprocess.run([str(BIN / "scatterdist"), "scatter", SIM, "--output", str(store), "--shard-size", "1",
+                               "--scheduler-file", str(sched_file), "--no-progress"],
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert_complete(store, 4)
+        from distributed import Client
+
+        with Client(scheduler_file=str(sched_file), timeout=30) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+            # both worker processes did work (each task reports the pid that ran it)
+            logs = client.get_task_stream  # noqa: F841 - the scheduler keeps no stream by default
+        assert all(p.poll() is None for p in procs), "a Dask process died during the run"
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def train_store(tmp_path_factory):
+    from scatterdist.train.synthetic import write_synthetic_store
+
+    path = tmp_path_factory.mktemp("train") / "syn.zarr"
+    write_synthetic_store(path, n_maps=64, nside=4, n_channels=2, shard_size=8)
+    return path
+
+
+def _train_cmd(store: Path, run: Path, epochs: int) -> list[str]:
+    return ["sbatch", str(ROOT / "deploy/slurm/train.sbatch"), str(store), "--out", str(run),
+            "--epochs", str(epochs), "--batch-size", "8", "--no-progress"]
+
+
+def test_slurm_train_two_nodes(tmp_path, train_store):
+    import json
+
+    run = tmp_path / "run"
+    env = batch_env(tmp_path, SCATTERDIST_RDZV_PORT=str(_free_port()))
+    done = subprocess.run(_train_cmd(train_store, run, 2), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = json.loads((run / "ranks.json").read_text())
+    assert ranks["world_size"] == 2 and len(set(ranks["sha256"])) == 1
+    log = (tmp_path / "batch.log").read_text()
+    assert "srun ntasks=2 torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d" in log
+
+
+def test_slurm_train_preempted_then_requeued_resumes(tmp_path, train_store):
+    """SIGUSR1 (what `--signal=B:USR1@120` sends) mid-training: the ranks stop, the job asks
+    to be requeued, and the requeued job resumes from the last checkpoint and finishes."""
+    import json
+    import signal
+
+    run = tmp_path / "run"
+    env = batch_env(tmp_path, SCATTERDIST_RDZV_PORT=str(_free_port()), STANDIN_NODES="1")
+    job = subprocess.Popen(_train_cmd(train_store, run, 40), cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert job.poll() is None, job.stdout.read()
+            assert time.monotonic() < deadline, "training never reached epoch 2"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGUSR1)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, out
+    assert "requeueing job" in out
+    log = (tmp_path / "batch.log").read_text()
+    assert "requeue" in log.splitlines()[-1]
+    stopped_at = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= stopped_at < 40
+    # the requeued job: the same command resumes from the checkpoint
+    env["SCATTERDIST_RDZV_PORT"] = str(_free_port())
+    again = subprocess.run(_train_cmd(train_store, run, stopped_at + 2), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming {run} after epoch" in again.stdout + again.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, stopped_at + 3))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
