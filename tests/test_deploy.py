@@ -268,3 +268,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_pbs_train_two_nodes(tmp_path, train_store):
+    import json
+
+    (tmp_path / "nodes").write_text("127.0.0.1\n127.0.0.2\n")
+    run = tmp_path / "run"
+    env = batch_env(tmp_path, PBS_NODEFILE=str(tmp_path / "nodes"), PBS_JOBID="9.pbs", PBS_O_WORKDIR=str(tmp_path),
+                    SCATTERDIST_RDZV_PORT=str(_free_port()),
+                    ARGS=f"{train_store} --out {run} --epochs 1 --batch-size 8 --no-progress")
+    done = subprocess.run(["bash", str(ROOT / "deploy/pbs/train.pbs")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = json.loads((run / "ranks.json").read_text())
+    assert ranks["world_size"] == 2 and len(set(ranks["sha256"])) == 1
