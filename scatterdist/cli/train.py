@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "nccl on GPU). If RUN_DIR already holds a checkpoint, the same command resumes after its last epoch."
         ),
     )
-    p.add_argument("store", help="coefficient store (Zarr v3 directory written by `scatterdist run`)")
+    p.add_argument("store", help="coefficient store (Zarr v3 directory written by `scatterdist scatter`)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory: checkpoint.pt, metrics.jsonl, curves.png")
     p.add_argument("--epochs", type=int, default=20, help="total number of epochs (default 20)")
     p.add_argument("--batch-size", type=int, default=16, help="maps per batch and per rank (default 16)")
