@@ -26,6 +26,8 @@ def _is_tensor(x: Any) -> bool:
 
 def _all_clean(x: Any) -> bool:
     """Fast path: min and max are finite (NaN propagates) and above the UNSEEN marker."""
+    if _is_tensor(x):
+        x = x.detach()
     lo, hi = x.min(), x.max()
     return bool(abs(float(lo)) < 1e30 and abs(float(hi)) < 1e30)
 
