@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench cmb docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/transform.py
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/torch_transform.py
+	$(BIN)/python benchmarks/train.py
+
+# The CMB study of issue 7 at L = 1024 (about 80 min on an idle 2-core machine): results/cmb.md
+cmb: $(STAMP)
+	$(BIN)/scatterdist experiment cmb --out results
+
+docs: $(STAMP)
+	$(BIN)/python scripts/make_api_docs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
