@@ -171,13 +171,11 @@ def write_markdown(
 
 def plot_accuracy(path: str | os.PathLike, records: Sequence[dict[str, Any]], title: str) -> None:
     """Accuracy vs alpha (error bars: SE over seeds) for the three models; chance and paper lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     rows = summarise(records)
-    fig, ax = plt.subplots(figsize=(6.4, 5.0), constrained_layout=True)
+    fig = Figure(figsize=(6.4, 5.0), layout="constrained")
+    ax = fig.subplots()
     markers = {"scattering": "o", "lowpass": "s", "power_spectrum": "^"}
     for model, (_, label) in MODELS.items():
         rs = [r for r in rows if r["model"] == model]
@@ -199,4 +197,3 @@ def plot_accuracy(path: str | os.PathLike, records: Sequence[dict[str, Any]], ti
     ax.set_title(title, fontsize=10)
     fig.legend(fontsize=8, loc="outside lower center", ncol=2)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -27,10 +27,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_curves(path: str | os.PathLike, history: list[dict]) -> None:
-    """Loss and accuracy per epoch (train and val) as a PNG, written atomically (matplotlib Agg)."""
-    import matplotlib
+    """Loss and accuracy per epoch (train and val) as a PNG, written atomically.
 
-    matplotlib.use("Agg")
+    Uses a bare ``Figure`` (no pyplot), so the caller's matplotlib backend is left alone.
+    """
     from matplotlib.figure import Figure
 
     epochs = np.array([row["epoch"] for row in history])
