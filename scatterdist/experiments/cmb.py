@@ -132,6 +132,26 @@ def _log(msg: str) -> None:
     print(f"[cmb] {msg}", file=sys.stderr, flush=True)
 
 
+def _ledger(cell: str, key: str, seconds: float | None = None) -> float:
+    """Seconds spent on step ``key`` of ``cell``, accumulated over every invocation.
+
+    A resumed study reuses finished stores, features and runs; its report must show what
+    they cost when they were computed, not the near-zero cost of finding them again. With
+    ``seconds``, add them (atomically rewriting ``cell/timings.json``); return the total.
+    """
+    path = os.path.join(cell, "timings.json")
+    book: dict[str, float] = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            book = json.load(fh)
+    if seconds is not None:
+        book[key] = book.get(key, 0.0) + seconds
+        with open(path + ".tmp", "w") as fh:
+            json.dump(book, fh, indent=1)
+        os.replace(path + ".tmp", path)
+    return float(book.get(key, 0.0))
+
+
 def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None:
     """Steps 1-2 and the power spectra: every store and feature file under ``cfg.work_dir``.
 
@@ -160,7 +180,7 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
                     "see its 'error' variable"
                 )
             key = f"simulate + {name} store"
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+            _ledger(cell, key, time.perf_counter() - t0)
         path = os.path.join(cell, "spectra.npz")
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         if os.path.exists(path):
@@ -173,8 +193,7 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
         np.savez(path + ".tmp.npz", features=feats, labels=spec.labels(), ids=np.array(spec.map_ids()),
                  spec=spec_json, bin_width=BIN_WIDTH)
         os.replace(path + ".tmp.npz", path)
-        key = "simulate + power spectra"
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        _ledger(cell, "simulate + power spectra", time.perf_counter() - t0)
 
 
 def _train_torchrun(tcfg: Any, ranks: int) -> None:
@@ -226,11 +245,10 @@ def train_models(cfg: CMBConfig, timings: dict[str, float]) -> list[dict[str, An
             _log(f"alpha={alpha:g} seed={seed}: train + evaluate the HybridCNN on the {name} store")
             t0 = time.perf_counter()
             acc, n_test = train_and_evaluate(cfg, os.path.join(cell, f"{name}.zarr"), os.path.join(cell, f"run-{name}"), seed)
-            dt = time.perf_counter() - t0
             key = f"train + evaluate {name} CNN"
-            timings[key] = timings.get(key, 0.0) + dt
+            dt = _ledger(cell, key, time.perf_counter() - t0)
             records.append({"alpha": alpha, "seed": seed, "model": name, "accuracy": acc, "n_test": n_test, "seconds": dt})
-            _log(f"  {name}: test accuracy {acc:.3f} on {n_test} skies ({dt:.0f} s)")
+            _log(f"  {name}: test accuracy {acc:.3f} on {n_test} skies ({dt:.0f} s in all)")
         t0 = time.perf_counter()
         with np.load(os.path.join(cell, "spectra.npz")) as f:
             acc, n_test = power_spectrum_accuracy(f["features"], f["labels"], f["ids"], cfg.val_fraction, cfg.test_fraction)
@@ -278,7 +296,14 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
         timings["cluster start"] = time.perf_counter() - t0
         prepare_data(cfg, client, timings)
     records = train_models(cfg, timings)
-    timings["total"] = time.perf_counter() - t_start
+    for alpha, seed, _ in _specs(cfg):
+        cell = _cell_dir(cfg, alpha, seed)
+        for key in ("simulate + scattering store", "simulate + lowpass store", "simulate + power spectra",
+                    "train + evaluate scattering CNN", "train + evaluate lowpass CNN"):
+            timings[key] = timings.get(key, 0.0) + _ledger(cell, key)
+    timings["this invocation"] = time.perf_counter() - t_start
+    timings["total"] = timings["cluster start"] + sum(
+        v for k, v in timings.items() if k.startswith(("simulate", "train")))
 
     sc, lp = Scattering(cfg.nside), LowPass(cfg.nside)
     settings = {

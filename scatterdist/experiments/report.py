@@ -153,6 +153,10 @@ def write_markdown(
         "",
         "## Wall time",
         "",
+        "Each step's time is what computing it cost, summed over the invocations that did the work",
+        "(a repeated command reuses finished stores, spectra and runs from the work directory);",
+        "`this invocation` is the wall time of the command that wrote this page.",
+        "",
     ]
     for name, seconds in timings.items():
         lines.append(f"- {name}: {_fmt_seconds(seconds)}")

@@ -75,7 +75,7 @@ def analysis(
     --------
     >>> import numpy as np
     >>> alm = analysis(np.ones(12 * 4**2), lmax=7)
-    >>> round(alm[0].real / np.sqrt(4 * np.pi), 12)
+    >>> float(round(alm[0].real / np.sqrt(4 * np.pi), 12))
     1.0
     """
     import ducc0
