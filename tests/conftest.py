@@ -42,6 +42,17 @@ def red_maps():
     return synthesis(alm, 32, 63), alm
 
 
+@pytest.fixture
+def torch_one_thread():
+    """Keep a torch test on one thread (the machine is small and shared); restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

@@ -18,12 +18,7 @@ def rel_max(got, ref) -> float:
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ def real_m0(alm: np.ndarray, lmax: int) -> np.ndarray:
     return alm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Shared 2-core machine: keep each test on one thread (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # nside 4..128; lmax from tiny to 3*nside-1 (aliased in the polar caps, and deep

@@ -17,12 +17,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, RunConfigError, StoreFormatError, FileNotFoundError)
 
 
-def _train(args: argparse.Namespace) -> int:
-    try:
-        return _run_train(args)
-    except _user_errors() as exc:
-        print(f"scatterdist train: error: {exc}", file=sys.stderr)
-        return 2
+def _reporting_user_errors(command: str, run):
+    """``run(args)``, with input errors reported as one line and exit status 2 (no traceback)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _user_errors() as exc:
+            print(f"scatterdist {command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return handler
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -48,14 +53,6 @@ def _format_confusion(result: dict) -> str:
     for name, row in zip(names, result["confusion"]):
         lines.append(name.ljust(width + 4) + "".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        return _run_evaluate(args)
-    except _user_errors() as exc:
-        print(f"scatterdist evaluate: error: {exc}", file=sys.stderr)
-        return 2
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -104,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_reporting_user_errors("train", _run_train))
 
     e = subparsers.add_parser(
         "evaluate",
@@ -121,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_reporting_user_errors("evaluate", _run_evaluate))
 
 
 if __name__ == "__main__":  # pragma: no cover
