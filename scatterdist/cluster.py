@@ -177,7 +177,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster", default="local", metavar="local|ADDRESS|slurm|pbs|cuda",
         help="where tasks run: local (default, loopback LocalCluster), a scheduler address "
              "tcp://HOST:PORT or tls://..., a scheduler file, slurm/pbs (dask-jobqueue, "
-             "jobqueue.yaml), cuda (dask-cuda, one GPU per worker)",
+             "jobqueue.yaml), jobqueue-local (dask-jobqueue's job scripts as local processes), "
+             "cuda (dask-cuda, one GPU per worker)",
     )
     group.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes (local, cuda) or jobs (slurm, pbs)")
