@@ -69,7 +69,9 @@ def _pct(mean: float, se: float) -> str:
     return f"{100 * mean:.1f} ± {100 * se:.1f}%"
 
 
-def _fmt_seconds(s: float) -> str:
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "not recorded (computed before step timings were kept)"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
