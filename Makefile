@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/torch_transform.py
 	$(BIN)/python benchmarks/train.py
 
-# The CMB study of issue 7 at L = 1024 (about 80 min on an idle 2-core machine): results/cmb.md
+# The CMB study of issue 7 at L = 1024 (about 1 hour on 2 cores: 6 cells of ~9.5 min): results/cmb.md
 cmb: $(STAMP)
 	$(BIN)/scatterdist experiment cmb --out results
 

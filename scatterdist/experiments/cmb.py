@@ -94,9 +94,9 @@ class CMBConfig:
 #: ``--quick``: nside 64, one alpha, a smaller CNN; about 1-2 minutes on 2 cores (run by the test suite).
 QUICK = CMBConfig(nside=64, n_per_class=150, alphas=(0.05,), seeds=3, epochs=4, hidden=8, quick=True)
 #: ``make cmb``: the full study at L = 1024: 2 alphas x 3 seeds x 400 skies. Measured on the
-#: 2-core development machine (busy with other work): one (alpha, seed) cell of 400 skies takes
-#: about 11 min to simulate, scatter, low-pass and take C_l of, and 1-2 min to train both CNNs,
-#: so about 80 min in all.
+#: 2-core development machine: one (alpha, seed) cell of 400 skies took 9.5 min to simulate,
+#: scatter, low-pass, take C_l of and train both CNNs on (results/cmb.md: 3 cells, 28.5 min),
+#: so about an hour in all.
 FULL = CMBConfig(nside=512, n_per_class=200, alphas=(0.005, 0.01), seeds=3, epochs=10)
 
 
