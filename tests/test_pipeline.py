@@ -44,22 +44,23 @@ def _maps_store(path: Path, n: int, nside: int, seed: int) -> np.ndarray:
     return maps
 
 
+def _maps_and_direct(tmp_path_factory, name: str, n: int, nside: int, seed: int):
+    d = tmp_path_factory.mktemp(name)
+    maps = _maps_store(d / "maps.zarr", n, nside, seed=seed)
+    sc = Scattering(nside=nside)
+    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """24 maps at nside 32 in a Zarr store, their direct transform (float32)."""
-    d = tmp_path_factory.mktemp("small")
-    maps = _maps_store(d / "maps.zarr", 24, 32, seed=0)
-    sc = Scattering(nside=32)
-    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+    return _maps_and_direct(tmp_path_factory, "small", 24, 32, seed=0)
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """48 maps at nside 64 (slow enough to kill things mid-run), their direct transform."""
-    d = tmp_path_factory.mktemp("big")
-    maps = _maps_store(d / "maps.zarr", 48, 64, seed=1)
-    sc = Scattering(nside=64)
-    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+    return _maps_and_direct(tmp_path_factory, "big", 48, 64, seed=1)
 
 
 def _cli(*args: str) -> subprocess.Popen:

@@ -131,18 +131,21 @@ class Scattering:
 
     def transform_alm(self, maps: Any) -> Any:
         """Harmonic coefficients of the outputs, complex ``(..., n_paths, nalm(L0 - 1))``."""
-        x, was_1d = check_maps(maps, self.nside)
-        alm = scattering_alm(self.plan, self.backend.asarray(x), analysis=self.analysis)
+        alm, was_1d = self._alm(maps)
         out = self.backend.to_output(alm)
         return out[0] if was_1d else out
+
+    def _alm(self, maps: Any) -> tuple[Any, bool]:
+        """Validated maps -> the outputs' alm as a backend array ``(B, n_paths, nalm)``, and whether the input was 1-d."""
+        x, was_1d = check_maps(maps, self.nside)
+        return scattering_alm(self.plan, self.backend.asarray(x), analysis=self.analysis), was_1d
 
     def __call__(self, maps: Any) -> Any:
         """Scattering coefficient maps ``(..., n_paths, npix_out)`` of maps ``(npix,)`` or ``(B, npix)``.
 
         float64 numpy arrays for the numpy backend; tensors on the backend's device otherwise.
         """
-        x, was_1d = check_maps(maps, self.nside)
-        alm = scattering_alm(self.plan, self.backend.asarray(x), analysis=self.analysis)
+        alm, was_1d = self._alm(maps)
         B, P = alm.shape[0], alm.shape[1]
         out = self.backend.synthesis(alm.reshape(B * P, alm.shape[-1]), self.nside_out, self.L0 - 1)
         out = self.backend.to_output(out.reshape(B, P, self.npix_out))
