@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/torch_transform.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/malloc_trim.py
 
 # The CMB study of issue 7 at L = 1024 (about 1 hour on 2 cores: 6 cells of ~9.5 min): results/cmb.md
 cmb: $(STAMP)

@@ -55,8 +55,8 @@ def _is_address(spec: str) -> bool:
 
 #: Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to their workers. An explicit
 #: threshold switches off glibc's adaptive mmap threshold, so every large numpy temporary
-#: of the transform is mmapped and page-faulted afresh: measured 22-25% slower scattering
-#: at nside 256 (benchmarks/pipeline.py). Workers we start keep glibc's default instead.
+#: of the transform is mmapped and page-faulted afresh: 0.78x the speed of glibc's default at
+#: nside 256 (python benchmarks/malloc_trim.py). Workers we start keep glibc's default instead.
 WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
