@@ -59,6 +59,64 @@ def test_split_is_deterministic_by_id_and_skips_bad_maps(info):
     assert abs((many == "val").mean() - 0.2) < 0.03 and abs((many == "test").mean() - 0.1) < 0.03
 
 
+def test_split_is_stratified_per_class_when_labels_are_known():
+    # the CMB study's layout: classes alternate in the store order, 300 skies per class
+    ids = np.array([f"cmb-a0.01-s{i % 3}-{i:05d}" for i in range(600)], dtype=object)
+    labels = np.arange(600) % 2
+    split = D.split_of(ids, 0.15, 0.15, labels)
+    for c in (0, 1):  # exactly round(f * n_c) of each class in val and test
+        assert ((split == "test") & (labels == c)).sum() == 45
+        assert ((split == "val") & (labels == c)).sum() == 45
+    counts = D.split_class_counts(ids, labels, 0.15, 0.15)
+    assert counts == {"train": {"0": 210, "1": 210}, "val": {"0": 45, "1": 45}, "test": {"0": 45, "1": 45}}
+    # the id-hash rule alone is not balanced on this data: the reason for stratifying
+    plain = D.split_of(ids, 0.15, 0.15)
+    assert ((plain == "test") & (labels == 0)).sum() != ((plain == "test") & (labels == 1)).sum()
+    # deterministic from the ids: store order does not matter, string and integer labels agree
+    perm = np.random.default_rng(1).permutation(600)
+    np.testing.assert_array_equal(D.split_of(ids[perm], 0.15, 0.15, labels[perm]), split[perm])
+    np.testing.assert_array_equal(D.split_of(ids, 0.15, 0.15, labels.astype(str).astype(object)), split)
+    # unequal classes keep their own shares; unlabelled maps (-1, NaN, "") follow the id hash
+    lab3 = np.where(np.arange(600) < 500, labels, 2)
+    c3 = D.split_class_counts(ids, lab3, 0.2, 0.1)
+    assert c3["test"] == {"0": 25, "1": 25, "2": 10} and c3["val"] == {"0": 50, "1": 50, "2": 20}
+    unl = np.where(np.arange(600) % 7 == 0, -1, labels)
+    s_unl = D.split_of(ids, 0.15, 0.15, unl)
+    np.testing.assert_array_equal(s_unl[unl < 0], plain[unl < 0])
+    assert sum(D.split_class_counts(ids, unl)[s]["0"] for s in D.SPLITS) == ((unl == 0).sum())
+    with pytest.raises(ValueError, match="one entry per map id"):
+        D.split_of(ids, 0.15, 0.15, labels[:10])
+
+
+def test_stratified_split_is_stable_when_maps_are_added():
+    ids = np.array([f"m{i}" for i in range(400)], dtype=object)
+    labels = np.arange(400) % 2
+    split = D.split_of(ids, 0.15, 0.15, labels)
+    order = {"test": 0, "val": 1, "train": 2}
+    for k in (1, 4, 30):
+        more = np.concatenate([ids, [f"new{k}-{i}" for i in range(2 * k)]])
+        grown = D.split_of(more, 0.15, 0.15, np.arange(len(more)) % 2)[:400]
+        moved = np.flatnonzero(grown != split)
+        for c in (0, 1):
+            assert np.sum(labels[moved] == c) <= 2 * k + 2
+        # only to a neighbouring split (test <-> val, val <-> train)
+        assert all(abs(order[grown[i]] - order[split[i]]) == 1 for i in moved)
+    # adding a class leaves the other classes' maps where they were
+    more = np.concatenate([ids, [f"x{i}" for i in range(50)]])
+    grown = D.split_of(more, 0.15, 0.15, np.concatenate([labels, np.full(50, 7)]))
+    np.testing.assert_array_equal(grown[:400], split)
+
+
+def test_store_split_counts_count_usable_maps(store, info):
+    counts = D.store_split_counts(store)
+    labels = D.read_labels(info)
+    for s in D.SPLITS:
+        idx = D.select_maps(info, labels, s)
+        assert sum(counts[s].values()) == len(idx)
+        for c, n in counts[s].items():
+            assert n == np.sum(labels[idx] == c)
+
+
 def test_labels_from_csv_override_store(tmp_path, info):
     csv = tmp_path / "labels.csv"
     csv.write_text("map,label\n" + "".join(f"{m},{'cat' if i % 3 else 'dog'}\n" for i, m in enumerate(info.map_ids[:20])))

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from scatterdist.train.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from scatterdist.train.data import store_split_counts
 from scatterdist.train.metrics import read_metrics
 from scatterdist.train.synthetic import write_synthetic_store
 
@@ -77,6 +78,10 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     assert result["accuracy"] > 0.9, proc.stdout
     assert sum(map(sum, result["confusion"])) == result["n_maps"]
     assert "accuracy" in proc.stdout and "true \\ predicted" in proc.stdout
+    # balanced per class (48 maps per class, map 4 failed): the counts the trainer recorded
+    counts = store_split_counts(store)
+    assert result["class_counts"] == counts["test"] and set(counts["test"].values()) <= {6, 7}
+    assert load_checkpoint(reference_run / "checkpoint.pt")["split_counts"] == counts
     # another store: every map with status 1 is evaluated
     other = tmp_path / "other.zarr"
     write_synthetic_store(other, n_maps=24, shard_size=8, failed=(1,), seed=99)

@@ -90,8 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and the shard shuffling (default 0)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint in RUN_DIR (resuming is automatic anyway)")
     p.add_argument("--labels", metavar="CSV", help="labels from a CSV with columns map (or id), label instead of the store")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of maps (by id hash) in the validation split")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="share of maps (by id hash) held out for evaluate")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of each class in the validation split (stratified by label, ranked by id hash)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of each class held out for evaluate (stratified by label, ranked by id hash)")
     p.add_argument("--hidden", type=int, default=16, help="channels of the equivariant layers (default 16)")
     p.add_argument("--layers", type=int, default=2, help="number of conv + nonlinearity blocks (default 2)")
     p.add_argument(

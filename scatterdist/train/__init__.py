@@ -7,7 +7,14 @@ coefficients), :mod:`~scatterdist.train.layers`, :mod:`~scatterdist.train.model`
 """
 
 from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from scatterdist.train.data import CoefficientDataset, ShardDistributedSampler, read_store_info, split_of
+from scatterdist.train.data import (
+    CoefficientDataset,
+    ShardDistributedSampler,
+    read_store_info,
+    split_class_counts,
+    split_of,
+    store_split_counts,
+)
 from scatterdist.train.layers import (
     InvariantReadout,
     SphericalConv,
@@ -31,6 +38,8 @@ __all__ = [
     "load_checkpoint",
     "read_store_info",
     "save_checkpoint",
+    "split_class_counts",
     "split_of",
+    "store_split_counts",
     "train",
 ]

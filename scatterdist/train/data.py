@@ -145,26 +145,123 @@ def class_names_of(labels: np.ndarray) -> list[str]:
     return names
 
 
-def split_of(map_ids: np.ndarray, val_fraction: float = 0.15, test_fraction: float = 0.15) -> np.ndarray:
-    """Deterministic split ``"train" | "val" | "test"`` of every map, from SHA-256 of its id.
+def _id_hash(map_ids: np.ndarray) -> np.ndarray:
+    """Uniform number in [0, 1) of every map id (SHA-256 of the id as a string), float64."""
+    return np.array([int(hashlib.sha256(str(m).encode()).hexdigest()[:15], 16) / 16.0**15 for m in map_ids])
 
-    Independent of the store order and of the other maps (adding maps never moves old ones).
+
+def _label_keys(labels, n: int) -> np.ndarray:
+    """Labels as strings, ``""`` where a map has none (None, NaN, negative integer, empty)."""
+    labels = np.asarray(labels, dtype=object)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have one entry per map id ({n}), got shape {labels.shape}")
+    out = np.full(n, "", dtype=object)
+    for i, value in enumerate(labels.tolist()):
+        if not _missing_label(value):
+            number = isinstance(value, (float, np.floating)) and float(value).is_integer()
+            out[i] = str(int(value)) if number else str(value)
+    return out
+
+
+def split_of(
+    map_ids: np.ndarray,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Deterministic split ``"train" | "val" | "test"`` of every map, ``(n,)`` object array.
+
+    Every map id gets a number ``u`` in [0, 1) from the SHA-256 of the id (independent of the
+    store order).
+
+    - ``labels`` given (``(n,)``; ``None``, NaN, negative integers and ``""`` mean "no label"):
+      **stratified per class**. Within each class the maps are ranked by ``u``; the first
+      ``round(test_fraction * n_c)`` are "test", the next ones up to
+      ``round((test_fraction + val_fraction) * n_c)`` are "val", the rest "train". Every class has
+      the same share of each split (exact up to rounding), so a test split of equal-sized
+      classes is balanced. Adding ``k`` maps to a class changes the split of at most ``2 k + 2``
+      of its old maps (typically about ``k * (test_fraction + val_fraction)``), only at the quota
+      boundaries and only to a neighbouring split, whatever the class size; other classes are
+      untouched. Unlabelled maps follow the rule below.
+    - no labels: ``u < test_fraction`` is "test", ``u < test_fraction + val_fraction`` "val",
+      else "train": a map's split depends on its id alone (adding maps never moves old ones),
+      with the fractions holding only on average.
+
+    The split is a function of the ids and labels only (not of status), so every consumer that
+    has the same ids and labels (trainer, evaluation, baselines) gets the same held-out maps.
     """
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
-    u = np.array([int(hashlib.sha256(str(m).encode()).hexdigest()[:15], 16) / 16.0**15 for m in map_ids])
-    return np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)
+    map_ids = np.asarray(map_ids, dtype=object)
+    n = len(map_ids)
+    u = _id_hash(map_ids)
+    out = np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train")).astype(object)
+    if labels is None:
+        return out
+    keys = _label_keys(labels, n)
+    ids = np.array([str(m) for m in map_ids], dtype=object)
+    for name in sorted(set(keys.tolist()) - {""}):
+        members = np.flatnonzero(keys == name)
+        order = members[np.lexsort((ids[members], u[members]))]  # rank by hash, ties by id
+        n_c = len(order)
+        n_test = int(np.floor(test_fraction * n_c + 0.5))
+        n_held = int(np.floor((test_fraction + val_fraction) * n_c + 0.5))
+        out[order[:n_test]] = "test"
+        out[order[n_test:n_held]] = "val"
+        out[order[n_held:]] = "train"
+    return out
+
+
+def split_class_counts(
+    map_ids: np.ndarray,
+    labels: np.ndarray,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    usable: np.ndarray | None = None,
+) -> dict[str, dict[str, int]]:
+    """Number of maps of every class in every split: ``{split: {class: count}}``.
+
+    Splits are those of :func:`split_of` (stratified by ``labels``); unlabelled maps are not
+    counted; ``usable`` (``(n,)`` bool, e.g. ``status == 1``) restricts the count to those maps.
+    Classes are ordered as :func:`class_names_of` orders them.
+    """
+    map_ids = np.asarray(map_ids, dtype=object)
+    keys = _label_keys(labels, len(map_ids))
+    split = split_of(map_ids, val_fraction, test_fraction, keys)
+    keep = keys != ""
+    if usable is not None:
+        usable = np.asarray(usable, dtype=bool)
+        if usable.shape != keep.shape:
+            raise ValueError(f"usable must have one entry per map id ({len(keep)}), got shape {usable.shape}")
+        keep &= usable
+    names = class_names_of(keys)
+    return {s: {c: int(np.sum(keep & (split == s) & (keys == c))) for c in names} for s in SPLITS}
+
+
+def store_split_counts(
+    store: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> dict[str, dict[str, int]]:
+    """:func:`split_class_counts` of a coefficient store's maps with status 1 (what the trainer uses)."""
+    info = read_store_info(store)
+    labels = read_labels(info, labels_csv)
+    return split_class_counts(info.map_ids, labels, val_fraction, test_fraction, usable=info.status == 1)
 
 
 def select_maps(
     info: StoreInfo, labels: np.ndarray, split: str | None, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> np.ndarray:
-    """Store indices of the maps with status 1, a label, and in ``split`` (``None``/"all": every split)."""
+    """Store indices of the maps with status 1, a label, and in ``split`` (``None``/"all": every split).
+
+    ``labels`` is :func:`read_labels`' output; the split is :func:`split_of` stratified by it.
+    """
     ok = (info.status == 1) & (labels != "")
     if split not in (None, "all"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or 'all', got {split!r}")
-        ok &= split_of(info.map_ids, val_fraction, test_fraction) == split
+        ok &= split_of(info.map_ids, val_fraction, test_fraction, labels) == split
     return np.flatnonzero(ok)
 
 

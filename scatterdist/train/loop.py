@@ -39,6 +39,7 @@ from scatterdist.train.data import (
     read_labels,
     read_store_info,
     select_maps,
+    split_class_counts,
 )
 from scatterdist.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_tensor, init_distributed, shutdown, wrap_ddp
 from scatterdist.train.metrics import plot_curves, write_metrics
@@ -167,6 +168,11 @@ def _model_for(info: StoreInfo, n_classes: int, cfg: TrainConfig) -> HybridCNN:
     )
 
 
+def _completed_epochs(state: dict | None) -> int:
+    """Number of epochs a checkpoint state has completed (0 without one)."""
+    return 0 if state is None else int(state["epoch"])
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Train (or resume training) a :class:`HybridCNN` on the store; returns the per-epoch history.
 
@@ -211,6 +217,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         stats = broadcast_tensor(stats, ctx)
         mean, std = stats[0].numpy(), stats[1].numpy()
     n_classes = len(class_names)
+    counts = split_class_counts(info.map_ids, labels, cfg.val_fraction, cfg.test_fraction, usable=info.status == 1)
+    if ctx.is_main and _completed_epochs(state) < cfg.epochs:
+        print("maps per class: " + "; ".join(f"{s} {counts[s]}" for s in counts), flush=True)
 
     datasets, loaders, samplers = {}, {}, {}
     for name, idx in split.items():
@@ -258,6 +267,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
                 "norm_mean": torch.as_tensor(mean, dtype=torch.float64),
                 "norm_std": torch.as_tensor(std, dtype=torch.float64),
                 "class_names": list(class_names),
+                "split_counts": counts,
                 "store": {
                     "path": cfg.store, "n_paths": info.n_paths, "nside_out": info.nside_out,
                     "path_labels": list(info.path_labels), "config_hash": str(info.attrs.get("config_hash", "")),
@@ -311,6 +321,8 @@ def evaluate(
 ) -> dict:
     """Accuracy and confusion matrix (rows: true class, columns: predicted) of a trained run.
 
+    The result also holds ``class_counts`` (maps of each true class in the evaluated split).
+
     ``split`` None means the held-out ``"test"`` split when ``store`` is the training store,
     and every map with status 1 (``"all"``) of any other store.
     """
@@ -344,4 +356,5 @@ def evaluate(
     return {
         "run_dir": os.path.abspath(os.fspath(run_dir)), "store": info.path, "split": split, "n_maps": int(idx.size),
         "loss": loss, "accuracy": acc, "class_names": class_names, "confusion": confusion.astype(int).tolist(),
+        "class_counts": {name: int(n) for name, n in zip(class_names, confusion.sum(axis=1))},
     }
