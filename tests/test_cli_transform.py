@@ -8,9 +8,9 @@ def test_equivariance_command_prints_table(capsys):
     assert main(["equivariance", "--nside", "16", "--trials", "1", "--oversample", "2", "--depth", "1"]) == 0
     out = capsys.readouterr().out
     lines = [line.split() for line in out.splitlines()]
-    rows = {int(r[0]): r for r in lines if len(r) == 4 and r[0].isdigit()}
-    assert sorted(rows) == [0, 1]
-    assert float(rows[0][2]) < 1e-2 and 0 < float(rows[1][2]) < 0.1
+    rows = {int(r[0]): r for r in lines if len(r) == 5 and r[0].isdigit()}
+    assert sorted(rows) == [0, 1] and rows[1][1] == "modulus"
+    assert float(rows[0][3]) < 1e-2 and 0 < float(rows[1][3]) < 0.1
     assert "oversample=2" in out
 
 

@@ -17,26 +17,31 @@ def add_transform_arguments(parser: argparse.ArgumentParser, nside_default: int 
     parser.add_argument("--oversample", type=int, default=1, help="resolution factor per scale (1, 2, 4)")
     parser.add_argument("--analysis", choices=["quadrature", "lsq"], default="quadrature",
                         help="harmonic analysis of the input maps")
+    parser.add_argument("--signed", action="store_true",
+                        help="add signed first-order paths ((f*Psi_j)|f*Psi_j|)*Phi (keep the sign of f)")
+    parser.add_argument("--powers", type=float, nargs="+", default=(), metavar="Q",
+                        help="add first-order paths |f*Psi_j|**Q * Phi for each Q (> 0, != 1)")
 
 
 def scattering_from_args(args: argparse.Namespace, **extra):
     from scatterdist import Scattering
 
     return Scattering(args.nside, L=args.L, lam=args.lam, J0=args.J0, depth=args.depth,
-                      oversample=args.oversample, analysis=args.analysis, **extra)
+                      oversample=args.oversample, analysis=args.analysis,
+                      signed=getattr(args, "signed", False), powers=tuple(getattr(args, "powers", ()) or ()),
+                      **extra)
 
 
 def _equivariance(args: argparse.Namespace) -> int:
-    from scatterdist import equivariance_error
+    from scatterdist.stability import equivariance_by_kind
 
     sc = scattering_from_args(args, nthreads=args.threads)
     print(sc)
     start = time.perf_counter()
-    err = equivariance_error(sc, n_trials=args.trials, seed=args.seed)
-    print(f"{'order':>5}  {'paths':>5}  {'mean error':>11}  {'max error':>11}")
-    for order, stats in err.items():
-        n = sum(len(p) == order for p in sc.paths)
-        print(f"{order:>5}  {n:>5}  {stats['mean']:>11.3e}  {stats['max']:>11.3e}")
+    rows = equivariance_by_kind(sc, n_trials=args.trials, seed=args.seed)
+    print(f"{'order':>5}  {'kind':>7}  {'paths':>5}  {'mean error':>11}  {'max error':>11}")
+    for r in rows:
+        print(f"{r['order']:>5}  {r['kind']:>7}  {r['paths']:>5}  {r['mean']:>11.3e}  {r['max']:>11.3e}")
     print(f"{args.trials} random rotations of random red-spectrum maps, {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -46,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "equivariance",
         help="measure rotation equivariance of the scattering transform",
         description="Compare S(R f) with R S(f) for random exact rotations R of random bandlimited "
-        "maps and print the relative error per scattering order.",
+        "maps and print the relative error per scattering order and path kind (modulus, signed, "
+        "power).",
     )
     add_transform_arguments(p, nside_default=64)
     p.add_argument("--trials", type=int, default=4, help="random rotations (default 4)")

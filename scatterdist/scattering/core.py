@@ -5,7 +5,15 @@
 Everything happens on harmonic coefficients except the modulus: each wavelet signal is
 synthesised at its own resolution, its modulus analysed only up to the bandlimit the next
 step needs. Signals that share a resolution are transformed together in one batched call.
+
+Optional extra first-order paths (:class:`~scatterdist.scattering.filters.KindPath`):
+``S[(j1), signed] f = ((f * Psi_j1) |f * Psi_j1|) * Phi`` and
+``S[(j1), q] f = |f * Psi_j1|**q * Phi``. They are pointwise functions of the same
+synthesised wavelet map as the modulus (same grid, before the modulus overwrites it) and
+only get smoothed, so they are analysed to ``L0`` like the modulus maps of the last order.
+The modulus keeps no sign (``S(f) = S(-f)``); the signed paths do (odd in ``f``).
 """
+
 
 from __future__ import annotations
 
@@ -15,16 +23,33 @@ from typing import Any
 import numpy as np
 
 from scatterdist.scattering.backend.base import Array, Backend
-from scatterdist.scattering.filters import FilterBank, scattering_paths
+from scatterdist.scattering.filters import (
+    POWER,
+    SIGNED,
+    FilterBank,
+    KindPath,
+    extra_paths,
+    path_exponent,
+    path_kind,
+    scattering_paths,
+)
 
 
 class ScatteringPlan:
-    """Filter bank plus backend copies of every kernel and index array the algorithm uses."""
+    """Filter bank plus backend copies of every kernel and index array the algorithm uses.
 
-    def __init__(self, bank: FilterBank, backend: Backend) -> None:
+    ``signed`` / ``powers`` add the extra first-order paths (after the modulus paths, in
+    the order of :func:`~scatterdist.scattering.filters.extra_paths`); they need ``depth >= 1``.
+    """
+
+    def __init__(self, bank: FilterBank, backend: Backend, signed: bool = False,
+                 powers: tuple[float, ...] = ()) -> None:
         self.bank = bank
         self.backend = backend
-        self.paths = scattering_paths(list(bank.scales), bank.depth)
+        self.extra: list[KindPath] = extra_paths(list(bank.scales), signed, tuple(powers))
+        if self.extra and bank.depth < 1:
+            raise ValueError("signed/power paths are first-order paths: they need depth >= 1")
+        self.paths = scattering_paths(list(bank.scales), bank.depth) + self.extra
         self.eta = backend.from_numpy(bank.scaling_alm_kernel())
         self.kappa = {j: backend.from_numpy(bank.wavelet_alm_kernel(j)) for j in bank.scales}
         self._index: dict[tuple[int, int], Any] = {}
@@ -37,6 +62,16 @@ class ScatteringPlan:
         if key not in self._index:
             self._index[key] = self.backend.from_numpy(self.bank.truncation(L_in - 1, L_out - 1))
         return alm[..., self._index[key]]
+
+
+def _pointwise(u: Array, path: KindPath) -> Array:
+    """The extra path's nonlinearity on wavelet maps ``u`` (numpy or torch; ``u`` untouched)."""
+    if path.kind == SIGNED:
+        a = abs(u)
+        return u * a if path.exponent == 2.0 else u * a ** (path.exponent - 1.0)
+    if path.kind == POWER:
+        return abs(u) ** path.exponent
+    raise ValueError(f"unknown path kind {path.kind!r}")
 
 
 def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadrature") -> Array:
@@ -67,7 +102,10 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
         frontier = []
         for (nside_j, Lj), items in by_grid.items():
             items.sort(key=lambda item: bank.analysis_bandlimit(item[0][-1], order))
-            u = be.modulus(be.synthesis(be.concatenate([a for _, a in items], axis=0), nside_j, Lj - 1))
+            w = be.synthesis(be.concatenate([a for _, a in items], axis=0), nside_j, Lj - 1)
+            if order == 1 and plan.extra:
+                _extra_paths(plan, w, [p for p, _ in items], B, smoothed)
+            u = be.modulus(w)
             start = 0
             while start < len(items):
                 La = bank.analysis_bandlimit(items[start][0][-1], order)
@@ -84,9 +122,33 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
     return be.stack([smoothed[p] for p in plan.paths], axis=1)
 
 
+def _extra_paths(plan: ScatteringPlan, w: Array, parents: list[tuple[int, ...]], B: int,
+                 smoothed: dict) -> None:
+    """Smoothed extra paths of the first-order wavelet maps ``w`` ``(len(parents) * B, npix_j)``.
+
+    All kinds of one grid are analysed to ``L0`` in a single batched call.
+    """
+    be, L0 = plan.backend, plan.bank.L0
+    by_scale = {p[0]: i for i, p in enumerate(parents)}
+    wanted = [(p, by_scale[p[0]]) for p in plan.extra if p[0] in by_scale]
+    if not wanted:
+        return
+    maps = be.concatenate([_pointwise(w[i * B : (i + 1) * B], p) for p, i in wanted], axis=0)
+    alm = be.analysis(maps, L0 - 1, mode="quadrature")
+    for k, (p, _) in enumerate(wanted):
+        smoothed[p] = alm[k * B : (k + 1) * B] * plan.eta
+
+
 def path_arrays(paths: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Per-path ``order``, ``j1``, ``j2`` (-1 where absent) as int arrays, for stores and tables."""
+    """Per-path coords for stores and tables.
+
+    ``order``, ``j1``, ``j2`` (int16, -1 where absent); ``kind`` (str: ``"modulus"`` for the
+    paper's paths including ``S0``, ``"signed"``, ``"power"``) and ``exponent`` (float32: 1
+    for the modulus, 2 for signed, q for power).
+    """
     order = np.array([len(p) for p in paths], dtype=np.int16)
     j1 = np.array([p[0] if len(p) > 0 else -1 for p in paths], dtype=np.int16)
     j2 = np.array([p[1] if len(p) > 1 else -1 for p in paths], dtype=np.int16)
-    return {"order": order, "j1": j1, "j2": j2}
+    kind = np.array([path_kind(p) for p in paths], dtype="<U7")
+    exponent = np.array([path_exponent(p) for p in paths], dtype=np.float32)
+    return {"order": order, "j1": j1, "j2": j2, "kind": kind, "exponent": exponent}

@@ -5,6 +5,12 @@ Multiresolution (DESIGN.md): wavelet scale j needs only bandlimit
 two with ``2*nside_j >= L_j``, times ``oversample``. A modulus map of scale j is analysed
 only up to what the next step uses: the next (lower) wavelet's bandlimit, or ``L0`` for
 the final smoothing.
+
+Besides the modulus paths of the paper, first-order paths with another pointwise
+nonlinearity can be added (``Scattering(signed=True, powers=(q, ...))``): they are
+:class:`KindPath` tuples, which behave as ``(j1,)`` for ``len``/indexing (order 1, scale j1)
+but carry a ``kind`` (``"signed"``: ``(f * Psi_j) |f * Psi_j|``; ``"power"``:
+``|f * Psi_j|**q``) and compare unequal to the modulus path of the same scale.
 """
 
 from __future__ import annotations
@@ -41,11 +47,80 @@ def scattering_paths(scales: list[int], depth: int) -> list[tuple[int, ...]]:
     return sorted(paths, key=lambda p: order_key[p])
 
 
+MODULUS = "modulus"
+SIGNED = "signed"
+POWER = "power"
+PATH_KINDS = (MODULUS, SIGNED, POWER)
+
+
+class KindPath(tuple):
+    """A first-order path ``(j1,)`` whose nonlinearity is not the modulus.
+
+    ``kind`` is ``"signed"`` (``u |u|`` of the wavelet signal ``u = f * Psi_j1``, exponent 2)
+    or ``"power"`` (``|u|**exponent``). ``len(p) == 1`` and ``p[0] == j1`` as for a plain
+    path, so code that reads order and scales from tuples keeps working; equality and hash
+    include ``kind`` and ``exponent``, so ``KindPath((5,), "signed") != (5,)``.
+    """
+
+    kind: str
+    exponent: float
+
+    def __new__(cls, scales: tuple[int, ...], kind: str, exponent: float = 2.0) -> "KindPath":
+        if kind not in (SIGNED, POWER):
+            raise ValueError(f"KindPath kind must be {SIGNED!r} or {POWER!r}, got {kind!r}")
+        if len(scales) != 1:
+            raise ValueError(f"only first-order paths (j1,) take another nonlinearity, got {tuple(scales)!r}")
+        self = super().__new__(cls, (int(scales[0]),))
+        self.kind = kind
+        self.exponent = float(exponent)
+        return self
+
+    def __getnewargs__(self) -> tuple:  # pickling (Dask ships Scattering objects)
+        return (tuple(self), self.kind, self.exponent)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, KindPath) and tuple(self) == tuple(other)
+                and (self.kind, self.exponent) == (other.kind, other.exponent))
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.kind, self.exponent))
+
+    def __repr__(self) -> str:
+        return f"KindPath({tuple(self)!r}, {self.kind!r}, {self.exponent:g})"
+
+
+def path_kind(path: tuple[int, ...]) -> str:
+    """``"modulus"`` for the paper's paths (``S0`` included), else the :class:`KindPath` kind."""
+    return path.kind if isinstance(path, KindPath) else MODULUS
+
+
+def path_exponent(path: tuple[int, ...]) -> float:
+    """Exponent of the path's first nonlinearity: 1 for the modulus (and ``S0``), 2 for signed, q for power."""
+    return path.exponent if isinstance(path, KindPath) else 1.0
+
+
+def extra_paths(scales: list[int], signed: bool, powers: tuple[float, ...]) -> list[KindPath]:
+    """The extra first-order paths: signed ones for every scale, then each power for every scale."""
+    out = [KindPath((j,), SIGNED) for j in sorted(scales)] if signed else []
+    for q in powers:
+        out += [KindPath((j,), POWER, q) for j in sorted(scales)]
+    return out
+
+
 def path_label(path: tuple[int, ...]) -> str:
-    """Readable label: ``S0``, ``S1 j1=7``, ``S2 j1=7 j2=5``."""
+    """Readable label: ``S0``, ``S1 j1=7``, ``S2 j1=7 j2=5``; ``S1 j1=7 signed``, ``S1 j1=7 q=3``."""
     if not path:
         return "S0"
-    return f"S{len(path)} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(path))
+    label = f"S{len(path)} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(path))
+    kind = path_kind(path)
+    if kind == SIGNED:
+        return label + " signed"
+    if kind == POWER:
+        return label + f" q={path_exponent(path):g}"
+    return label
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -14,6 +14,24 @@ from scatterdist.scattering.filters import FilterBank, default_J0, path_label
 from scatterdist.scattering.inputs import check_maps
 from scatterdist.sphere import check_nside, nside2npix
 from scatterdist.sphere.sht import ANALYSIS_MODES
+
+
+def _check_powers(powers: Any) -> tuple[float, ...]:
+    """Validated exponents of the power paths as a tuple of floats (duplicates refused)."""
+    if powers is None:
+        return ()
+    if isinstance(powers, (int, float, np.number)):
+        powers = (powers,)
+    try:
+        out = tuple(float(q) for q in powers)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"powers must be a sequence of numbers, got {powers!r}") from exc
+    for q in out:
+        if not (math.isfinite(q) and q > 0 and q != 1):
+            raise ValueError(f"power exponents must be finite, > 0 and != 1 (q = 1 is the modulus path), got {q!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"power exponents must be distinct, got {list(out)}")
+    return out
 
 
 class Scattering:
@@ -30,13 +48,21 @@ class Scattering:
     oversample : power of two; each scale is synthesised at ``oversample`` times its minimal
         nside, trading speed for rotation equivariance of the modulus
     analysis : ``"quadrature"`` or ``"lsq"``, the harmonic analysis of the input maps
+    signed : add a signed first-order path ``((f * Psi_j) |f * Psi_j|) * Phi`` for every scale j
+        (label ``"S1 j1=j signed"``, kind ``"signed"``): odd in f, so it keeps the sign the
+        modulus loses (the skewness of each wavelet scale). Default False (the paper's transform).
+    powers : exponents q (> 0, != 1): add ``|f * Psi_j|**q * Phi`` for every scale j and q
+        (label ``"S1 j1=j q=3"``, kind ``"power"``). Default none.
+        Extra paths come after the modulus paths; they need ``depth >= 1``. ``config()`` lists
+        ``signed`` / ``powers`` only when set, so the default transform keeps its config hash.
     nthreads : threads for the SHT engine (default ``$OMP_NUM_THREADS``, else all cores)
     backend : ``"numpy"`` (ducc0, float64) or ``"torch"`` (``device=``, ``dtype=`` options)
 
     Attributes
     ----------
     paths : list of tuples ``()``, ``(j1,)``, ``(j1, j2)`` (j2 < j1), ...
-    path_labels : readable labels ``"S0"``, ``"S1 j1=5"``, ``"S2 j1=5 j2=4"``
+    path_labels : readable labels ``"S0"``, ``"S1 j1=5"``, ``"S2 j1=5 j2=4"`` (extra paths:
+        ``"S1 j1=5 signed"``, ``"S1 j1=5 q=3"``)
     L0 : bandlimit of the outputs, ``ceil(lam**J0)``
     nside_out, npix_out : resolution of the output maps
 
@@ -59,6 +85,8 @@ class Scattering:
         depth: int = 2,
         oversample: int = 1,
         analysis: str = "quadrature",
+        signed: bool = False,
+        powers: Sequence[float] = (),
         nthreads: int | None = None,
         backend: str = "numpy",
         **backend_options: Any,
@@ -85,6 +113,13 @@ class Scattering:
             raise ValueError(f"analysis must be one of {ANALYSIS_MODES}, got {analysis!r}")
         if not isinstance(depth, (int, np.integer)) or depth < 0:
             raise ValueError(f"depth must be an integer >= 0, got {depth!r}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise ValueError(f"signed must be True or False, got {signed!r}")
+        powers = _check_powers(powers)
+        if (signed or powers) and depth < 1:
+            raise ValueError("signed/power paths are first-order paths: use depth >= 1 with signed=True or powers=...")
+        self.signed = bool(signed)
+        self.powers = powers
         self.L = int(L)
         self.lam = float(lam)
         self.J0 = default_J0(self.L, self.lam) if J0 is None else J0
@@ -98,7 +133,7 @@ class Scattering:
         self.npix_out = nside2npix(self.nside_out)
         self.backend_name = backend
         self.backend = get_backend(backend, nthreads=nthreads, **backend_options)
-        self.plan = ScatteringPlan(self.bank, self.backend)
+        self.plan = ScatteringPlan(self.bank, self.backend, signed=self.signed, powers=self.powers)
         self.paths = list(self.plan.paths)
         self.path_labels = [path_label(p) for p in self.paths]
         self.n_paths = len(self.paths)
@@ -114,10 +149,12 @@ class Scattering:
             "depth": self.depth,
             "oversample": int(self.oversample),
             "analysis": self.analysis,
+            **({"signed": True} if self.signed else {}),
+            **({"powers": list(self.powers)} if self.powers else {}),
         }
 
     def path_coords(self) -> dict[str, np.ndarray]:
-        """Per-path ``label``, ``order``, ``j1``, ``j2`` arrays (j = -1 where absent)."""
+        """Per-path ``label``, ``order``, ``j1``, ``j2`` (j = -1 where absent), ``kind``, ``exponent`` arrays."""
         return {"label": np.array(self.path_labels), **path_arrays(self.paths)}
 
     def __repr__(self) -> str:
