@@ -125,7 +125,7 @@ def main() -> None:
         ddp_worker(args.store, args.batch_size, args.epochs, args.result)
         return
 
-    from scatterdist.train.synthetic import write_synthetic_store
+    from scatterdist.testing import write_synthetic_store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "bench.zarr")

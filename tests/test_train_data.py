@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from scatterdist.store import open_coefficients
 from scatterdist.train import data as D
-from scatterdist.train.synthetic import write_synthetic_store
+from scatterdist.testing import write_synthetic_store
 
 N_MAPS, SHARD = 40, 8
 FAILED, TODO = (3, 17), (38, 39)

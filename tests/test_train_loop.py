@@ -19,7 +19,7 @@ import torch
 from scatterdist.train.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from scatterdist.train.data import store_split_counts
 from scatterdist.train.metrics import read_metrics
-from scatterdist.train.synthetic import write_synthetic_store
+from scatterdist.testing import write_synthetic_store
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
