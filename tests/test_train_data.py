@@ -209,3 +209,37 @@ def test_shard_sampler_gives_ranks_whole_disjoint_shards(info):
     assert sorted(sum(ev, [])) == list(range(len(idx)))
     with pytest.raises(ValueError, match="fewer than the 9 ranks"):
         D.ShardDistributedSampler(shard_ids, 9, 0)
+
+
+def test_progress_bars_only_on_terminals_unless_asked(monkeypatch, tmp_path):
+    import io
+    import os
+
+    from scatterdist._progress import ENV_VAR, progress_bar, show_progress
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    log = open(tmp_path / "log.txt", "w")
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w")
+    try:
+        assert not show_progress(None, log) and not show_progress(None, io.StringIO())
+        assert show_progress(None, tty)
+        assert show_progress(True, log) and not show_progress(False, tty)
+        monkeypatch.setenv(ENV_VAR, "1")
+        assert show_progress(None, log) and not show_progress(False, log)
+        monkeypatch.setenv(ENV_VAR, "0")
+        assert not show_progress(None, tty) and not show_progress(True, tty)  # disabling wins
+        monkeypatch.setenv(ENV_VAR, "maybe")
+        with pytest.warns(RuntimeWarning, match="neither 1 nor 0"):
+            assert not show_progress(None, log)
+    finally:
+        tty.close()
+        os.close(master)
+        log.close()
+    # a bar on a pipe/file writes nothing at all; a forced one does
+    monkeypatch.delenv(ENV_VAR)
+    for forced, expect in ((None, ""), (True, "stats")):
+        out = io.StringIO()
+        for _ in progress_bar(range(3), progress=forced, file=out, desc="stats"):
+            pass
+        assert (expect in out.getvalue()) and (out.getvalue() == "") == (expect == "")

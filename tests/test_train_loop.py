@@ -82,6 +82,12 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     counts = store_split_counts(store)
     assert result["class_counts"] == counts["test"] and set(counts["test"].values()) <= {6, 7}
     assert load_checkpoint(reference_run / "checkpoint.pt")["split_counts"] == counts
+    # progress bars: none in a pipe by default (no "evaluate:   0%|" fragments), drawn when forced
+    quiet = _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store])
+    assert "evaluate" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
+    forced = subprocess.run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store],
+                            env={**_env(), "SCATTERDIST_PROGRESS": "1"}, capture_output=True, text=True, timeout=TIMEOUT)
+    assert forced.returncode == 0 and "evaluate:" in forced.stderr
     # another store: every map with status 1 is evaluated
     other = tmp_path / "other.zarr"
     write_synthetic_store(other, n_maps=24, shard_size=8, failed=(1,), seed=99)

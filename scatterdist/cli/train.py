@@ -37,7 +37,7 @@ def _run_train(args: argparse.Namespace) -> int:
         store=args.store, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         resume=args.resume, labels_csv=args.labels, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         hidden=args.hidden, n_layers=args.layers, nonlinearity=args.nonlinearity, workers=args.workers,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=False if args.no_progress else None,
     )
     history = train(cfg)
     if history and int(os.environ.get("RANK", "0")) == 0:
@@ -60,7 +60,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(
         args.run_dir, args.store, split=args.split, labels_csv=args.labels, batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )
     print(f"{result['split']} split of {result['store']}: {result['n_maps']} maps")
     print(f"accuracy {result['accuracy']:.4f}  (loss {result['loss']:.4f})")
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars on a terminal only; SCATTERDIST_PROGRESS=1 forces them)")
     p.set_defaults(func=_reporting_user_errors("train", _run_train))
 
     e = subparsers.add_parser(
@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--labels", metavar="CSV", help="labels CSV (columns map or id, label)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars on a terminal only; SCATTERDIST_PROGRESS=1 forces them)")
     e.set_defaults(func=_reporting_user_errors("evaluate", _run_evaluate))
 
 

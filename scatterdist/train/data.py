@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
+
+from scatterdist._progress import progress_bar
 
 SPLITS = ("train", "val", "test")
 
@@ -339,7 +340,7 @@ class CoefficientDataset(Dataset):
 
 
 def channel_statistics(
-    store: str | os.PathLike, indices: np.ndarray, shard_size: int, progress: bool = True
+    store: str | os.PathLike, indices: np.ndarray, shard_size: int, progress: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std ``(n_paths,)`` float64 of the maps ``indices`` (reads whole shards).
 
@@ -352,7 +353,7 @@ def channel_statistics(
     total = sq = None
     count = 0
     shards = np.unique(indices // shard_size)
-    for shard in tqdm(shards, desc="channel statistics", unit="shard", disable=not progress):
+    for shard in progress_bar(shards, progress=progress, desc="channel statistics", unit="shard"):
         start = int(shard) * shard_size
         block = np.asarray(array[start : start + shard_size], dtype=np.float64)
         sel = indices[(indices >= start) & (indices < start + shard_size)] - start

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from scatterdist._progress import progress_bar
 from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scatterdist.train.data import (
     CoefficientDataset,
@@ -63,7 +63,11 @@ class RunConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Settings of ``scatterdist train`` (see the CLI help for each)."""
+    """Settings of ``scatterdist train`` (see the CLI help for each).
+
+    ``progress``: None draws bars on a terminal only, True always, False never
+    (see :func:`scatterdist._progress.show_progress`; ``SCATTERDIST_PROGRESS=0|1`` overrides).
+    """
 
     store: str
     out: str
@@ -80,7 +84,7 @@ class TrainConfig:
     nonlinearity: str = "tensor"
     workers: int = 0
     device: str | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         self.store = os.path.abspath(os.fspath(self.store))
@@ -116,7 +120,7 @@ def _run_epoch(
     n_classes: int,
     optimizer: torch.optim.Optimizer | None,
     desc: str,
-    progress: bool,
+    progress: bool | None,
 ) -> tuple[float, float, np.ndarray]:
     """One pass; returns (mean loss, accuracy, confusion matrix) summed over all ranks."""
     training = optimizer is not None
@@ -124,7 +128,7 @@ def _run_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64)
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.float64)
     with torch.set_grad_enabled(training):
-        for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (progress and ctx.is_main)):
+        for x, y in progress_bar(loader, progress=progress if ctx.is_main else False, desc=desc, unit="batch", leave=False):
             x, y = x.to(ctx.device), y.to(ctx.device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -317,7 +321,7 @@ def evaluate(
     split: str | None = None,
     labels_csv: str | None = None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Accuracy and confusion matrix (rows: true class, columns: predicted) of a trained run.
 
