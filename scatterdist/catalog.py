@@ -7,8 +7,11 @@ an exception *for that map only* (:class:`BadMapError`), never for the run.
 
 Inputs accepted by :meth:`Catalog.from_inputs` (the ``scatterdist scatter INPUTS...``):
 
-- ``map.fits`` / ``map.fits.gz``: a HEALPix FITS file (field 0 is read; NESTED files are
-  converted to RING). Id = file name without the extension.
+- ``map.fits`` / ``map.fits.gz``: a HEALPix FITS file (fields 0, 1, 2 are I, Q, U; the ones
+  asked for are read; NESTED files are converted to RING). Id = file name without the extension.
+- ``map.hsp`` / ``map.hs``: a HealSparse map (``healsparse.HealSparseMap.read``); its valid
+  pixels are the map's mask. It is brought to the run nside with healsparse (degraded: mean of
+  the valid sub-pixels, mask weight = covered fraction; upgraded: ``HealSparseMap.upgrade``).
 - a glob such as ``'skies/*.fits'`` (quote it); it must match at least one file.
 - ``list.txt``: a text file with one FITS path per line (``#`` comments; relative paths are
   relative to the list file).
@@ -17,6 +20,17 @@ Inputs accepted by :meth:`Catalog.from_inputs` (the ``scatterdist scatter INPUTS
 - ``sim:KEY=VALUE,...``: a simulation spec, e.g. ``sim:kind=mixed,n=64,nside=64,seed=0,alpha=1.0``,
   parsed into ``scatterdist.sims.SimulationSpec.from_dict({...})`` (values become int, float
   or str); maps are generated inside the tasks from their seeds.
+
+Fields (:data:`FIELDS`): ``I``, ``Q``, ``U`` are FITS fields 0, 1, 2; ``E`` and ``B`` are made
+from (Q, U) by :func:`scatterdist.sphere.spin.qu_to_eb` (spin-2 harmonic transform) at the run
+nside. HealSparse, Zarr and simulation inputs hold ``I`` only. A field the input lacks is a
+:class:`BadMapError` for that map.
+
+Masks (:func:`load_maps` with ``fields``): a map's weight mask in [0, 1] is its own mask (0 at
+UNSEEN/NaN pixels of any field read, HealSparse coverage, a simulation's mask) times the global
+mask (``--mask``, read once with :func:`scatterdist.sphere.mask.read_mask`). UNSEEN/NaN pixels
+are data, not errors; infinite pixels are errors. A map whose sky fraction (mean of its weights:
+HEALPix pixels have equal areas) is 0, or below ``min_fsky``, is a :class:`BadMapError`.
 
 Labels: a ``label`` variable of a Zarr input, the simulation's ``labels()``, or a CSV file
 (``labels_csv``, columns ``id,label``) that overrides them. Missing labels are stored as -1.
@@ -39,14 +53,25 @@ import numpy as np
 __all__ = [
     "CatalogError",
     "BadMapError",
+    "DEFAULT_MIN_FSKY",
     "Entry",
+    "FIELDS",
+    "LoadedMap",
     "MapRef",
     "Catalog",
+    "check_fields",
     "load_maps",
     "parse_sim_spec",
+    "read_global_mask",
 ]
 
 _FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz")
+_HSP_SUFFIXES = (".hsp", ".hs")
+#: Field names a store can hold: Stokes I, Q, U (FITS fields 0, 1, 2) and E, B from (Q, U).
+FIELDS = ("I", "Q", "U", "E", "B")
+_STOKES_COLUMN = {"I": 0, "Q": 1, "U": 2}
+#: Smallest usable sky fraction of a map (same value as ``scatterdist.sphere.mask.DEFAULT_MIN_FSKY``).
+DEFAULT_MIN_FSKY = 0.01
 _GLOB_CHARS = set("*?[")
 UNSEEN = -1.6375e30
 
@@ -61,9 +86,9 @@ class BadMapError(ValueError):
 
 @dataclass(frozen=True)
 class MapRef:
-    """How a task finds one map. ``kind`` is ``"fits"``, ``"zarr"`` or ``"sim"``.
+    """How a task finds one map. ``kind`` is ``"fits"``, ``"hsp"``, ``"zarr"`` or ``"sim"``.
 
-    fits: ``where`` = path. zarr: ``where`` = store path, ``variable``, ``index`` = row.
+    fits, hsp (HealSparse): ``where`` = path. zarr: ``where`` = store path, ``variable``, ``index`` = row.
     sim: ``where`` = JSON of ``spec.to_dict()``, ``index`` = simulation index.
     """
 
@@ -71,6 +96,30 @@ class MapRef:
     where: str
     index: int = -1
     variable: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedMap:
+    """One loaded map: its fields, its weight mask and its sky fraction.
+
+    ``data``: ``(F, npix)`` float64, HEALPix RING, fields in the order asked for, in the
+    input's units; pixels whose weight is 0 hold 0.0 (finite). ``mask``: ``(npix,)`` float64
+    weights in [0, 1] (the map's own mask times the global mask, not apodised), or None for a
+    full-sky map with no global mask. ``sky_fraction``: mean of the weights (1.0 when ``mask``
+    is None). ``own_mask``: the input itself carried a mask (UNSEEN/NaN pixels, HealSparse
+    coverage, a simulation's mask).
+    """
+
+    data: np.ndarray
+    mask: np.ndarray | None
+    sky_fraction: float
+    fields: tuple[str, ...]
+    own_mask: bool = False
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The mask as an array: ``mask``, or ones for a full-sky map."""
+        return np.ones(self.data.shape[-1]) if self.mask is None else self.mask
 
 
 @dataclass(frozen=True)
@@ -127,13 +176,15 @@ class Catalog:
 
     @classmethod
     def from_fits(cls, paths: str | Sequence[str]) -> Catalog:
-        """FITS files from paths, globs and ``.txt`` lists (missing files stay: status -1 later)."""
+        """FITS and HealSparse (``.hsp``/``.hs``) files from paths, globs and ``.txt`` lists
+        (missing files stay: status -1 later)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [os.fspath(paths)]
         files = []
         for p in paths:
             files.extend(_expand(os.fspath(p)))
-        entries = [Entry(id=_stem(f), source=os.path.abspath(f), ref=MapRef("fits", os.path.abspath(f)))
+        entries = [Entry(id=_stem(f), source=os.path.abspath(f),
+                         ref=MapRef("hsp" if _is_healsparse(f) else "fits", os.path.abspath(f)))
                    for f in files]
         return cls(_unique(entries))
 
@@ -230,14 +281,31 @@ class Catalog:
         entries = [Entry(e.id, e.source, e.ref, labels.get(e.id, e.label)) for e in self.entries]
         return Catalog(entries, self.nside)
 
+    @property
+    def masks_may_differ(self) -> bool:
+        """Whether two maps of this catalog can have different masks (before a global mask).
+
+        False only when every input is a simulation and all share one mask setting (none, or
+        the same ``mask``/``galactic_cut``); FITS, HealSparse and Zarr inputs can each carry
+        their own mask (UNSEEN/NaN pixels, coverage), so any of them makes this True.
+        """
+        settings = set()
+        for e in self.entries:
+            if e.ref.kind != "sim":
+                return True
+            d = json.loads(e.ref.where)
+            settings.add((d.get("mask"), d.get("galactic_cut")))
+        return len(settings) > 1
+
     def infer_nside(self) -> int:
-        """The run's nside: known for Zarr/sim inputs, else from the first readable FITS header."""
+        """The run's nside: known for Zarr/sim inputs, else from the first readable FITS or
+        HealSparse header (a HealSparse map's ``nside_sparse``)."""
         if self.nside is not None:
             return self.nside
         from astropy.io import fits as afits
 
         for e in self.entries:
-            if e.ref.kind != "fits":
+            if e.ref.kind not in ("fits", "hsp"):
                 continue
             try:
                 with afits.open(e.ref.where) as hdul:
@@ -298,9 +366,13 @@ def _parse_value(value: str) -> Any:
     return {"true": True, "false": False, "none": None}.get(value.lower(), value)
 
 
+def _is_healsparse(path: str) -> bool:
+    return path.lower().endswith(_HSP_SUFFIXES)
+
+
 def _stem(path: str) -> str:
     name = os.path.basename(path)
-    for suf in _FITS_SUFFIXES:
+    for suf in _FITS_SUFFIXES + _HSP_SUFFIXES:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -383,6 +455,8 @@ def _pick_variable(ds: Any) -> str:
 
 _SPEC_CACHE: dict[str, Any] = {}
 _SPEC_LOCK = threading.Lock()
+_MASK_CACHE: dict[tuple[str, int, int, int], np.ndarray] = {}
+_MASK_LOCK = threading.Lock()
 
 
 def _sim_spec(where: str) -> Any:
@@ -395,7 +469,72 @@ def _sim_spec(where: str) -> Any:
         return spec
 
 
+def check_fields(fields: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate field names (``"I,E,B"`` or ``("I", "E", "B")``) against :data:`FIELDS`.
+
+    Returns the tuple of names in the order given; raises :class:`CatalogError` for an unknown,
+    repeated or empty selection.
+    """
+    if isinstance(fields, str):
+        fields = [f.strip() for f in fields.split(",") if f.strip()]
+    names = tuple(str(f).strip().upper() for f in fields)
+    if not names:
+        raise CatalogError(f"no fields selected; choose among {', '.join(FIELDS)}")
+    unknown = [f for f in names if f not in FIELDS]
+    if unknown:
+        raise CatalogError(f"unknown field(s) {unknown}; choose among {', '.join(FIELDS)} "
+                           "(I, Q, U are FITS fields 0, 1, 2; E, B are made from Q, U)")
+    if len(set(names)) != len(names):
+        raise CatalogError(f"field(s) repeated in {list(names)}")
+    return names
+
+
+def _stokes_columns(fields: Sequence[str]) -> tuple[int, ...]:
+    """FITS columns (0 I, 1 Q, 2 U) needed for ``fields``, in increasing order."""
+    cols = set()
+    for f in fields:
+        cols.update((1, 2) if f in ("E", "B") else (_STOKES_COLUMN[f],))
+    return tuple(sorted(cols))
+
+
+def read_global_mask(mask: str | os.PathLike | np.ndarray, nside: int) -> np.ndarray:
+    """The global weight mask ``(12*nside**2,)`` float64 in [0, 1], RING.
+
+    ``mask``: a FITS path (read by :func:`scatterdist.sphere.mask.read_mask`, which brings it
+    to ``nside``; cached per process by path, size and modification time) or an array already
+    at ``nside``. Raises ``scatterdist.sphere.mask.MaskError`` for a mask that cannot be used.
+    """
+    from scatterdist.sphere.mask import MaskError, read_mask
+
+    npix = 12 * int(nside) ** 2
+    if isinstance(mask, np.ndarray):
+        w = np.asarray(mask, dtype=np.float64)
+        if w.shape != (npix,):
+            raise MaskError(f"mask array has shape {w.shape}, need ({npix},) for nside {nside}")
+        if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > 1:
+            raise MaskError("mask array has values outside [0, 1] (or NaN): weights must lie in [0, 1]")
+        return w
+    path = os.path.abspath(os.fspath(mask))
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise MaskError(f"cannot read mask {path}: {exc}") from exc
+    key = (path, int(nside), st.st_size, st.st_mtime_ns)
+    with _MASK_LOCK:
+        w = _MASK_CACHE.get(key)
+    if w is None:
+        w = np.asarray(read_mask(path, int(nside)), dtype=np.float64)
+        if w.shape != (npix,):
+            raise MaskError(f"mask {path} was read with shape {w.shape}, need ({npix},)")
+        w.setflags(write=False)
+        with _MASK_LOCK:
+            _MASK_CACHE.clear()  # one global mask per run: keep the latest only
+            _MASK_CACHE[key] = w
+    return w
+
+
 def _check_values(m: np.ndarray, what: str) -> None:
+    """Legacy (``fields=None``) check: NaN, infinite and UNSEEN pixels are all fatal."""
     bad = ~np.isfinite(m)
     if bad.any():
         raise BadMapError(f"{what}: {int(bad.sum())} NaN or infinite pixels")
@@ -407,7 +546,20 @@ def _check_values(m: np.ndarray, what: str) -> None:
                           "fill or inpaint masked pixels first")
 
 
-def _load_fits(path: str, nside: int) -> np.ndarray:
+def _fits_columns(hdul: Any) -> int:
+    """Number of map columns of the first table HDU (a partial-sky file's PIXEL column excluded)."""
+    for hdu in hdul[1:]:
+        cols = getattr(hdu, "columns", None)
+        if cols is not None:
+            names = [c.upper() for c in cols.names]
+            explicit = str(hdu.header.get("INDXSCHM", "")).upper() == "EXPLICIT" or (
+                names and names[0] == "PIXEL")
+            return len(names) - (1 if explicit else 0)
+    return 0
+
+
+def _read_fits(path: str, nside: int, cols: tuple[int, ...], fields: Sequence[str] = ()) -> np.ndarray:
+    """Columns ``cols`` of a HEALPix FITS file, ``(len(cols), npix)`` float64 RING."""
     import healpy as hp
     from astropy.io import fits as afits
     from astropy.utils.exceptions import AstropyUserWarning
@@ -419,33 +571,197 @@ def _load_fits(path: str, nside: int) -> np.ndarray:
             # filterwarnings prepends: the last filter added wins.
             warnings.filterwarnings("ignore", category=AstropyUserWarning)
             warnings.filterwarnings("error", message=".*truncated.*", category=AstropyUserWarning)
-            m = hp.read_map(path, field=0, dtype=np.float64, nest=False)
+            if max(cols) > 0:
+                with afits.open(path) as hdul:
+                    have = _fits_columns(hdul)
+                if max(cols) >= have:
+                    want = ", ".join(f for f in fields if f != "I") or "Q, U"
+                    raise BadMapError(
+                        f"{path} has {have} field(s); field(s) {want} need(s) Stokes Q and U "
+                        f"(FITS fields 1 and 2): choose --fields I for a temperature-only file")
+            m = hp.read_map(path, field=cols, dtype=np.float64, nest=False)
     except AstropyUserWarning as exc:
         raise BadMapError(f"truncated FITS file {path}: {exc}") from exc
     except (OSError, ValueError, TypeError, KeyError, IndexError, afits.VerifyError) as exc:
+        if isinstance(exc, BadMapError):
+            raise
         raise BadMapError(f"unreadable FITS file {path}: {type(exc).__name__}: {exc}") from exc
-    m = np.asarray(m, dtype=np.float64)
-    got = hp.npix2nside(m.size) if hp.isnpixok(m.size) else None
+    m = np.atleast_2d(np.asarray(m, dtype=np.float64))
+    got = hp.npix2nside(m.shape[-1]) if hp.isnpixok(m.shape[-1]) else None
     if got != nside:
-        raise BadMapError(f"{path}: nside {got} (npix {m.size}) differs from the run's nside {nside}")
+        raise BadMapError(f"{path}: nside {got} (npix {m.shape[-1]}) differs from the run's nside {nside}")
+    return m
+
+
+def _load_fits(path: str, nside: int) -> np.ndarray:
+    m = _read_fits(path, nside, (0,))[0]
     _check_values(m, path)
     return m
 
 
-def load_maps(refs: Sequence[MapRef], nside: int) -> list[np.ndarray | BadMapError]:
-    """Load maps (float64 RING, ``(12*nside**2,)``) for ``refs``: a map or its BadMapError each.
+def _read_healsparse(path: str, nside: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scalar HealSparse map at ``nside``: ``(values, weights)``, both ``(npix,)`` RING.
 
-    Zarr rows of one store are read in one call. Errors are per map: one bad input never
-    prevents the others from loading.
+    Valid pixels are the mask. Degraded maps (``nside < nside_sparse``) hold the mean of the
+    valid sub-pixels (``generate_healpix_map(nside, reduction="mean")``) and weigh each pixel by
+    its covered fraction (``fracdet_map``; below the coverage nside, the coverage map averaged
+    with ``healpy.ud_grade``); upgraded maps repeat each value (``HealSparseMap.upgrade``).
     """
-    out: list[np.ndarray | BadMapError] = [BadMapError("not loaded")] * len(refs)
+    import healpy as hp
+
+    if not os.path.exists(path):
+        raise BadMapError(f"missing file: {path}")
+    try:
+        import healsparse
+    except ImportError as exc:
+        raise BadMapError(f"{path} is a HealSparse map: install healsparse "
+                          "(pip install 'scatterdist[healsparse]')") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy truncation chatter, optional backends
+            hsp = healsparse.HealSparseMap.read(path)
+    except Exception as exc:  # noqa: BLE001 - healsparse/astropy raise many types for bad files
+        raise BadMapError(f"corrupt or unreadable HealSparse file {path}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if hsp.is_rec_array or hsp.is_wide_mask_map:
+        raise BadMapError(f"{path}: HealSparse {'record-array' if hsp.is_rec_array else 'wide-mask'} "
+                          "maps are not supported; give a scalar (float or integer) map")
+    ns = int(hsp.nside_sparse)
+    try:
+        if nside == ns:
+            values = hsp.generate_healpix_map(nest=False)
+            weights = None
+        elif nside > ns:
+            values = hsp.upgrade(nside).generate_healpix_map(nest=False)
+            weights = None
+        else:
+            values = hsp.generate_healpix_map(nside=nside, reduction="mean", nest=False)
+            if nside >= hsp.nside_coverage:
+                weights = hsp.fracdet_map(nside).generate_healpix_map(nest=False)
+            else:
+                cov = np.asarray(hsp.coverage_map, dtype=np.float64)  # covered fraction, NEST
+                weights = hp.ud_grade(cov, nside, order_in="NEST", order_out="RING", power=0)
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        raise BadMapError(f"{path}: cannot bring the HealSparse map at nside {ns} to nside "
+                          f"{nside}: {exc}") from exc
+    values = np.asarray(values, dtype=np.float64)
+    invalid = np.isclose(values, UNSEEN, rtol=1e-5, atol=0.0) | np.isnan(values)
+    if weights is None:
+        weights = (~invalid).astype(np.float64)
+    else:
+        weights = np.where(invalid, 0.0, np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0))
+    return values, weights
+
+
+def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fields: tuple[str, ...],
+            gmask: np.ndarray | None, min_fsky: float, what: str) -> LoadedMap:
+    """Raw columns ``(C, npix)`` (+ the input's own weights) -> :class:`LoadedMap`."""
+    raw = np.asarray(raw, dtype=np.float64)
+    inf = np.isinf(raw)
+    if inf.any():
+        raise BadMapError(f"{what}: {int(inf.sum())} infinite pixels")
+    bad = (np.isnan(raw) | np.isclose(raw, UNSEEN, rtol=1e-5, atol=0.0)).any(axis=0)
+    has_own = own is not None or bool(bad.any())
+    w = np.ones(raw.shape[-1]) if own is None else np.asarray(own, dtype=np.float64).copy()
+    w[bad] = 0.0
+    if gmask is not None:
+        w *= gmask
+    fsky = float(w.mean())
+    npix = raw.shape[-1]
+    if fsky <= 0.0:
+        raise BadMapError(f"{what}: the map is entirely masked (no pixel of {npix} has weight > 0: "
+                          f"{int(bad.sum())} UNSEEN/NaN{', the rest outside the mask' if gmask is not None else ''})")
+    if fsky < min_fsky:
+        raise BadMapError(f"{what}: usable sky fraction {fsky:.4g} is below min_fsky {min_fsky:g} "
+                          "(lower --min-fsky to keep it)")
+    out = np.where(w > 0, raw, 0.0)
+    mask = w if (has_own or gmask is not None) else None
+    col = {c: out[k] for k, c in enumerate(cols)}
+    eb: tuple[np.ndarray, np.ndarray] | None = None
+    rows = []
+    for f in fields:
+        if f in _STOKES_COLUMN:
+            rows.append(col[_STOKES_COLUMN[f]])
+            continue
+        if eb is None:
+            from scatterdist.sphere.spin import qu_to_eb
+
+            e, b = qu_to_eb(col[1], col[2], mask=mask)
+            eb = (np.where(w > 0, np.asarray(e, dtype=np.float64), 0.0),
+                  np.where(w > 0, np.asarray(b, dtype=np.float64), 0.0))
+        rows.append(eb[0] if f == "E" else eb[1])
+    return LoadedMap(np.ascontiguousarray(np.stack(rows)), mask, fsky if mask is not None else 1.0,
+                     fields, has_own)
+
+
+def _scalar_only(fields: tuple[str, ...], what: str, kind: str) -> None:
+    if fields != ("I",):
+        extra = [f for f in fields if f != "I"]
+        raise BadMapError(f"{what}: {kind} inputs hold one scalar field (I); field(s) {extra} "
+                          "need a FITS file with Stokes I, Q, U: choose --fields I")
+
+
+def _load_one(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarray | None,
+              min_fsky: float) -> LoadedMap:
+    if ref.kind == "fits":
+        cols = _stokes_columns(fields)
+        return _finish(_read_fits(ref.where, nside, cols, fields), cols, None, fields, gmask,
+                       min_fsky, ref.where)
+    if ref.kind == "hsp":
+        if not os.path.exists(ref.where):
+            raise BadMapError(f"missing file: {ref.where}")
+        _scalar_only(fields, ref.where, "HealSparse")
+        values, weights = _read_healsparse(ref.where, nside)
+        return _finish(values[None], (0,), weights, fields, gmask, min_fsky, ref.where)
+    if ref.kind == "sim":
+        what = f"simulation {ref.index}"
+        _scalar_only(fields, what, "simulation")
+        spec = _sim_spec(ref.where)
+        m = np.asarray(spec.generate(ref.index), dtype=np.float64)
+        if m.shape != (12 * nside * nside,):
+            raise BadMapError(f"{what} has shape {m.shape}, run nside is {nside}")
+        own = spec.mask_weights() if hasattr(spec, "mask_weights") else None
+        return _finish(m[None], (0,), own, fields, gmask, min_fsky, what)
+    raise BadMapError(f"unknown input kind {ref.kind!r}")
+
+
+def load_maps(
+    refs: Sequence[MapRef],
+    nside: int,
+    fields: Sequence[str] | str | None = None,
+    mask: str | os.PathLike | np.ndarray | None = None,
+    *,
+    min_fsky: float = DEFAULT_MIN_FSKY,
+) -> list[Any]:
+    """Load the maps of ``refs`` at ``nside``: one :class:`LoadedMap` or :class:`BadMapError` each.
+
+    ``fields``: names from :data:`FIELDS` (e.g. ``("I",)``, ``("I", "E", "B")``); ``mask``: the
+    global mask (path or ``(npix,)`` weights, see :func:`read_global_mask`; a bad one raises
+    ``MaskError`` for the whole call); ``min_fsky``: smallest usable sky fraction of a map.
+    Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
+    store are read in one call.
+
+    Legacy form (transition, while callers move over): with ``fields=None`` and ``mask=None``
+    the result is a float64 ``(npix,)`` array or a :class:`BadMapError` per map, and NaN or
+    UNSEEN pixels are errors, exactly as before masks existed.
+    """
+    legacy = fields is None and mask is None
+    if not legacy:
+        fields = check_fields(("I",) if fields is None else fields)
+        min_fsky = float(min_fsky)
+        if not 0.0 <= min_fsky <= 1.0:
+            raise CatalogError(f"min_fsky must lie in [0, 1], got {min_fsky}")
+    gmask = None if mask is None else read_global_mask(mask, nside)
+    out: list[Any] = [BadMapError("not loaded")] * len(refs)
     zarr_groups: dict[tuple[str, str], list[int]] = {}
     for k, ref in enumerate(refs):
         if ref.kind == "zarr":
             zarr_groups.setdefault((ref.where, ref.variable), []).append(k)
             continue
         try:
-            if ref.kind == "fits":
+            if not legacy:
+                out[k] = _load_one(ref, nside, fields, gmask, min_fsky)
+            elif ref.kind == "fits":
                 out[k] = _load_fits(ref.where, nside)
             elif ref.kind == "sim":
                 m = np.asarray(_sim_spec(ref.where).generate(ref.index), dtype=np.float64)
@@ -454,7 +770,8 @@ def load_maps(refs: Sequence[MapRef], nside: int) -> list[np.ndarray | BadMapErr
                 _check_values(m, f"simulation {ref.index}")
                 out[k] = m
             else:
-                raise BadMapError(f"unknown input kind {ref.kind!r}")
+                raise BadMapError(f"input kind {ref.kind!r} ({ref.where}) needs load_maps(..., fields=...)"
+                                  if ref.kind == "hsp" else f"unknown input kind {ref.kind!r}")
         except BadMapError as exc:
             out[k] = exc
     for (where, variable), ks in zarr_groups.items():
@@ -462,6 +779,8 @@ def load_maps(refs: Sequence[MapRef], nside: int) -> list[np.ndarray | BadMapErr
 
         rows = np.array([refs[k].index for k in ks])
         try:
+            if not legacy:
+                _scalar_only(fields, f"{where}::{variable}", "Zarr")
             arr = zarr.open_array(where, path=variable, mode="r")
             if arr.shape[-1] != 12 * nside * nside:
                 raise BadMapError(f"{where}::{variable} has {arr.shape[-1]} pixels, run nside is {nside}")
@@ -477,9 +796,13 @@ def load_maps(refs: Sequence[MapRef], nside: int) -> list[np.ndarray | BadMapErr
                 out[k] = err
             continue
         for k, m in zip(ks, block):
+            what = f"{where}::{variable}[{refs[k].index}]"
             try:
-                _check_values(m, f"{where}::{variable}[{refs[k].index}]")
-                out[k] = np.ascontiguousarray(m)
+                if legacy:
+                    _check_values(m, what)
+                    out[k] = np.ascontiguousarray(m)
+                else:
+                    out[k] = _finish(m[None], (0,), None, fields, gmask, min_fsky, what)
             except BadMapError as exc:
                 out[k] = exc
     return out

@@ -2,22 +2,44 @@
 
 Layout of a store at ``PATH`` (a directory; it opens with plain ``xarray.open_zarr(PATH)``):
 
-- ``coefficients (map, path, pixel)`` float32, zstd; inner chunk = 1 map, shard = K maps.
-  Maps not yet done (or failed) hold the fill value NaN.
+- ``coefficients (map, field, path, pixel)`` float32, zstd; inner chunk = 1 map, shard = K
+  maps. Maps not yet done (or failed) hold the fill value NaN. Stores made before fields
+  existed (and ``create(..., fields=None)``) have ``coefficients (map, path, pixel)``:
+  readers treat them as one field ``I``, coverage 1, sky fraction 1.
+- coordinate ``field (field)``: field names, e.g. ``["I"]`` or ``["I", "E", "B"]`` (I, Q, U are
+  Stokes parameters; E, B come from Q, U through the spin-2 transform).
+- ``sky_fraction (map)`` float32: usable sky fraction of each map's weight mask (mean of the
+  weights; 1.0 full sky); NaN before computed (and for maps that failed before it was known).
+- ``coverage`` float32 in [0, 1] (shared by every field), NaN before computed: the fraction of
+  each path's output that the mask lets through, per path and output pixel. Its layout
+  follows one rule, fixed when the store is created (root attribute ``coverage_layout``):
+
+  * ``coverage (path, pixel)`` ("shared") when masks cannot differ between maps: every input is
+    a simulation and all share one mask setting (none, or the same ``mask``/``galactic_cut``),
+    so every map's mask is that one times the global ``--mask``
+    (``not catalog.masks_may_differ``);
+  * ``coverage (map, path, pixel)`` ("per_map", chunked and sharded like ``coefficients``)
+    otherwise: FITS, HealSparse and Zarr inputs can each carry their own mask (UNSEEN/NaN
+    pixels, HealSparse coverage). ``create(per_map_coverage=...)`` forces either layout.
 - ``status (map)`` int8: 0 todo, 1 ok, -1 failed. Chunked by shard (K maps), written by the
-  shard's task *after* its data, in a second call: completion is never inferred from chunk
-  existence.
+  shard's task *after* its data (coefficients, coverage, sky fraction), in a second call:
+  completion is never inferred from chunk existence.
 - ``error (map)`` str: a short message for failed maps, ``""`` otherwise (chunked by shard).
 - ``source (map)`` str: where the map came from (FITS path, ``store::variable[row]``, sim).
 - ``label (map)`` int8, only when the catalog has labels (-1 where an entry has none).
 - coordinates ``map`` (ids), ``path`` (``"S0"``, ``"S1 j1=7"``, ``"S2 j1=7 j2=5"``),
-  ``order (path)``, ``j1 (path)``, ``j2 (path)`` (-1 where absent), ``pixel`` (HEALPix RING
-  index at ``nside_out``) and its twin ``cell_ids (pixel)``; both carry the xdggs attributes
-  ``grid_name="healpix"``, ``level=log2(nside_out)``, ``indexing_scheme="ring"``, so
+  ``order (path)``, ``j1 (path)``, ``j2 (path)`` (-1 where absent), plus any other per-path
+  coordinate the transform's ``path_coords()`` returns (e.g. ``kind``), ``pixel`` (HEALPix
+  RING index at ``nside_out``) and its twin ``cell_ids (pixel)``; both carry the xdggs
+  attributes ``grid_name="healpix"``, ``level=log2(nside_out)``, ``indexing_scheme="ring"``, so
   ``xdggs.decode(ds)`` (``cell_ids``) and ``xdggs.decode(ds, name="pixel")`` both work.
 - root attributes: every transform parameter (``Scattering.config()``, also whole as the
-  JSON string ``scattering_config``), ``config_hash``, ``catalog_hash``, ``shard_size``,
-  ``n_maps``, ``nside_out``, ``scatterdist_version``, ``created`` (UTC ISO 8601).
+  JSON string ``scattering_config``), the data settings ``fields`` (list), ``mask`` (absolute
+  path of the global mask, ``""`` for none), ``mask_sha256``, ``min_fsky`` (also whole as the
+  JSON string ``data_config``), ``coverage_layout``, ``config_hash`` (over the transform
+  config and the data settings: resuming with other fields, another mask or min_fsky is
+  refused), ``catalog_hash``, ``shard_size``, ``n_maps``, ``nside_out``, ``scatterdist_version``,
+  ``created`` (UTC ISO 8601).
 
 A writer holds ``PATH.lock`` (see :class:`StoreLock`) for the duration of a run.
 """
@@ -55,8 +77,14 @@ __all__ = [
     "STATUS_TODO",
     "STATUS_OK",
     "STATUS_FAILED",
+    "DEFAULT_MIN_FSKY",
+    "ShardData",
     "config_hash",
+    "coverage_layout",
     "create",
+    "data_config",
+    "read_shard",
+    "write_coverage",
     "write_shard",
     "write_status",
     "read_status",
@@ -68,6 +96,8 @@ __all__ = [
 
 STATUS_TODO, STATUS_OK, STATUS_FAILED = 0, 1, -1
 MAX_ERROR_CHARS = 300
+#: Smallest usable sky fraction of a map (``scatterdist.catalog.DEFAULT_MIN_FSKY``).
+DEFAULT_MIN_FSKY = 0.01
 #: Config keys that change how a result is computed, not what it is.
 _HASH_EXCLUDE = frozenset({"nthreads", "backend", "device"})
 
@@ -200,13 +230,32 @@ class StoreLock:
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """Shape of a store: ``n_maps`` maps in shards of ``shard_size`` (the last may be short)."""
+    """Shape of a store: ``n_maps`` maps in shards of ``shard_size`` (the last may be short).
+
+    ``fields`` is ``()`` for a store without a ``field`` dimension (made before fields
+    existed); ``coverage_layout`` is ``"shared"``, ``"per_map"`` or ``""`` (no coverage).
+    """
 
     n_maps: int
     shard_size: int
     n_paths: int
     npix_out: int
     config_hash: str
+    fields: tuple[str, ...] = ()
+    coverage_layout: str = ""
+
+    @property
+    def n_fields(self) -> int:
+        """Number of fields (1 for a store without a ``field`` dimension)."""
+        return max(1, len(self.fields))
+
+    @property
+    def has_field_dim(self) -> bool:
+        return bool(self.fields)
+
+    @property
+    def per_map_coverage(self) -> bool:
+        return self.coverage_layout == "per_map"
 
     @property
     def n_shards(self) -> int:
@@ -227,13 +276,82 @@ def _path_coords(paths: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarr
     return order, j1, j2
 
 
+def _transform_path_coords(scattering: Any) -> dict[str, Any]:
+    """Per-path coordinates: ``order``, ``j1``, ``j2`` and every other key of the transform's
+    ``path_coords()`` (``label`` excepted: it is the ``path`` index itself)."""
+    n = int(scattering.n_paths)
+    order, j1, j2 = _path_coords(scattering.paths)
+    out: dict[str, Any] = {
+        "order": ("path", order),
+        "j1": ("path", j1, {"description": "first wavelet scale (-1: absent)"}),
+        "j2": ("path", j2, {"description": "second wavelet scale (-1: absent)"}),
+    }
+    extra = scattering.path_coords() if hasattr(scattering, "path_coords") else {}
+    for name, values in extra.items():
+        if name in ("label", "path"):
+            continue
+        arr = np.asarray(values)
+        if arr.shape != (n,):
+            raise StoreError(f"the transform's path coordinate {name!r} has shape {arr.shape}, "
+                             f"need ({n},) (one value per path)")
+        if arr.dtype.kind in "US":
+            arr = arr.astype(object)
+        elif name == "order":
+            arr = arr.astype(np.int8)
+        elif name in ("j1", "j2"):
+            arr = arr.astype(np.int16)
+        attrs = out[name][2] if name in out and len(out[name]) > 2 else {}
+        out[name] = ("path", arr, attrs) if attrs else ("path", arr)
+    return out
+
+
 def _xdggs_attrs(nside_out: int) -> dict[str, Any]:
     level = int(np.log2(nside_out))
     return {"grid_name": "healpix", "level": level, "indexing_scheme": "ring"}
 
 
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_config(fields: Sequence[str] | None, mask: str | os.PathLike | None = None,
+                min_fsky: float = DEFAULT_MIN_FSKY) -> dict[str, Any] | None:
+    """The data settings a store records and hashes: ``fields``, ``mask`` (absolute path or
+    ``""``), ``mask_sha256`` (of the file's bytes, ``""`` for none) and ``min_fsky``.
+
+    None for the legacy schema (``fields is None and mask is None``).
+    """
+    if fields is None and mask is None:
+        return None
+    from scatterdist.catalog import check_fields
+
+    names = list(check_fields(("I",) if fields is None else fields))
+    mpath, digest = "", ""
+    if mask is not None:
+        mpath = os.path.abspath(os.fspath(mask))
+        try:
+            digest = _file_sha256(mpath)
+        except OSError as exc:
+            raise StoreError(f"cannot read the mask {mpath}: {exc}") from exc
+    return {"fields": names, "mask": mpath, "mask_sha256": digest, "min_fsky": float(min_fsky)}
+
+
+def _hashed(config: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``config_hash`` covers: the transform config plus the data settings (not the
+    mask's path: a mask moved elsewhere with the same bytes is the same mask)."""
+    if data is None:
+        return dict(config)
+    out = dict(config)
+    out.update({f"data.{k}": v for k, v in data.items() if k != "mask"})
+    return out
+
+
 def _root_attrs(config: dict[str, Any], chash: str, ids: Sequence[str], shard_size: int,
-                scattering: Any) -> dict[str, Any]:
+                scattering: Any, data: dict[str, Any] | None, coverage_layout: str) -> dict[str, Any]:
     attrs: dict[str, Any] = {k: _jsonable(v) for k, v in config.items()}
     attrs.update(
         scattering_config=json.dumps(_jsonable(config), sort_keys=True),
@@ -247,6 +365,9 @@ def _root_attrs(config: dict[str, Any], chash: str, ids: Sequence[str], shard_si
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         status_codes="0 todo, 1 ok, -1 failed",
     )
+    if data is not None:
+        attrs.update(data)
+        attrs.update(data_config=json.dumps(data, sort_keys=True), coverage_layout=coverage_layout)
     return attrs
 
 
@@ -258,24 +379,33 @@ def layout(path: str | os.PathLike) -> StoreLayout:
         raise StoreError(f"{path} is not a scatterdist store (no Zarr group there)") from exc
     attrs = dict(group.attrs)
     missing = {"shard_size", "n_maps", "config_hash"} - attrs.keys()
-    if missing:
+    if missing or "coefficients" not in group:
         raise StoreError(f"{path} is a Zarr group but not a scatterdist store "
-                         f"(attributes {sorted(missing)} missing)")
+                         f"(attributes {sorted(missing) or ['coefficients']} missing)")
     shape = group["coefficients"].shape
+    fields = tuple(str(f) for f in attrs.get("fields", ())) if len(shape) == 4 else ()
     return StoreLayout(n_maps=int(attrs["n_maps"]), shard_size=int(attrs["shard_size"]),
-                       n_paths=int(shape[1]), npix_out=int(shape[2]),
-                       config_hash=str(attrs["config_hash"]))
+                       n_paths=int(shape[-2]), npix_out=int(shape[-1]),
+                       config_hash=str(attrs["config_hash"]), fields=fields,
+                       coverage_layout=str(attrs.get("coverage_layout", "")) if fields else "")
 
 
 def _check_compatible(path: str, config: dict[str, Any], ids: Sequence[str],
-                      shard_size: int | None) -> StoreLayout:
+                      shard_size: int | None, data: dict[str, Any] | None = None) -> StoreLayout:
     lay = layout(path)
     attrs = dict(zarr.open_group(path, mode="r").attrs)
-    chash = config_hash(config)
+    chash = config_hash(_hashed(config, data))
     if attrs["config_hash"] != chash:
         stored = json.loads(attrs.get("scattering_config", "{}"))
         diff = {k: (stored.get(k), config.get(k)) for k in set(stored) | set(config)
                 if k not in _HASH_EXCLUDE and _jsonable(stored.get(k)) != _jsonable(config.get(k))}
+        stored_data = json.loads(attrs["data_config"]) if "data_config" in attrs else None
+        if (stored_data is None) != (data is None):
+            diff["field dimension"] = ("absent" if stored_data is None else "present",
+                                       "absent" if data is None else "present")
+        elif data is not None:
+            diff.update({k: (stored_data.get(k), v) for k, v in data.items()
+                         if k != "mask" and _jsonable(stored_data.get(k)) != _jsonable(v)})
         raise StoreConfigError(
             f"store {path} was made with another configuration (hash {attrs['config_hash']} "
             f"!= {chash}); differing parameters (stored, requested): {diff}. Use the same "
@@ -295,27 +425,49 @@ def _check_compatible(path: str, config: dict[str, Any], ids: Sequence[str],
     return lay
 
 
+def coverage_layout(catalog: Catalog, per_map_coverage: bool | None = None) -> str:
+    """``"per_map"`` when masks may differ between the catalog's maps, else ``"shared"``
+    (see the module docstring); ``per_map_coverage`` forces it."""
+    if per_map_coverage is None:
+        per_map_coverage = bool(catalog.masks_may_differ)
+    return "per_map" if per_map_coverage else "shared"
+
+
 def create(
     path: str | os.PathLike,
     catalog: Catalog,
     scattering: Any,
     shard_size: int,
     overwrite: bool = False,
+    *,
+    fields: Sequence[str] | None = None,
+    mask: str | os.PathLike | None = None,
+    min_fsky: float = DEFAULT_MIN_FSKY,
+    per_map_coverage: bool | None = None,
 ) -> bool:
     """Write the store template (metadata, coords, ``source``, ``label``, zero ``status``).
 
-    ``scattering`` is a ``scatterdist.Scattering``. When a store already exists at ``path`` and
-    ``overwrite`` is False it is validated for resuming instead (same config hash, same catalog,
-    same shard size, else :class:`StoreConfigError`). Returns True when a new store was written.
+    ``scattering`` is a ``scatterdist.Scattering`` (or any transform with ``n_paths``,
+    ``npix_out``, ``nside_out``, ``paths``, ``path_labels``, ``config()`` and optionally
+    ``path_coords()``). ``fields``: field names (``("I",)``, ``("I", "E", "B")``); ``mask``: the
+    global mask file (its sha256 is recorded and hashed); ``min_fsky``: recorded and hashed;
+    ``per_map_coverage``: force the coverage layout (default: :func:`coverage_layout`).
+    ``fields=None`` and ``mask=None`` write the legacy schema (no ``field`` dimension, no
+    ``coverage``/``sky_fraction``) for callers that have not moved to fields yet.
+
+    When a store already exists at ``path`` and ``overwrite`` is False it is validated for
+    resuming instead (same config hash — transform and data settings —, same catalog, same
+    shard size, else :class:`StoreConfigError`). Returns True when a new store was written.
     """
     path = os.fspath(path)
     if shard_size is None or int(shard_size) < 1:
         raise StoreError(f"shard_size must be a positive integer, got {shard_size!r}")
     shard_size = int(shard_size)
     config = scattering.config()
+    data = data_config(fields, mask, min_fsky)
     ids = catalog.ids
     if os.path.exists(path) and not overwrite:
-        _check_compatible(path, config, ids, shard_size)
+        _check_compatible(path, config, ids, shard_size, data)
         return False
     if os.path.exists(path):
         if not os.path.isdir(path) or not (
@@ -325,44 +477,68 @@ def create(
         shutil.rmtree(path)
     n, p, q = len(ids), int(scattering.n_paths), int(scattering.npix_out)
     k = min(shard_size, max(n, 1))
-    order, j1, j2 = _path_coords(scattering.paths)
     pixel = np.arange(q, dtype=np.int64)
     pix_attrs = _xdggs_attrs(int(scattering.nside_out))
+    coeff_attrs = {"long_name": "scattering coefficients", "units": "input map units",
+                   "description": "S[path] f sampled on the HEALPix RING grid at nside_out"}
+    zstd = [zarr.codecs.ZstdCodec(level=3)]
+    cov_layout = ""
+    if data is None:
+        coeff_dims: tuple[str, ...] = ("map", "path", "pixel")
+        block: tuple[int, ...] = (p, q)
+    else:
+        nf = len(data["fields"])
+        coeff_dims, block = ("map", "field", "path", "pixel"), (nf, p, q)
+        cov_layout = coverage_layout(catalog, per_map_coverage)
     data_vars: dict[str, Any] = {
-        "coefficients": (("map", "path", "pixel"),
-                         da.full((n, p, q), np.nan, dtype=np.float32, chunks=(k, p, q)),
-                         {"long_name": "scattering coefficients", "units": "input map units",
-                          "description": "S[path] f sampled on the HEALPix RING grid at nside_out"}),
+        "coefficients": (coeff_dims, da.full((n, *block), np.nan, dtype=np.float32, chunks=(k, *block)),
+                         coeff_attrs),
         "status": (("map",), np.zeros(n, dtype=np.int8),
                    {"flag_values": [0, 1, -1], "flag_meanings": "todo ok failed"}),
         "error": (("map",), np.array([""] * n, dtype=object),
                   {"description": "why a map failed (empty when ok)"}),
         "source": (("map",), np.array(catalog.sources, dtype=object)),
     }
-    labels = catalog.labels
-    if labels is not None:
-        data_vars["label"] = (("map",), np.asarray(labels, dtype=np.int8),
-                              {"description": "class label (-1: none)"})
-    coords = {
-        "map": ("map", np.array(ids, dtype=object)),
-        "path": ("path", np.array(scattering.path_labels, dtype=object)),
-        "order": ("path", order),
-        "j1": ("path", j1, {"description": "first wavelet scale (-1: absent)"}),
-        "j2": ("path", j2, {"description": "second wavelet scale (-1: absent)"}),
-        "pixel": ("pixel", pixel, pix_attrs),
-        "cell_ids": ("pixel", pixel.copy(), pix_attrs),
-    }
-    ds = xr.Dataset(data_vars, coords=coords,
-                    attrs=_root_attrs(config, config_hash(config), ids, shard_size, scattering))
-    encoding = {
-        "coefficients": {"chunks": (1, p, q), "shards": (k, p, q),
-                         "compressors": [zarr.codecs.ZstdCodec(level=3)]},
+    encoding: dict[str, Any] = {
+        "coefficients": {"chunks": (1, *block), "shards": (k, *block), "compressors": zstd},
         "status": {"chunks": (k,)},
         "error": {"chunks": (k,)},
         "source": {"chunks": (k,)},
     }
+    if data is not None:
+        data_vars["sky_fraction"] = (("map",), da.full((n,), np.nan, dtype=np.float32, chunks=(k,)),
+                                     {"long_name": "usable sky fraction of the map's mask",
+                                      "description": "mean of the weight mask (1: full sky); NaN: not computed"})
+        encoding["sky_fraction"] = {"chunks": (k,)}
+        cov_attrs = {"long_name": "coverage", "valid_range": [0.0, 1.0],
+                     "description": "fraction of each path's output the mask lets through "
+                                    "(shared by all fields); NaN: not computed",
+                     "layout": cov_layout}
+        if cov_layout == "per_map":
+            data_vars["coverage"] = (("map", "path", "pixel"),
+                                     da.full((n, p, q), np.nan, dtype=np.float32, chunks=(k, p, q)), cov_attrs)
+            encoding["coverage"] = {"chunks": (1, p, q), "shards": (k, p, q), "compressors": zstd}
+        else:
+            data_vars["coverage"] = (("path", "pixel"), np.full((p, q), np.nan, dtype=np.float32), cov_attrs)
+            encoding["coverage"] = {"chunks": (p, q), "compressors": zstd}
+    labels = catalog.labels
     if labels is not None:
+        data_vars["label"] = (("map",), np.asarray(labels, dtype=np.int8),
+                              {"description": "class label (-1: none)"})
         encoding["label"] = {"chunks": (k,)}
+    coords: dict[str, Any] = {
+        "map": ("map", np.array(ids, dtype=object)),
+        "path": ("path", np.array(scattering.path_labels, dtype=object)),
+        **_transform_path_coords(scattering),
+        "pixel": ("pixel", pixel, pix_attrs),
+        "cell_ids": ("pixel", pixel.copy(), pix_attrs),
+    }
+    if data is not None:
+        coords["field"] = ("field", np.array(data["fields"], dtype=object),
+                           {"description": "I, Q, U: Stokes parameters; E, B: from Q, U (spin 2)"})
+    chash = config_hash(_hashed(config, data))
+    ds = xr.Dataset(data_vars, coords=coords,
+                    attrs=_root_attrs(config, chash, ids, shard_size, scattering, data, cov_layout))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
                                 category=UserWarning)
@@ -386,36 +562,132 @@ def write_status(path: str | os.PathLike, start: int, status: np.ndarray,
     _write_status(zarr.open_group(os.fspath(path), mode="r+"), start, status, errors)
 
 
+def _open_for_write(path: str | os.PathLike) -> tuple[zarr.Group, StoreLayout]:
+    try:
+        group = zarr.open_group(os.fspath(path), mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreError(f"{path} is not a scatterdist store (no Zarr group there)") from exc
+    if "shard_size" not in group.attrs or "coefficients" not in group:
+        raise StoreError(f"{path} is not a scatterdist store")
+    return group, layout(path)
+
+
+def _check_coverage(coverage: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    cov = np.asarray(coverage, dtype=np.float32)
+    if cov.shape != shape:
+        raise StoreError(f"{what} needs coverage of shape {shape}, got {cov.shape}")
+    finite = cov[np.isfinite(cov)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        raise StoreError(f"{what}: coverage values must lie in [0, 1] (NaN: not computed), "
+                         f"got [{finite.min()}, {finite.max()}]")
+    return cov
+
+
+def write_coverage(path: str | os.PathLike, coverage: np.ndarray) -> None:
+    """Write the shared ``coverage (path, pixel)`` of a store whose masks cannot differ.
+
+    Idempotent (the value depends only on the mask and the transform): any task, or the
+    client once, may write it. Per-map stores take coverage through :func:`write_shard`.
+    """
+    group, lay = _open_for_write(path)
+    if not lay.has_field_dim or lay.per_map_coverage:
+        raise StoreError(f"{path} has no shared coverage (layout {lay.coverage_layout or 'none'}): "
+                         "give per-map coverage to write_shard")
+    group["coverage"][...] = _check_coverage(coverage, (lay.n_paths, lay.npix_out), f"store {path}")
+
+
 def write_shard(
     path: str | os.PathLike,
     shard_index: int,
     coefficients: np.ndarray,
     status: np.ndarray,
     errors: Sequence[str],
+    *,
+    coverage: np.ndarray | None = None,
+    sky_fraction: np.ndarray | None = None,
 ) -> None:
-    """Write one whole shard: ``coefficients (k, n_paths, npix_out)`` first, then in a second
-    call ``error`` and ``status`` (``(k,)`` int8, 1 ok / -1 failed). ``k`` is the shard's length.
+    """Write one whole shard of ``k`` maps, data first and ``error``/``status`` last.
 
+    ``coefficients``: ``(k, F, n_paths, npix_out)``, or ``(k, n_paths, npix_out)`` when the
+    store has one field (or no ``field`` dimension). ``status``: ``(k,)`` int8, 1 ok / -1
+    failed; ``errors``: ``k`` messages. ``coverage``: ``(k, n_paths, npix_out)`` for a per-map
+    store, ``(n_paths, npix_out)`` for a shared one; None means the maps were transformed full
+    sky (ok rows get 1, failed rows NaN; refused when the store has a global mask).
+    ``sky_fraction``: ``(k,)`` (NaN allowed); None means 1.0 for ok rows, NaN for failed rows.
     Rows of failed maps should be NaN. Only the task that owns a shard may call this.
     """
-    group = zarr.open_group(os.fspath(path), mode="r+")
-    attrs = group.attrs
-    if "shard_size" not in attrs or "coefficients" not in group:
-        raise StoreError(f"{path} is not a scatterdist store")
-    coeff = group["coefficients"]
-    lay = StoreLayout(int(attrs["n_maps"]), int(attrs["shard_size"]), int(coeff.shape[1]),
-                      int(coeff.shape[2]), str(attrs["config_hash"]))
+    group, lay = _open_for_write(path)
     start, stop = lay.bounds(shard_index)
+    k = stop - start
     coefficients = np.asarray(coefficients)
-    expected = (stop - start, lay.n_paths, lay.npix_out)
+    nf = lay.n_fields
+    if lay.has_field_dim and coefficients.ndim == 3 and nf == 1:
+        coefficients = coefficients[:, None]
+    elif not lay.has_field_dim and coefficients.ndim == 4 and coefficients.shape[1:2] == (1,):
+        coefficients = coefficients[:, 0]
+    expected = (k, nf, lay.n_paths, lay.npix_out) if lay.has_field_dim else (k, lay.n_paths, lay.npix_out)
     if coefficients.shape != expected:
-        raise StoreError(f"shard {shard_index} of {path} needs coefficients of shape {expected}, "
-                         f"got {coefficients.shape}")
-    if np.shape(status) != (stop - start,):
-        raise StoreError(f"shard {shard_index} needs {stop - start} status values, "
-                         f"got shape {np.shape(status)}")
-    coeff[start:stop] = coefficients.astype(np.float32, copy=False)
-    _write_status(group, start, status, errors)
+        raise StoreError(f"shard {shard_index} of {path} needs coefficients of shape {expected} "
+                         f"(map, {'field, ' if lay.has_field_dim else ''}path, pixel), got {coefficients.shape}")
+    status_arr = np.asarray(status)
+    if status_arr.shape != (k,):
+        raise StoreError(f"shard {shard_index} needs {k} status values, got shape {status_arr.shape}")
+    ok = status_arr == STATUS_OK
+    cov = frac = None
+    if lay.has_field_dim:
+        what = f"shard {shard_index} of {path}"
+        if coverage is None:
+            if group.attrs.get("mask"):
+                raise StoreError(f"{what}: the store has the global mask {group.attrs['mask']}; "
+                                 "pass the transform's coverage")
+            shape = (k, lay.n_paths, lay.npix_out) if lay.per_map_coverage else (lay.n_paths, lay.npix_out)
+            cov = np.ones(shape, np.float32)
+            if lay.per_map_coverage:
+                cov[~ok] = np.nan
+        else:
+            shape = (k, lay.n_paths, lay.npix_out) if lay.per_map_coverage else (lay.n_paths, lay.npix_out)
+            cov = _check_coverage(coverage, shape, what)
+        if sky_fraction is None:
+            frac = np.where(ok, 1.0, np.nan).astype(np.float32)
+        else:
+            frac = np.asarray(sky_fraction, dtype=np.float32)
+            if frac.shape != (k,):
+                raise StoreError(f"{what} needs {k} sky fractions, got shape {frac.shape}")
+    group["coefficients"][start:stop] = coefficients.astype(np.float32, copy=False)
+    if cov is not None:
+        if lay.per_map_coverage:
+            group["coverage"][start:stop] = cov
+        else:
+            group["coverage"][...] = cov
+        group["sky_fraction"][start:stop] = frac
+    _write_status(group, start, status_arr, errors)
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """What a shard holds (see :func:`read_shard`)."""
+
+    coefficients: np.ndarray          #: (k, F, P, N) float32 (F = 1 for a store without fields)
+    coverage: np.ndarray | None       #: (k, P, N) per map, (P, N) shared, None: no coverage
+    sky_fraction: np.ndarray | None   #: (k,) float32, None: not recorded
+    status: np.ndarray                #: (k,) int8
+    errors: list[str]
+
+
+def read_shard(path: str | os.PathLike, shard_index: int) -> ShardData:
+    """Everything :func:`write_shard` wrote for one shard (to rewrite a shard whole on resume)."""
+    lay = layout(path)
+    start, stop = lay.bounds(shard_index)
+    group = zarr.open_group(os.fspath(path), mode="r")
+    coeffs = group["coefficients"][start:stop]
+    if coeffs.ndim == 3:
+        coeffs = coeffs[:, None]
+    cov = frac = None
+    if lay.has_field_dim:
+        cov = group["coverage"][start:stop] if lay.per_map_coverage else group["coverage"][...]
+        frac = group["sky_fraction"][start:stop]
+    return ShardData(coeffs, cov, frac, group["status"][start:stop].astype(np.int8),
+                     [str(e) for e in group["error"][start:stop]])
 
 
 def read_status(path: str | os.PathLike) -> np.ndarray:
@@ -424,7 +696,8 @@ def read_status(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_rows(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
-    """``coefficients[start:stop]`` as float32 numpy."""
+    """``coefficients[start:stop]`` as float32 numpy, as stored: ``(k, F, P, N)``, or
+    ``(k, P, N)`` for a store without a ``field`` dimension."""
     return zarr.open_array(os.fspath(path), path="coefficients", mode="r")[start:stop]
 
 
