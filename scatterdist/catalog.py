@@ -654,7 +654,8 @@ def _read_healsparse(path: str, nside: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fields: tuple[str, ...],
-            gmask: np.ndarray | None, min_fsky: float, what: str) -> LoadedMap:
+            gmask: np.ndarray | None, min_fsky: float, what: str,
+            apodize_deg: float | None = None) -> LoadedMap:
     """Raw columns ``(C, npix)`` (+ the input's own weights) -> :class:`LoadedMap`."""
     raw = np.asarray(raw, dtype=np.float64)
     inf = np.isinf(raw)
@@ -686,7 +687,12 @@ def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fiel
         if eb is None:
             from scatterdist.sphere.spin import qu_to_eb
 
-            e, b = qu_to_eb(col[1], col[2], mask=mask)
+            weights = None
+            if mask is not None:  # apodised weights limit the E/B leakage at the mask edge
+                from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, apodize
+
+                weights = apodize(mask, DEFAULT_APODIZE_DEG if apodize_deg is None else float(apodize_deg))
+            e, b = qu_to_eb(col[1], col[2], mask=weights)
             eb = (np.where(w > 0, np.asarray(e, dtype=np.float64), 0.0),
                   np.where(w > 0, np.asarray(b, dtype=np.float64), 0.0))
         rows.append(eb[0] if f == "E" else eb[1])
@@ -702,11 +708,11 @@ def _scalar_only(fields: tuple[str, ...], what: str, kind: str) -> None:
 
 
 def _load_one(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarray | None,
-              min_fsky: float) -> LoadedMap:
+              min_fsky: float, apodize_deg: float | None = None) -> LoadedMap:
     if ref.kind == "fits":
         cols = _stokes_columns(fields)
         return _finish(_read_fits(ref.where, nside, cols, fields), cols, None, fields, gmask,
-                       min_fsky, ref.where)
+                       min_fsky, ref.where, apodize_deg)
     if ref.kind == "hsp":
         if not os.path.exists(ref.where):
             raise BadMapError(f"missing file: {ref.where}")
@@ -732,12 +738,16 @@ def load_maps(
     mask: str | os.PathLike | np.ndarray | None = None,
     *,
     min_fsky: float = DEFAULT_MIN_FSKY,
+    apodize: float | None = None,
 ) -> list[Any]:
     """Load the maps of ``refs`` at ``nside``: one :class:`LoadedMap` or :class:`BadMapError` each.
 
     ``fields``: names from :data:`FIELDS` (e.g. ``("I",)``, ``("I", "E", "B")``); ``mask``: the
     global mask (path or ``(npix,)`` weights, see :func:`read_global_mask`; a bad one raises
-    ``MaskError`` for the whole call); ``min_fsky``: smallest usable sky fraction of a map.
+    ``MaskError`` for the whole call); ``min_fsky``: smallest usable sky fraction of a map;
+    ``apodize``: degrees of cosine apodisation of the mask applied to Q, U before E/B are made
+    (pass the transform's ``apodize``; default ``scatterdist.sphere.mask.DEFAULT_APODIZE_DEG``).
+    The returned ``mask`` is never apodised (the transform apodises it).
     Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
     store are read in one call.
 
@@ -760,7 +770,7 @@ def load_maps(
             continue
         try:
             if not legacy:
-                out[k] = _load_one(ref, nside, fields, gmask, min_fsky)
+                out[k] = _load_one(ref, nside, fields, gmask, min_fsky, apodize)
             elif ref.kind == "fits":
                 out[k] = _load_fits(ref.where, nside)
             elif ref.kind == "sim":

@@ -286,7 +286,10 @@ def _transform_path_coords(scattering: Any) -> dict[str, Any]:
         "j1": ("path", j1, {"description": "first wavelet scale (-1: absent)"}),
         "j2": ("path", j2, {"description": "second wavelet scale (-1: absent)"}),
     }
-    extra = scattering.path_coords() if hasattr(scattering, "path_coords") else {}
+    extra = dict(scattering.path_coords()) if hasattr(scattering, "path_coords") else {}
+    # Every store has kind/exponent (transforms without them, e.g. LowPass, are plain paths).
+    extra.setdefault("kind", np.array(["modulus"] * n, dtype=object))
+    extra.setdefault("exponent", np.ones(n, dtype=np.float32))
     for name, values in extra.items():
         if name in ("label", "path"):
             continue

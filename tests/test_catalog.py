@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from scatterdist.catalog import BadMapError, Catalog, CatalogError, load_maps, parse_sim_spec
+from scatterdist.catalog import (
+    BadMapError,
+    Catalog,
+    CatalogError,
+    LoadedMap,
+    MapRef,
+    check_fields,
+    load_maps,
+    parse_sim_spec,
+)
 
 DATA = Path(__file__).parent / "data"
 WMAP = DATA / "wmap_band_iqumap_r9_7yr_W_v4_udgraded32.fits"
@@ -192,3 +201,138 @@ def test_sources_are_absolute() -> None:
     # The catalog keeps absolute sources so tasks on other machines/cwds find the files.
     cat = Catalog.from_fits(os.path.relpath(WMAP))
     assert os.path.isabs(cat.sources[0]) and os.path.isabs(cat.refs[0].where)
+
+
+# ---------------------------------------------------------------------- fields and masks
+
+WMAP_V = DATA / "wmap_band_iqumap_r9_7yr_V_v4_udgraded32.fits"
+WMAP_MASK = DATA / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
+
+
+def test_masked_wmap_map_loads_with_its_mask(tmp_path: Path) -> None:
+    lm, = load_maps(Catalog.from_fits(str(WMAP_MASKED)).refs, NSIDE, fields=("I",))
+    assert isinstance(lm, LoadedMap) and lm.fields == ("I",) and lm.own_mask
+    raw = hp.read_map(str(WMAP_MASKED), dtype=np.float64)
+    unseen = raw == hp.UNSEEN
+    assert unseen.sum() == 4686
+    assert lm.data.shape == (1, NPIX) and lm.data.dtype == np.float64
+    np.testing.assert_array_equal(lm.mask, (~unseen).astype(float))
+    assert lm.sky_fraction == pytest.approx(1 - 4686 / NPIX)
+    np.testing.assert_array_equal(lm.data[0], np.where(unseen, 0.0, raw))  # finite everywhere
+    # The same map with its masked pixels set to random values plus a mask file: same data.
+    filled = np.where(unseen, np.random.default_rng(7).normal(size=NPIX) * 1e3, raw)
+    with_mask = load_maps([MapRef("fits", str(_write(tmp_path / "filled.fits", filled)))], NSIDE,
+                          fields=("I",), mask=(~unseen).astype(float))[0]
+    np.testing.assert_array_equal(with_mask.data, lm.data)
+    np.testing.assert_array_equal(with_mask.mask, lm.mask)
+    # A full-sky map has no mask at all.
+    full, = load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields="I")
+    assert full.mask is None and full.sky_fraction == 1.0 and not full.own_mask
+
+
+def test_global_mask_combines_with_the_maps_own_mask(tmp_path: Path) -> None:
+    from scatterdist.sphere.mask import read_mask
+
+    gmask = read_mask(WMAP_MASK, NSIDE)
+    assert 0 < gmask.mean() < 1
+    full, masked = load_maps(Catalog.from_fits([str(WMAP), str(WMAP_MASKED)]).refs, NSIDE,
+                             fields=("I",), mask=str(WMAP_MASK))
+    np.testing.assert_array_equal(full.mask, gmask)
+    assert full.sky_fraction == pytest.approx(gmask.mean()) and not full.own_mask
+    own = (hp.read_map(str(WMAP_MASKED)) != hp.UNSEEN).astype(float)
+    np.testing.assert_array_equal(masked.mask, own * gmask)
+    assert masked.sky_fraction == pytest.approx((own * gmask).mean())
+    assert (full.data[0][gmask == 0] == 0).all()
+    # A mask at another nside is brought over (read_mask); a mask that cannot be is a MaskError.
+    low = _write(tmp_path / "mask16.fits", hp.ud_grade(gmask, 16))
+    [lm] = load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("I",), mask=str(low))
+    np.testing.assert_allclose(lm.mask, read_mask(low, NSIDE))
+    from scatterdist.sphere.mask import MaskError
+
+    odd = tmp_path / "odd.fits"
+    from astropy.io import fits as afits
+
+    afits.BinTableHDU.from_columns([afits.Column("T", "E", array=np.ones(1000))]).writeto(odd)
+    with pytest.raises(MaskError, match="odd.fits"):
+        load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("I",), mask=str(odd))
+    outside = _write(tmp_path / "outside.fits", np.full(NPIX, 2.0))
+    with pytest.raises(MaskError, match=r"\[0, 1\]"):
+        load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("I",), mask=str(outside))
+    with pytest.raises(MaskError, match="shape"):
+        load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("I",), mask=np.ones(10))
+
+
+def test_fields_iqu_and_eb_from_the_real_wmap_maps() -> None:
+    from scatterdist.sphere.spin import qu_to_eb
+
+    cat = Catalog.from_fits([str(WMAP), str(WMAP_V)])
+    for path, lm in zip((WMAP, WMAP_V), load_maps(cat.refs, NSIDE, fields=("I", "Q", "U"))):
+        np.testing.assert_array_equal(lm.data, np.stack(hp.read_map(str(path), field=(0, 1, 2), dtype=np.float64)))
+    for path, lm in zip((WMAP, WMAP_V), load_maps(cat.refs, NSIDE, fields=("I", "E", "B"))):
+        assert lm.fields == ("I", "E", "B") and lm.data.shape == (3, NPIX) and lm.mask is None
+        i, q, u = hp.read_map(str(path), field=(0, 1, 2), dtype=np.float64)
+        e, b = qu_to_eb(q, u)
+        np.testing.assert_array_equal(lm.data[0], i)
+        np.testing.assert_allclose(lm.data[1:], np.stack([e, b]), rtol=0, atol=1e-12)
+        assert np.isfinite(lm.data).all() and lm.data[1].std() > 0 and lm.data[2].std() > 0
+        # Independent reference: healpy's polarised analysis (iterated to convergence) at the same lmax.
+        alm = hp.map2alm([i, q, u], lmax=2 * NSIDE - 1, pol=True, iter=10)
+        for k, x in ((1, e), (2, b)):
+            ref = hp.alm2map(alm[k], NSIDE, lmax=2 * NSIDE - 1)
+            assert np.abs(ref - x).max() < 1e-9 * np.abs(ref).max()
+    # The masked W map with fields I, E, B: its UNSEEN pixels mask every field.
+    [lm] = load_maps(Catalog.from_fits(str(WMAP_MASKED)).refs, NSIDE, fields=("I", "E", "B"))
+    assert lm.sky_fraction == pytest.approx(1 - 4686 / NPIX)
+    assert (lm.data[:, lm.mask == 0] == 0).all() and np.isfinite(lm.data).all()
+
+
+def test_bad_fields_and_masks_are_per_map_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    temp_only = _write(tmp_path / "temperature.fits", rng.standard_normal(NPIX))
+    tiny = np.full((3, NPIX), hp.UNSEEN)  # I, Q, U files
+    tiny[:, :50] = 1.0  # 50 / 12288 = 0.4% of the sky
+    tiny = _write(tmp_path / "tiny.fits", tiny)
+    allmasked = _write(tmp_path / "allmasked.fits", np.full((3, NPIX), np.nan))
+    inf = rng.standard_normal((3, NPIX))
+    inf[2, 3] = np.inf  # in U: E needs it
+    inf = _write(tmp_path / "inf.fits", inf)
+    paths = [WMAP, temp_only, tiny, allmasked, inf, WMAP_V]
+    out = load_maps(Catalog.from_fits([str(p) for p in paths]).refs, NSIDE, fields=("I", "E"))
+    assert isinstance(out[0], LoadedMap) and isinstance(out[-1], LoadedMap)
+    for got, words in zip(out[1:-1], ["has 1 field(s); field(s) E need(s) Stokes Q and U",
+                                      "usable sky fraction 0.004069 is below min_fsky 0.01",
+                                      "entirely masked", "1 infinite pixels"]):
+        assert isinstance(got, BadMapError), got
+        assert words in str(got)
+    # The temperature-only file loads with field I; the tiny sky with a lower min_fsky.
+    ok = load_maps(Catalog.from_fits([str(temp_only), str(tiny)]).refs, NSIDE, fields="I", min_fsky=0.001)
+    assert all(isinstance(m, LoadedMap) for m in ok)
+    assert ok[1].sky_fraction == pytest.approx(50 / NPIX)
+    # A global mask that removes what the map has left: entirely masked.
+    half = np.zeros(NPIX)
+    half[50:] = 1
+    [gone] = load_maps(Catalog.from_fits(str(tiny)).refs, NSIDE, fields="I", mask=half, min_fsky=0)
+    assert isinstance(gone, BadMapError) and "entirely masked" in str(gone)
+    with pytest.raises(CatalogError, match="unknown field"):
+        load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("T",))
+    with pytest.raises(CatalogError, match="repeated"):
+        check_fields("I,I")
+    assert check_fields("i, e,B") == ("I", "E", "B")
+
+
+def test_zarr_and_sim_inputs_with_fields(tmp_path: Path) -> None:
+    store = tmp_path / "m.zarr"
+    maps = np.random.default_rng(9).standard_normal((2, NPIX))
+    maps[1, :1000] = hp.UNSEEN
+    xr.Dataset({"maps": (("map", "pixel"), maps)}).to_zarr(store, zarr_format=3, consolidated=False)
+    cat = Catalog.from_zarr(str(store))
+    a, b = load_maps(cat.refs, NSIDE, fields=("I",))
+    assert a.mask is None and np.array_equal(a.data[0], maps[0])
+    assert b.sky_fraction == pytest.approx(1 - 1000 / NPIX) and (b.data[0, :1000] == 0).all()
+    e = load_maps(cat.refs, NSIDE, fields=("E",))
+    assert all(isinstance(x, BadMapError) and "one scalar field (I)" in str(x) for x in e)
+    sim = Catalog.from_inputs(["sim:kind=gaussian,n=2,nside=32,seed=3"])
+    assert not sim.masks_may_differ and cat.masks_may_differ
+    s0, _ = load_maps(sim.refs, 32, fields=("I",))
+    assert s0.mask is None
+    np.testing.assert_array_equal(s0.data[0], load_maps(sim.refs[:1], 32)[0])  # legacy form: same map
