@@ -76,6 +76,31 @@ def synthetic_maps(
     return (maps * amplitude + 3.0 * channel_scale).astype(np.float32)
 
 
+def synthetic_coverage(
+    n_maps: int, nside: int, n_paths: int, shared: bool, seed: int = 0, hole_deg: float = 40.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage ``(n_maps, n_paths, npix)`` float32 in [0, 1] and sky fraction ``(n_maps,)`` of a
+    synthetic cut sky: a disc hole of radius ``hole_deg`` (one centre for all maps when
+    ``shared``, a random centre per map otherwise); path ``p``'s coverage rises linearly from 0
+    at the hole's edge to 1 at ``(p + 1) * 2`` pixel sizes from it, as an eroded mask would.
+    """
+    import healpy as hp
+
+    rng = np.random.default_rng([seed, 7])
+    npix = nside2npix(nside)
+    centres = rng.standard_normal((1 if shared else n_maps, 3))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    pix = np.asarray(hp.pix2vec(nside, np.arange(npix)))  # (3, npix)
+    dist = np.arccos(np.clip(centres @ pix, -1.0, 1.0)) - np.radians(hole_deg)  # (m, npix), < 0 inside the hole
+    width = 2.0 * hp.nside2resol(nside) * (1.0 + np.arange(n_paths))[None, :, None]
+    coverage = np.clip(dist[:, None, :] / width, 0.0, 1.0).astype(np.float32)
+    fraction = (dist > 0).mean(axis=1)
+    if shared:
+        coverage = np.repeat(coverage, n_maps, axis=0)
+        fraction = np.repeat(fraction, n_maps)
+    return coverage, fraction.astype(np.float32)
+
+
 def write_synthetic_store(
     path: str | os.PathLike,
     n_maps: int = 96,
@@ -86,12 +111,28 @@ def write_synthetic_store(
     failed: tuple[int, ...] = (),
     todo: tuple[int, ...] = (),
     seed: int = 0,
+    fields: tuple[str, ...] | None = None,
+    mask: str | None = None,
+    min_coverage: float = 0.5,
 ) -> np.ndarray:
     """Write a synthetic store at ``path``; returns the labels ``(n_maps,)``.
 
     Maps listed in ``failed`` get status -1 and NaN coefficients, those in ``todo`` keep
     status 0 (never computed). Labels alternate through the classes in a seeded shuffle.
+    ``n_channels`` is the number of paths.
+
+    ``fields=None`` and ``mask=None`` write the schema of stores made before fields existed
+    (``coefficients (map, path, pixel)``). ``fields`` (e.g. ``("I", "E", "B")``) writes the
+    current schema ``coefficients (map, field, path, pixel)`` with every field an independent
+    synthetic map of the same class. ``mask="shared"`` or ``"per_map"`` cuts a hole in every sky
+    (:func:`synthetic_coverage`; one shared ``coverage (path, pixel)`` or ``(map, path, pixel)``):
+    coefficients are NaN where a path's coverage is below ``min_coverage``, and ``sky_fraction``
+    is recorded.
     """
+    if mask not in (None, "shared", "per_map"):
+        raise ValueError(f"mask must be None, 'shared' or 'per_map', got {mask!r}")
+    if mask is not None and fields is None:
+        fields = ("I",)
     slopes = tuple(1.0 + 1.5 * k for k in range(n_classes))
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n_maps) % n_classes)
@@ -100,8 +141,18 @@ def write_synthetic_store(
         Entry(id=f"syn{i:05d}", source=f"synthetic:{seed}:{i}", ref=MapRef("sim", json.dumps(spec.config()), i), label=int(labels[i]))
         for i in range(n_maps)
     ]
-    create(path, Catalog(entries, nside), spec, shard_size, overwrite=True)
-    maps = synthetic_maps(labels, nside, n_channels, slopes, seed)
+    n_fields = 1 if fields is None else len(fields)
+    create(
+        path, Catalog(entries, nside), spec, shard_size, overwrite=True, fields=fields,
+        per_map_coverage=None if mask is None else mask == "per_map",
+    )
+    maps = synthetic_maps(labels, nside, n_fields * n_channels, slopes, seed)
+    if fields is not None:
+        maps = maps.reshape(n_maps, n_fields, n_channels, -1)
+    coverage = fraction = None
+    if mask is not None:
+        coverage, fraction = synthetic_coverage(n_maps, nside, n_channels, mask == "shared", seed)
+        maps = np.where(coverage[:, None] < min_coverage, np.float32(np.nan), maps)
     for shard, start in enumerate(range(0, n_maps, shard_size)):
         stop = min(start + shard_size, n_maps)
         block = maps[start:stop].copy()
@@ -117,5 +168,9 @@ def write_synthetic_store(
             if i in todo:
                 block[i - start] = np.nan
                 status[i - start] = 0
-        write_shard(path, shard, block, status, errors)
+        extra = {}
+        if mask is not None:
+            cov = coverage[start:stop] if mask == "per_map" else coverage[0]
+            extra = {"coverage": cov, "sky_fraction": fraction[start:stop]}
+        write_shard(path, shard, block, status, errors, **extra)
     return labels

@@ -243,3 +243,46 @@ def test_progress_bars_only_on_terminals_unless_asked(monkeypatch, tmp_path):
         for _ in progress_bar(range(3), progress=forced, file=out, desc="stats"):
             pass
         assert (expect in out.getvalue()) and (out.getvalue() == "") == (expect == "")
+
+
+@pytest.mark.parametrize("mask", ["shared", "per_map"])
+def test_masked_multi_field_store_reads_as_channels(tmp_path, mask):
+    path = str(tmp_path / f"{mask}.zarr")
+    write_synthetic_store(path, n_maps=24, shard_size=8, n_channels=3, fields=("I", "E", "B"), mask=mask, failed=(5,), seed=4)
+    info = D.read_store_info(path)
+    assert info.fields == ["I", "E", "B"] and info.coverage_layout == mask and info.masked
+    assert info.n_inputs(False) == 9 and info.n_inputs(True) == 12
+    assert info.channel_labels(True)[3] == "E synthetic 0" and info.channel_labels(True)[9] == "coverage synthetic 0"
+    ds = open_coefficients(path)
+    raw = ds["coefficients"].values.astype(np.float64)  # (map, field, path, pixel), NaN outside coverage
+    cov = ds["coverage"].values
+    cov = np.broadcast_to(cov, (24, 3, cov.shape[-1])) if mask == "shared" else cov
+    assert np.isnan(raw[0]).any()
+    idx = D.select_maps(info, D.read_labels(info), "train")
+    mean, std = D.channel_statistics(path, idx, info.shard_size, progress=False, coverage_channels=True)
+    x = raw[idx].reshape(len(idx), 9, -1)
+    np.testing.assert_allclose(mean[:9], np.nanmean(x, axis=(0, 2)), rtol=1e-9)
+    np.testing.assert_allclose(std[:9], np.nanstd(x, axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(mean[9:], 0.0)
+    np.testing.assert_array_equal(std[9:], 1.0)
+    data = D.CoefficientDataset(path, idx, np.zeros(len(idx)), info.shard_size, mean, std, coverage_channels=True)
+    for item in (0, len(idx) - 1):
+        got = data[item][0].numpy()
+        m = idx[item]
+        assert got.shape == (12, 768) and np.isfinite(got).all()
+        want = (raw[m].reshape(9, -1) - mean[:9, None]) / std[:9, None]
+        covered = ~np.isnan(want)
+        np.testing.assert_allclose(got[:9][covered], want[covered], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got[:9][~covered], 0.0)  # NaN -> the channel mean
+        np.testing.assert_allclose(got[9:], cov[m], rtol=1e-6)  # the coverage, not normalised
+        cov_f = np.tile(cov[m], (3, 1))  # every field shares the path's coverage
+        assert np.all(cov_f[covered] >= 0.5) and np.all(cov_f[~covered] < 0.5)
+    # a NaN where the coverage is 1 is still refused
+    assert 5 not in idx
+    with pytest.raises(ValueError, match="non-finite"):
+        D.CoefficientDataset(path, np.array([5]), np.array([0]), info.shard_size)[0]
+
+
+def test_old_store_without_field_reads_as_one_unmasked_field(info):
+    assert info.fields == ["I"] and info.coverage_layout is None and not info.masked
+    assert info.n_inputs(True) == 2 * info.n_paths and info.channel_labels(False)[0] == "I synthetic 0"

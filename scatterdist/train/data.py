@@ -1,8 +1,27 @@
 """Coefficient store -> torch: store metadata, labels, deterministic splits, lazy Dataset, shard sampler.
 
-The store follows the schema of DESIGN.md (Zarr v3): ``coefficients (map, path, pixel)``
+The store follows the schema of DESIGN.md (Zarr v3): ``coefficients (map, field, path, pixel)``
 float32 sharded along ``map`` (``K`` maps per shard), ``status (map)`` int8 (1 = ok), optional
-``label (map)``, root attribute ``nside_out``. Only maps with ``status == 1`` are ever read.
+``label (map)``, ``sky_fraction (map)``, ``coverage`` ``(path, pixel)`` (one mask shared by every
+map) or ``(map, path, pixel)`` (per-map masks), root attribute ``nside_out``. Stores written
+before the ``field`` dimension existed (``coefficients (map, path, pixel)``, no coverage) read as
+one field with coverage 1. Only maps with ``status == 1`` are ever read.
+
+Model inputs (channels of one sample, ``(C, npix)`` float32):
+
+- every field's paths, field-major: channel ``f * n_paths + p`` is field ``f``, path ``p``
+  (labels ``"I S1 j1=3"``); ``C = n_fields * n_paths`` ...
+- ... plus, for a *masked* store (some map with ``sky_fraction < 1``), one **coverage channel per
+  path** (``"coverage S1 j1=3"``, values in [0, 1], not normalised): ``C = (n_fields + 1) * n_paths``.
+- Normalisation ``(x - mean) / std`` per coefficient channel, with statistics over the covered
+  (finite) pixels of the training maps only; then **NaN pixels (outside a path's coverage) are
+  set to 0**, i.e. to the channel's training mean. The model sees where it is blind through the
+  coverage channel.
+- Rotation equivariance is kept: the coverage is a scalar map like the coefficients, and the
+  normalisation and the NaN fill act pixel by pixel, so rotating a map with its mask rotates
+  every input channel.
+- A NaN is legitimate only where the coverage is below 1; any other non-finite value in a map
+  with status 1 is an error.
 
 Reading is shard-oriented: the Dataset reads a whole shard (one object in the store) the
 first time one of its maps is asked for and keeps the last few shards in memory; the
@@ -38,7 +57,10 @@ class StoreInfo:
     """Metadata of a coefficient store (small arrays only; the coefficients stay on disk).
 
     ``map_ids`` are the ``map`` coordinate as strings; ``shard_size`` is the number of maps per
-    shard of ``coefficients`` (the inner-chunk grouping that one task writes).
+    shard of ``coefficients`` (the inner-chunk grouping that one task writes). ``fields`` are the
+    field names (``["I"]`` for a store without a ``field`` dimension); ``coverage_layout`` is
+    ``"shared"`` (``coverage (path, pixel)``), ``"per_map"`` (``coverage (map, path, pixel)``) or
+    None (no coverage variable: full sky); ``sky_fraction (n_maps,)`` is None for old stores.
     """
 
     path: str
@@ -52,6 +74,32 @@ class StoreInfo:
     labels: np.ndarray | None
     path_labels: list[str]
     attrs: dict = field(default_factory=dict)
+    fields: list[str] = field(default_factory=lambda: ["I"])
+    coverage_layout: str | None = None
+    sky_fraction: np.ndarray | None = None
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
+
+    @property
+    def masked(self) -> bool:
+        """True when some map with status 1 has a usable sky fraction below 1 (the store needs coverage channels)."""
+        if self.sky_fraction is None:
+            return False
+        ok = self.status == 1
+        return bool(np.any(self.sky_fraction[ok] < 1.0))
+
+    def n_inputs(self, coverage_channels: bool) -> int:
+        """Number of model input channels: ``n_fields * n_paths`` (+ ``n_paths`` coverage channels)."""
+        return (self.n_fields + int(bool(coverage_channels))) * self.n_paths
+
+    def channel_labels(self, coverage_channels: bool) -> list[str]:
+        """Label of every model input channel, in order (see the module docstring)."""
+        out = [f"{f} {p}" for f in self.fields for p in self.path_labels]
+        if coverage_channels:
+            out += [f"coverage {p}" for p in self.path_labels]
+        return out
 
 
 def _open_group(path: str):
@@ -65,17 +113,65 @@ def _open_group(path: str):
         raise StoreFormatError(f"{path!r} is not a readable Zarr group: {exc}") from exc
 
 
+def _dims(array) -> tuple[str, ...] | None:
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    return tuple(names) if names else None
+
+
+def _coefficient_layout(path: str, array) -> bool:
+    """True when ``coefficients`` has a ``field`` dimension (``(map, field, path, pixel)``)."""
+    dims = _dims(array)
+    if dims is not None:
+        if dims == ("map", "field", "path", "pixel"):
+            return True
+        if dims == ("map", "path", "pixel"):
+            return False
+        raise StoreFormatError(
+            f"store {path!r}: 'coefficients' has dimensions {dims}; expected (map, field, path, pixel) "
+            "or, for stores written before fields existed, (map, path, pixel)"
+        )
+    if array.ndim in (3, 4):
+        return array.ndim == 4
+    raise StoreFormatError(f"'coefficients' must be (map, field, path, pixel), got shape {array.shape}")
+
+
+def _coverage_layout(path: str, group, n_maps: int, n_paths: int, npix: int) -> str | None:
+    if "coverage" not in group:
+        return None
+    cov = group["coverage"]
+    dims = _dims(cov)
+    if dims == ("path", "pixel") or (dims is None and cov.shape == (n_paths, npix)):
+        layout = "shared"
+    elif dims == ("map", "path", "pixel") or (dims is None and cov.shape == (n_maps, n_paths, npix)):
+        layout = "per_map"
+    else:
+        raise StoreFormatError(
+            f"store {path!r}: 'coverage' has dimensions {dims} and shape {cov.shape}; expected "
+            f"(path, pixel) = ({n_paths}, {npix}) or (map, path, pixel) = ({n_maps}, {n_paths}, {npix})"
+        )
+    expected = (n_paths, npix) if layout == "shared" else (n_maps, n_paths, npix)
+    if tuple(cov.shape) != expected:
+        raise StoreFormatError(f"store {path!r}: 'coverage' has shape {cov.shape}, expected {expected}")
+    return layout
+
+
 def read_store_info(store: str | os.PathLike) -> StoreInfo:
-    """Read the metadata of the coefficient store at ``store`` (a directory)."""
+    """Read the metadata of the coefficient store at ``store`` (a directory); old stores without ``field`` too."""
     path = os.path.abspath(os.fspath(store))
     group = _open_group(path)
     for name in ("coefficients", "status", "map"):
         if name not in group:
             raise StoreFormatError(f"store {path!r} has no {name!r} array (schema: see DESIGN.md)")
     coeffs = group["coefficients"]
-    if coeffs.ndim != 3:
-        raise StoreFormatError(f"'coefficients' must be (map, path, pixel), got shape {coeffs.shape}")
-    n_maps, n_paths, npix = (int(v) for v in coeffs.shape)
+    has_field = _coefficient_layout(path, coeffs)
+    if has_field:
+        n_maps, n_fields, n_paths, npix = (int(v) for v in coeffs.shape)
+        fields = [str(v) for v in np.asarray(group["field"][:])] if "field" in group else [f"field {i}" for i in range(n_fields)]
+        if len(fields) != n_fields:
+            raise StoreFormatError(f"store {path!r}: 'field' has {len(fields)} names for {n_fields} fields")
+    else:
+        n_maps, n_paths, npix = (int(v) for v in coeffs.shape)
+        fields = ["I"]
     attrs = dict(group.attrs)
     nside_out = int(attrs.get("nside_out", round(np.sqrt(npix / 12))))
     if 12 * nside_out**2 != npix:
@@ -92,7 +188,14 @@ def read_store_info(store: str | os.PathLike) -> StoreInfo:
     path_labels = [str(v) for v in np.asarray(group["path"][:])] if "path" in group else [f"path {i}" for i in range(n_paths)]
     if status.shape != (n_maps,) or map_ids.shape != (n_maps,):
         raise StoreFormatError(f"'status' and 'map' must have {n_maps} entries")
-    return StoreInfo(path, n_maps, n_paths, npix, nside_out, shard_size, map_ids, status, labels, path_labels, attrs)
+    coverage_layout = _coverage_layout(path, group, n_maps, n_paths, npix)
+    sky_fraction = np.asarray(group["sky_fraction"][:], dtype=np.float64) if "sky_fraction" in group else None
+    if sky_fraction is not None and sky_fraction.shape != (n_maps,):
+        raise StoreFormatError(f"store {path!r}: 'sky_fraction' must have {n_maps} entries, got {sky_fraction.shape}")
+    return StoreInfo(
+        path, n_maps, n_paths, npix, nside_out, shard_size, map_ids, status, labels, path_labels, attrs,
+        fields, coverage_layout, sky_fraction,
+    )
 
 
 def _missing_label(value) -> bool:
@@ -266,11 +369,50 @@ def select_maps(
     return np.flatnonzero(ok)
 
 
+class _BlockReader:
+    """Reads map blocks of a store as model channels: ``(k, n_fields * n_paths, npix)`` float32
+    coefficients (NaN kept) and their coverage ``(k, n_paths, npix)`` (ones for a full-sky store)."""
+
+    def __init__(self, store: str) -> None:
+        group = _open_group(store)
+        self.store = store
+        self.coefficients = group["coefficients"]
+        shape = tuple(int(v) for v in self.coefficients.shape)
+        has_field = _coefficient_layout(store, self.coefficients)
+        self.n_fields = shape[1] if has_field else 1
+        self.n_paths, self.npix = shape[-2], shape[-1]
+        self.layout = _coverage_layout(store, group, shape[0], self.n_paths, self.npix)
+        self.coverage = group["coverage"] if self.layout is not None else None
+        self._shared = None
+        if self.layout == "shared":
+            self._shared = np.asarray(self.coverage[:], dtype=np.float32)
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(self.coefficients[start:stop], dtype=np.float32)
+        k = x.shape[0]
+        x = x.reshape(k, self.n_fields * self.n_paths, self.npix)
+        if self.layout == "per_map":
+            cov = np.asarray(self.coverage[start:stop], dtype=np.float32)
+        elif self.layout == "shared":
+            cov = np.broadcast_to(self._shared, (k, self.n_paths, self.npix))
+        else:
+            cov = np.ones((k, self.n_paths, self.npix), dtype=np.float32)
+        return x, cov
+
+    def valid_rows(self, x: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        """``(k,)`` bool: no non-finite value except NaN where the path's coverage is below 1."""
+        cov_f = np.tile(cov, (1, self.n_fields, 1))
+        bad = ~np.isfinite(x) & ~(np.isnan(x) & (cov_f < 1))
+        return ~(bad.any(axis=(1, 2)) | ~np.isfinite(cov).all(axis=(1, 2)))
+
+
 class CoefficientDataset(Dataset):
-    """Map-style Dataset of ``(maps (n_paths, npix) float32, label int64)`` over a coefficient store.
+    """Map-style Dataset of ``(maps (C, npix) float32, label int64)`` over a coefficient store.
 
     ``indices`` are store map indices (all with status 1), ``targets`` their class indices.
-    ``mean``/``std`` ``(n_paths,)``: per-channel normalisation ``(x - mean) / std``.
+    ``C = n_fields * n_paths`` (+ ``n_paths`` coverage channels when ``coverage_channels``), as
+    the module docstring describes. ``mean``/``std`` ``(C,)``: per-channel normalisation
+    ``(x - mean) / std``, after which NaN pixels are set to 0.
     The store is opened lazily on first ``__getitem__`` in each process (DataLoader workers
     under spawn/forkserver get a pickled Dataset without any open handle).
     """
@@ -284,6 +426,7 @@ class CoefficientDataset(Dataset):
         mean: np.ndarray | None = None,
         std: np.ndarray | None = None,
         cache_shards: int = 2,
+        coverage_channels: bool = False,
     ) -> None:
         self.store = os.path.abspath(os.fspath(store))
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -294,6 +437,7 @@ class CoefficientDataset(Dataset):
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)[:, None]
         self.std = None if std is None else np.asarray(std, dtype=np.float32)[:, None]
         self.cache_shards = max(1, int(cache_shards))
+        self.coverage_channels = bool(coverage_channels)
         self._array = None
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.shard_reads = 0
@@ -313,59 +457,85 @@ class CoefficientDataset(Dataset):
         return state
 
     def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised float32 block of a whole shard and which of its rows are finite (cached)."""
+        """Normalised, NaN-filled float32 channels of a whole shard and which of its rows are valid (cached)."""
         if shard in self._cache:
             self._cache.move_to_end(shard)
             return self._cache[shard]
         if self._array is None:
-            self._array = _open_group(self.store)["coefficients"]
+            self._array = _BlockReader(self.store)
         start = shard * self.shard_size
-        block = np.asarray(self._array[start : start + self.shard_size], dtype=np.float32)
+        x, cov = self._array.read(start, start + self.shard_size)
         self.shard_reads += 1
-        finite = np.isfinite(block).all(axis=(1, 2))
+        valid = self._array.valid_rows(x, cov)
+        block = np.concatenate([x, cov], axis=1) if self.coverage_channels else x
         if self.mean is not None:
+            if self.mean.shape[0] != block.shape[1]:
+                raise ValueError(
+                    f"normalisation has {self.mean.shape[0]} channels, store {self.store} gives {block.shape[1]} "
+                    f"(coverage_channels={self.coverage_channels})"
+                )
             block = (block - self.mean) / self.std
-        self._cache[shard] = (block, finite)
+        block = np.where(np.isnan(block), np.float32(0), block).astype(np.float32, copy=False)
+        self._cache[shard] = (block, valid)
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
-        return block, finite
+        return block, valid
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = int(self.indices[item])
-        block, finite = self._shard(index // self.shard_size)
+        block, valid = self._shard(index // self.shard_size)
         row = index % self.shard_size
-        if not finite[row]:
-            raise ValueError(f"map {index} of store {self.store} has non-finite coefficients although its status is 1")
+        if not valid[row]:
+            raise ValueError(
+                f"map {index} of store {self.store} has non-finite coefficients outside its masked area "
+                "(or a non-finite coverage) although its status is 1"
+            )
         return torch.from_numpy(block[row]), torch.tensor(self.targets[item])
 
 
 def channel_statistics(
-    store: str | os.PathLike, indices: np.ndarray, shard_size: int, progress: bool | None = None
+    store: str | os.PathLike,
+    indices: np.ndarray,
+    shard_size: int,
+    progress: bool | None = None,
+    coverage_channels: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std ``(n_paths,)`` float64 of the maps ``indices`` (reads whole shards).
+    """Per-channel mean and std ``(C,)`` float64 of the maps ``indices`` (reads whole shards).
 
-    Raises ValueError for a channel with zero variance (it cannot be normalised).
+    Coefficient channels: over covered (non-NaN) pixels only. Coverage channels (when
+    ``coverage_channels``) are not normalised: mean 0, std 1.
+    Raises ValueError for a channel with zero variance or without any covered pixel.
     """
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if indices.size == 0:
         raise ValueError("no maps to compute normalisation statistics from")
-    array = _open_group(os.fspath(store))["coefficients"]
-    total = sq = None
-    count = 0
+    reader = _BlockReader(os.path.abspath(os.fspath(store)))
+    n_coeff = reader.n_fields * reader.n_paths
+    total = np.zeros(n_coeff)
+    sq = np.zeros(n_coeff)
+    count = np.zeros(n_coeff)
     shards = np.unique(indices // shard_size)
     for shard in progress_bar(shards, progress=progress, desc="channel statistics", unit="shard"):
         start = int(shard) * shard_size
-        block = np.asarray(array[start : start + shard_size], dtype=np.float64)
         sel = indices[(indices >= start) & (indices < start + shard_size)] - start
-        x = block[sel]
-        s, s2 = x.sum(axis=(0, 2)), (x * x).sum(axis=(0, 2))
-        total, sq = (s, s2) if total is None else (total + s, sq + s2)
-        count += x.shape[0] * x.shape[2]
+        x, _ = reader.read(start, start + shard_size)
+        x = x[sel].astype(np.float64)
+        covered = ~np.isnan(x)
+        x = np.where(covered, x, 0.0)
+        total += x.sum(axis=(0, 2))
+        sq += (x * x).sum(axis=(0, 2))
+        count += covered.sum(axis=(0, 2))
+    if np.any(count == 0):
+        bad = np.flatnonzero(count == 0).tolist()
+        raise ValueError(f"channels {bad} have no covered (non-NaN) pixel in the training maps of {store}")
     mean = total / count
     var = np.maximum(sq / count - mean**2, 0.0)
     if np.any(var <= 0) or not np.all(np.isfinite(var)):
         bad = np.flatnonzero(~(var > 0)).tolist()
         raise ValueError(f"channels {bad} have zero or non-finite variance over the training maps")
+    if coverage_channels:
+        mean = np.concatenate([mean, np.zeros(reader.n_paths)])
+        var = np.concatenate([var, np.ones(reader.n_paths)])
     return mean, np.sqrt(var)
 
 

@@ -165,9 +165,9 @@ def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
         )
 
 
-def _model_for(info: StoreInfo, n_classes: int, cfg: TrainConfig) -> HybridCNN:
+def _model_for(info: StoreInfo, n_classes: int, cfg: TrainConfig, coverage_channels: bool) -> HybridCNN:
     return HybridCNN(
-        info.n_paths, info.nside_out, 2 * info.nside_out - 1, hidden=cfg.hidden, n_classes=n_classes,
+        info.n_inputs(coverage_channels), info.nside_out, 2 * info.nside_out - 1, hidden=cfg.hidden, n_classes=n_classes,
         n_layers=cfg.n_layers, nonlinearity=cfg.nonlinearity,
     )
 
@@ -210,13 +210,17 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     if state is not None:
         class_names = list(state["class_names"])
         mean, std = state["norm_mean"].numpy(), state["norm_std"].numpy()
+        coverage_channels = bool(state["store"].get("coverage_channels", False))
     else:
+        coverage_channels = info.masked
         class_names = class_names_of(labels[split["train"]])
         if len(class_names) < 2:
             raise ValueError(f"the training split of {cfg.store} has fewer than 2 classes ({class_names})")
-        stats = torch.zeros(2, info.n_paths, dtype=torch.float64)
+        stats = torch.zeros(2, info.n_inputs(coverage_channels), dtype=torch.float64)
         if ctx.is_main:
-            mean, std = channel_statistics(cfg.store, split["train"], info.shard_size, progress=cfg.progress)
+            mean, std = channel_statistics(
+                cfg.store, split["train"], info.shard_size, progress=cfg.progress, coverage_channels=coverage_channels
+            )
             stats = torch.from_numpy(np.stack([mean, std]))
         stats = broadcast_tensor(stats, ctx)
         mean, std = stats[0].numpy(), stats[1].numpy()
@@ -230,7 +234,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         if idx.size == 0:
             continue
         datasets[name] = CoefficientDataset(
-            cfg.store, idx, _targets(labels, idx, class_names, cfg.store), info.shard_size, mean, std
+            cfg.store, idx, _targets(labels, idx, class_names, cfg.store), info.shard_size, mean, std,
+            coverage_channels=coverage_channels,
         )
         samplers[name] = ShardDistributedSampler(
             datasets[name].shard_ids, ctx.world_size, ctx.rank, shuffle=name == "train", seed=cfg.seed, pad=name == "train"
@@ -238,7 +243,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         loaders[name] = _loader(datasets[name], samplers[name], cfg.batch_size, cfg.workers)
 
     torch.manual_seed(cfg.seed)
-    model = _model_for(info, n_classes, cfg).to(ctx.device)
+    model = _model_for(info, n_classes, cfg, coverage_channels).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
     start = 0
@@ -275,6 +280,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
                 "store": {
                     "path": cfg.store, "n_paths": info.n_paths, "nside_out": info.nside_out,
                     "path_labels": list(info.path_labels), "config_hash": str(info.attrs.get("config_hash", "")),
+                    "fields": list(info.fields), "coverage_channels": coverage_channels,
+                    "channel_labels": info.channel_labels(coverage_channels),
                 },
                 "world_size": ctx.world_size,
                 "history": history,
@@ -333,10 +340,14 @@ def evaluate(
     model, state = load_run(run_dir)
     info = read_store_info(store)
     cfg = state["model_config"]
-    if info.n_paths != cfg["in_channels"] or info.nside_out != cfg["nside"]:
+    trained = state.get("store", {})
+    coverage_channels = bool(trained.get("coverage_channels", False))
+    if info.n_inputs(coverage_channels) != cfg["in_channels"] or info.nside_out != cfg["nside"]:
         raise ValueError(
-            f"store {info.path} has {info.n_paths} paths at nside_out={info.nside_out}, the model expects "
-            f"{cfg['in_channels']} at nside_out={cfg['nside']}"
+            f"store {info.path} gives {info.n_inputs(coverage_channels)} input channels ({info.n_fields} field(s) "
+            f"{info.fields} x {info.n_paths} paths{' + coverage' if coverage_channels else ''}) at "
+            f"nside_out={info.nside_out}; the model expects {cfg['in_channels']} "
+            f"(fields {trained.get('fields', ['I'])}) at nside_out={cfg['nside']}"
         )
     tcfg = state["train_config"]
     same = os.path.abspath(os.fspath(store)) == tcfg["store"]
@@ -351,7 +362,7 @@ def evaluate(
     class_names = list(state["class_names"])
     dataset = CoefficientDataset(
         info.path, idx, _targets(labels, idx, class_names, info.path), info.shard_size,
-        state["norm_mean"].numpy(), state["norm_std"].numpy(),
+        state["norm_mean"].numpy(), state["norm_std"].numpy(), coverage_channels=coverage_channels,
     )
     sampler = ShardDistributedSampler(dataset.shard_ids, 1, 0, shuffle=False, pad=False)
     loss, acc, confusion = _run_epoch(
