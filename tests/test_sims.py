@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import healpy as hp
 import numpy as np
@@ -330,3 +331,121 @@ def test_write_simulations_in_process_and_with_client(tmp_path, cluster_address)
     assert not np.isnan(a).any()
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_simulations(spec, local, progress=False)
+
+
+# ---------------------------------------------------------------- observation: beam, noise, masks
+
+WMAP_MASK = Path(__file__).parent / "data" / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
+
+
+def test_galactic_cut_mask():
+    from scatterdist.sims import galactic_cut_mask
+
+    m = galactic_cut_mask(64, 20)
+    assert m.shape == (12 * 64**2,) and m.dtype == np.float64 and set(np.unique(m)) == {0.0, 1.0}
+    z = hp.pix2vec(64, np.arange(m.size))[2]  # z = sin(b) in Galactic coordinates
+    np.testing.assert_array_equal(m, (np.abs(z) > np.sin(np.radians(20))).astype(float))
+    assert abs(m.mean() - (1 - np.sin(np.radians(20)))) < 0.01  # 0.658
+    assert galactic_cut_mask(32, 0).mean() > 0.95
+    with pytest.raises(ValueError, match="no sky"):
+        galactic_cut_mask(32, 90)
+    with pytest.raises(ValueError, match="degrees"):
+        galactic_cut_mask(32, -1)
+
+
+@pytest.mark.parametrize("kind,alpha", [("gaussian", None), ("nongaussian", 0.5)])
+def test_beam_is_the_gaussian_window_in_harmonic_space(kind, alpha):
+    nside, fwhm = 32, 240.0
+    lmax = 2 * nside - 1
+    plain = SimulationSpec(kind, nside, 2, seed=5, alpha=alpha).generate(1)
+    beamed = SimulationSpec(kind, nside, 2, seed=5, alpha=alpha, fwhm_arcmin=fwhm).generate(1)
+    ell = alm_l_index(lmax)
+    a = analysis(plain, lmax, mode="lsq")
+    b = analysis(beamed, lmax, mode="lsq")
+    sigma = np.radians(fwhm / 60) / np.sqrt(8 * np.log(2))
+    window = np.exp(-ell * (ell + 1) * sigma**2 / 2)  # written out, not healpy's
+    np.testing.assert_allclose(b, a * window, rtol=0, atol=1e-8 * np.abs(a).max())
+    assert window.min() < 0.2  # the beam really suppresses small scales here (l = 63)
+
+
+def test_white_noise_level_stream_and_reproducibility():
+    nside, depth = 64, 45.0
+    spec = SimulationSpec("gaussian", nside, 3, seed=2, noise_uK_arcmin=depth)
+    clean = SimulationSpec("gaussian", nside, 3, seed=2)
+    noise = spec.generate(1) - clean.generate(1)  # the sky stream is untouched by the noise
+    resol_arcmin = np.degrees(np.sqrt(4 * np.pi / (12 * nside**2))) * 60
+    sigma = depth / resol_arcmin
+    assert abs(noise.std() / sigma - 1) < 0.02 and abs(noise.mean()) < 4 * sigma / np.sqrt(noise.size)
+    assert abs(np.corrcoef(noise, clean.generate(1))[0, 1]) < 0.03  # independent of the sky
+    np.testing.assert_array_equal(spec.generate(1), spec.generate(1))
+    other = spec.generate(2) - clean.generate(2)
+    assert abs(np.corrcoef(noise, other)[0, 1]) < 0.03  # each map has its own noise
+    # White: the noise power spectrum is flat at sigma^2 * 4 pi / npix.
+    cl = map_cl(noise, lmax=2 * nside - 1)[2:]
+    expected = sigma**2 * 4 * np.pi / noise.size
+    assert abs(cl.mean() / expected - 1) < 0.05
+
+
+def test_masked_simulations_are_unseen_outside_and_load_with_their_mask(tmp_path):
+    from scatterdist.catalog import Catalog, LoadedMap, load_maps
+    from scatterdist.sims import galactic_cut_mask
+    from scatterdist.sphere.mask import read_mask
+
+    nside = 64
+    spec = SimulationSpec("mixed", nside, 4, seed=1, alpha=0.2, galactic_cut=20, mask=str(WMAP_MASK))
+    w = spec.mask_weights()
+    np.testing.assert_array_equal(w, galactic_cut_mask(nside, 20) * read_mask(WMAP_MASK, nside))
+    clean = SimulationSpec("mixed", nside, 4, seed=1, alpha=0.2)
+    for i in (0, 1):
+        m, ref = spec.generate(i), clean.generate(i)
+        assert (m[w == 0] == hp.UNSEEN).all()
+        np.testing.assert_array_equal(m[w > 0], ref[w > 0])
+    text = (f"sim:kind=gaussian,n=3,nside={nside},seed=4,fwhm_arcmin=30,noise_uK_arcmin=45,"
+            "galactic_cut=20")
+    cat = Catalog.from_inputs([text])
+    assert "fwhm_arcmin=30 noise_uK_arcmin=45 galactic_cut=20" in cat.sources[0]
+    loaded = load_maps(cat.refs, nside, fields=("I",))
+    cut = galactic_cut_mask(nside, 20)
+    for lm in loaded:
+        assert isinstance(lm, LoadedMap) and lm.own_mask
+        np.testing.assert_array_equal(lm.mask, cut)
+        assert abs(lm.sky_fraction - 0.658) < 0.01 and (lm.data[0][cut == 0] == 0).all()
+    assert not cat.masks_may_differ  # one spec, one mask: the store keeps one coverage
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(fwhm_arcmin=-1.0), "fwhm_arcmin must be a finite number >= 0"),
+        (dict(noise_uK_arcmin=float("inf")), "noise_uK_arcmin"),
+        (dict(galactic_cut=95.0), "leaves no sky"),
+        (dict(mask="/nonexistent/mask.fits"), "does not exist"),
+    ],
+)
+def test_observation_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SimulationSpec("gaussian", 16, 2, **kwargs)
+
+
+def test_cli_simulate_observed_skies(tmp_path, cluster_address, capsys):
+    out = tmp_path / "obs.zarr"
+    argv = ["simulate", "--kind", "gaussian", "--n", "3", "--nside", "32", "--seed", "6",
+            "--fwhm-arcmin", "60", "--noise-uK-arcmin", "30", "--galactic-cut", "20",
+            "--mask", str(WMAP_MASK), "--output", str(out), "--cluster", cluster_address, "--no-progress"]
+    assert cli_main(argv) == 0
+    assert "fwhm_arcmin=60, noise_uK_arcmin=30, galactic_cut=20" in capsys.readouterr().out
+    spec = SimulationSpec("gaussian", 32, 3, seed=6, fwhm_arcmin=60, noise_uK_arcmin=30,
+                          galactic_cut=20, mask=str(WMAP_MASK))
+    ds = xr.open_zarr(out)
+    assert SimulationSpec.from_dict(json.loads(ds.attrs["simulation_spec"])) == spec
+    assert ds.attrs["galactic_cut"] == 20 and ds.attrs["mask"] == str(WMAP_MASK)
+    maps = ds["maps"].values
+    for i in range(3):
+        np.testing.assert_array_equal(maps[i], spec.generate(i))
+    assert ((maps == hp.UNSEEN).mean(axis=1) == (spec.mask_weights() == 0).mean()).all()
+    # A mask that cannot be used is refused before anything is written.
+    bad = tmp_path / "bad.fits"
+    hp.write_map(str(bad), np.full(12 * 16**2, 3.0))
+    assert cli_main(["simulate", "--kind", "gaussian", "--n", "2", "--nside", "16", "--mask", str(bad),
+                     "--output", str(tmp_path / "no.zarr")]) == 2
+    assert "[0, 1]" in capsys.readouterr().err and not (tmp_path / "no.zarr").exists()

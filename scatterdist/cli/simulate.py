@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "spectrum: Gaussian, local quadratic non-Gaussian (f = g + alpha (g^2 - <g^2>)/sigma, "
             "rescaled per l to the Gaussian C_l), or mixed (alternating labels 0/1). Output: a "
             "Zarr store (maps (map, pixel), label (map)) when --output ends in .zarr, else one "
-            "FITS file per map in a directory."
+            "FITS file per map in a directory. Optional observation: a Gaussian beam "
+            "(--fwhm-arcmin), white noise (--noise-uK-arcmin) and a mask (--mask and/or "
+            "--galactic-cut; UNSEEN outside), applied in that order."
         ),
     )
     parser.add_argument("--kind", choices=KINDS, required=True, help="sky model")
@@ -30,6 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alpha", type=float, default=None,
                         help="non-Gaussianity amplitude (required for nongaussian and mixed)")
     parser.add_argument("--lmax", type=int, default=None, help="bandlimit (default 2*nside-1)")
+    parser.add_argument("--fwhm-arcmin", type=float, default=None, metavar="ARCMIN",
+                        help="Gaussian beam FWHM in arcmin, applied to the a_lm (healpy.gauss_beam window)")
+    parser.add_argument("--noise-uK-arcmin", type=float, default=None, metavar="UK_ARCMIN",
+                        help="white noise depth in muK arcmin (per-pixel sigma = depth / pixel size in "
+                             "arcmin), drawn from stream (seed, (i, 1)): the sky stays the same")
+    parser.add_argument("--mask", default=None, metavar="MASK.fits",
+                        help="mask FITS file (0/1 or weights in [0, 1], any nside): simulated pixels "
+                             "of weight 0 are set to UNSEEN")
+    parser.add_argument("--galactic-cut", type=float, default=None, metavar="DEG",
+                        help="mask |b| <= DEG degrees (Galactic latitude; 20 keeps 66%% of the sky); "
+                             "combines with --mask")
     parser.add_argument("--output", required=True, metavar="maps.zarr|DIR/",
                         help="Zarr store (path ending in .zarr) or directory of FITS files")
     parser.add_argument("--format", choices=("auto", "zarr", "fits"), default="auto",
@@ -50,17 +63,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         spec = SimulationSpec(kind=args.kind, nside=args.nside, n=args.n, seed=args.seed,
-                              alpha=args.alpha, lmax=args.lmax)
-    except ValueError as exc:
+                              alpha=args.alpha, lmax=args.lmax, fwhm_arcmin=args.fwhm_arcmin,
+                              noise_uK_arcmin=args.noise_uK_arcmin, mask=args.mask,
+                              galactic_cut=args.galactic_cut)
+        spec.mask_weights()  # read and check the mask file once, here
+    except ValueError as exc:  # MaskError is a ValueError
         print(f"scatterdist simulate: error: {exc}", file=sys.stderr)
         return 2
     with client_from_args(args) as client:
         try:
             out = write_simulations(spec, args.output, client=client,
                                     maps_per_task=args.maps_per_task, format=args.format,
-                                    overwrite=args.overwrite, progress=not args.no_progress)
+                                    overwrite=args.overwrite,
+                                    progress=False if args.no_progress else None)
         except FileExistsError as exc:
             print(f"scatterdist simulate: error: {exc}", file=sys.stderr)
             return 2
-    print(f"wrote {spec.n} {spec.kind} maps (nside={spec.nside}, lmax={spec.effective_lmax}) to {out}")
+    extra = spec.observation().strip()
+    print(f"wrote {spec.n} {spec.kind} maps (nside={spec.nside}, lmax={spec.effective_lmax}"
+          f"{', ' + extra.replace(' ', ', ') if extra else ''}) to {out}")
     return 0

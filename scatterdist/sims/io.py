@@ -10,8 +10,13 @@ Zarr layout (opens with plain ``xarray.open_zarr(PATH)``):
   ``lmax``, ``ordering="RING"``, ``units="muK"``, ``scatterdist_version``, ``created``.
 
 FITS layout: ``DIR/{map_id}.fits`` written by ``healpy.write_map`` (RING, float64, unit uK)
-with header cards ``LABEL``, ``SIMKIND``, ``SIMSEED``, ``SIMINDEX``, ``SIMALPHA``, ``SIMLMAX``
-and ``SOURCE``, plus ``DIR/catalog.json`` (spec, ids, files, labels, sources) written last.
+with header cards ``LABEL``, ``SIMKIND``, ``SIMSEED``, ``SIMINDEX``, ``SIMALPHA``, ``SIMLMAX``,
+``FWHM`` (arcmin, 0 = no beam), ``NOISE`` (muK arcmin, 0 = none), ``GALCUT`` (degrees, -1 =
+none) and ``SOURCE``, plus ``DIR/catalog.json`` (spec, ids, files, labels, sources) written last.
+
+Masked specs (``mask``/``galactic_cut``): pixels of weight 0 hold ``healpy.UNSEEN`` in both
+formats, so the written maps load as partial-sky maps; fractional weights of a weight mask are
+not stored with the maps (pass the same mask to ``scatterdist scatter --mask``).
 
 Each Dask task owns a contiguous block of maps, hence whole chunks (one map each): no two
 tasks ever write the same chunk. At most ``max_in_flight`` tasks are pending at a time.
@@ -138,6 +143,10 @@ def write_fits_block(directory: str, spec_dict: dict[str, Any], start: int, stop
             ("SIMINDEX", i, "SeedSequence spawn key"),
             ("SIMALPHA", 0.0 if spec.label(i) == 0 else spec.alpha, "quadratic NG amplitude"),
             ("SIMLMAX", spec.effective_lmax, "bandlimit of the sky"),
+            ("FWHM", spec.fwhm_arcmin or 0.0, "Gaussian beam FWHM [arcmin], 0: none"),
+            ("NOISE", spec.noise_uK_arcmin or 0.0, "white noise depth [uK arcmin], 0: none"),
+            ("GALCUT", -1.0 if spec.galactic_cut is None else spec.galactic_cut,
+             "Galactic cut |b| [deg], -1: none"),
             ("MAPID", ids[i]),
             ("SOURCE", spec.source(i)),
         ]
@@ -193,7 +202,7 @@ def write_simulations(
     maps_per_task: int | None = None,
     format: str = "auto",
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     max_in_flight: int | None = None,
     nthreads: int = 1,
 ) -> Path:
@@ -203,10 +212,11 @@ def write_simulations(
     (or force with ``format="zarr"|"fits"``). With a ``distributed.Client`` the maps are made
     by Dask tasks of ``maps_per_task`` maps (default: about 4 tasks per worker thread, at most
     64 maps), at most ``max_in_flight`` pending (default 2 per worker thread); without one
-    they are made in this process. ``nthreads``: ducc0 threads per map. A tqdm bar counts maps.
+    they are made in this process. ``nthreads``: ducc0 threads per map. A tqdm bar counts maps
+    (``progress``: True always, False never, None only on a terminal or in Jupyter).
     Existing outputs are refused unless ``overwrite``.
     """
-    from tqdm.auto import tqdm
+    from scatterdist._progress import progress_bar
 
     if not isinstance(spec, SimulationSpec):
         raise TypeError(f"spec must be a SimulationSpec, got {type(spec).__name__}")
@@ -229,7 +239,9 @@ def write_simulations(
     blocks = _blocks(spec.n, int(maps_per_task))
     window = max(1, int(max_in_flight) if max_in_flight is not None else 2 * threads)
     done = 0
-    with tqdm(total=spec.n, desc=f"simulate {spec.kind}", unit="map", disable=not progress) as bar:
+    if spec.masked:
+        spec.mask_weights()  # an unusable mask file fails here, before any task runs
+    with progress_bar(total=spec.n, desc=f"simulate {spec.kind}", unit="map", progress=progress) as bar:
         if client is None:
             for start, stop in blocks:
                 count = block_fn(path, spec_dict, start, stop, nthreads)

@@ -116,20 +116,34 @@ def gaussian_alm(cl: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return amp * (z[0] + 1j * np.where(m == 0, 0.0, z[1]))
 
 
+def _beam(lmax: int, fwhm_arcmin: float | None) -> np.ndarray | None:
+    """``b_l`` on the alm layout of ``lmax`` (None: no beam)."""
+    if fwhm_arcmin is None:
+        return None
+    from scatterdist.sims.observe import beam_window
+
+    return beam_window(fwhm_arcmin, lmax)[alm_l_index(lmax)]
+
+
 def gaussian_cmb(
     nside: int,
     seed: int,
     lmax: int | None = None,
     index: int = 0,
     nthreads: int = 1,
+    fwhm_arcmin: float | None = None,
 ) -> np.ndarray:
     """Gaussian LCDM temperature map ``(12*nside**2,)`` float64, muK, RING ordering.
 
     ``lmax`` defaults to ``2*nside - 1``; ``(seed, index)`` selects an independent stream.
+    ``fwhm_arcmin``: Gaussian beam applied to the ``a_lm`` (see :mod:`scatterdist.sims.observe`).
     """
     nside = check_nside(nside)
     lmax = default_lmax(nside, lmax)
     alm = gaussian_alm(cmb_cl(lmax), map_rng(seed, index))
+    beam = _beam(lmax, fwhm_arcmin)
+    if beam is not None:
+        alm *= beam
     return synthesis(alm, nside, lmax=lmax, nthreads=nthreads)
 
 
@@ -193,11 +207,13 @@ def nongaussian_cmb(
     lmax: int | None = None,
     index: int = 0,
     nthreads: int = 1,
+    fwhm_arcmin: float | None = None,
 ) -> np.ndarray:
     """Non-Gaussian map ``(12*nside**2,)`` float64, muK, RING, with the Gaussian expected C_l.
 
     The Gaussian field g is the one :func:`gaussian_cmb` draws for the same
     ``(seed, index)``; see the module docstring for the model and the transfer.
+    ``fwhm_arcmin``: Gaussian beam applied to the final ``f_lm`` (after the transfer).
     """
     import ducc0
 
@@ -220,4 +236,7 @@ def nongaussian_cmb(
     del g
     f_lm = ducc0.sht.analysis_2d(map=f, spin=0, lmax=lmax, geometry="GL", nthreads=nthreads)[0]
     f_lm *= transfer[alm_l_index(lmax)]
+    beam = _beam(lmax, fwhm_arcmin)
+    if beam is not None:
+        f_lm *= beam
     return synthesis(f_lm, nside, lmax=lmax, nthreads=nthreads)
