@@ -401,6 +401,9 @@ class _BlockReader:
 
     def valid_rows(self, x: np.ndarray, cov: np.ndarray) -> np.ndarray:
         """``(k,)`` bool: no non-finite value except NaN where the path's coverage is below 1."""
+        finite = np.isfinite(x).all(axis=(1, 2))
+        if self.layout is None or finite.all():
+            return finite
         cov_f = np.tile(cov, (1, self.n_fields, 1))
         bad = ~np.isfinite(x) & ~(np.isnan(x) & (cov_f < 1))
         return ~(bad.any(axis=(1, 2)) | ~np.isfinite(cov).all(axis=(1, 2)))
@@ -475,7 +478,10 @@ class CoefficientDataset(Dataset):
                     f"(coverage_channels={self.coverage_channels})"
                 )
             block = (block - self.mean) / self.std
-        block = np.where(np.isnan(block), np.float32(0), block).astype(np.float32, copy=False)
+        nan = np.isnan(block)
+        if nan.any():
+            block = np.where(nan, np.float32(0), block)
+        block = block.astype(np.float32, copy=False)
         self._cache[shard] = (block, valid)
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
