@@ -19,6 +19,8 @@ def test_defaults_and_attributes():
     assert Scattering(4).J0 == 2  # capped below J = 3
     rebuilt = Scattering(**sc.config())
     assert rebuilt.config() == sc.config()
+    assert (sc.apodize, sc.min_coverage) == (2.0, 0.7) == (sc.config()["apodize"], sc.config()["min_coverage"])
+    assert Scattering(32, apodize=3.0, min_coverage=0.5).config()["apodize"] == 3.0
     coords = sc.path_coords()
     assert list(coords["j2"]) == [-1, -1, -1, -1, 4, 4, 5] and list(coords["order"]) == [0, 1, 1, 1, 2, 2, 2]
 
@@ -129,20 +131,29 @@ def test_bad_input_shapes_and_types(maps, match, index):
 
 
 def test_bad_pixel_values_name_the_map(red_maps):
+    """Infinite pixels are refused with the map named; UNSEEN/NaN are masked by ``sc(maps)``
+    (tests/test_masked_scattering.py) but refused by the full-sky ``transform_alm``."""
     maps, _ = red_maps
     sc = Scattering(32)
-    for value, match in [(np.nan, "map 2 has 1 NaN or infinite"), (np.inf, "NaN or infinite"), (UNSEEN, "map 2 has 1 UNSEEN")]:
+    for value in (np.inf, -np.inf):
         bad = maps.copy()
         bad[2, 17] = value
-        with pytest.raises(InvalidMapError, match=match) as info:
+        with pytest.raises(InvalidMapError, match="map 2 has 1 infinite pixels") as info:
             sc(bad)
         assert info.value.index == 2
         with pytest.raises(InvalidMapError, match="first at pixel 17"):
             sc.invariants(bad)
+    for value, match in [(np.nan, "map 2 has 1 NaN or infinite"), (UNSEEN, "map 2 has 1 UNSEEN")]:
+        bad = maps.copy()
+        bad[2, 17] = value
+        with pytest.raises(InvalidMapError, match=match) as info:
+            sc.transform_alm(bad)
+        assert info.value.index == 2
+        assert np.isfinite(sc(bad)[:2]).all()  # the other maps are untouched by map 2's mask
     single = maps[0].astype(np.float32)
     single[5] = hp.UNSEEN
     with pytest.raises(InvalidMapError, match="UNSEEN"):
-        sc(single)
+        sc.transform_alm(single)
     assert isinstance(InvalidMapError("x"), ValueError)
 
 
@@ -165,3 +176,7 @@ def test_bad_parameters():
         Scattering(16, depth=-1)
     with pytest.raises(ValueError, match="unknown backend"):
         Scattering(16, backend="jax")
+    with pytest.raises(ValueError, match="apodize must be"):
+        Scattering(16, apodize=-1)
+    with pytest.raises(ValueError, match="min_coverage must be"):
+        Scattering(16, min_coverage=0)

@@ -12,6 +12,13 @@ Optional extra first-order paths (:class:`~scatterdist.scattering.filters.KindPa
 synthesised wavelet map as the modulus (same grid, before the modulus overwrites it) and
 only get smoothed, so they are analysed to ``L0`` like the modulus maps of the last order.
 The modulus keeps no sign (``S(f) = S(-f)``); the signed paths do (odd in ``f``).
+
+Cut sky: with ``mask`` (a :class:`~scatterdist.scattering.masked.MaskedCall`), the input
+becomes the masked, apodised map filled with its mean, and every modulus map that feeds a
+further wavelet is filled the same way before its analysis (two hooks, nothing else
+changes); the frontend then normalises each output by the path's coverage. The design is
+documented in :mod:`scatterdist.scattering.masked`. Without ``mask`` this is exactly the
+full-sky algorithm.
 """
 
 
@@ -74,15 +81,19 @@ def _pointwise(u: Array, path: KindPath) -> Array:
     raise ValueError(f"unknown path kind {path.kind!r}")
 
 
-def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadrature") -> Array:
+def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadrature", mask: Any = None) -> Array:
     """Harmonic coefficients of every scattering output, ``(B, n_paths, nalm(L0 - 1))``.
 
     ``maps`` is a backend array ``(B, npix)``; ``analysis`` is the mode used for the input
     maps (modulus maps are analysed by quadrature, far below their grid's bandlimit).
+    ``mask``: None (full sky) or a :class:`~scatterdist.scattering.masked.MaskedCall` whose
+    ``fill_input`` / ``fill_modulus`` hooks fill each signal outside its valid region.
     """
     bank, be = plan.bank, plan.backend
     L, L0 = bank.L, bank.L0
     B = maps.shape[0]
+    if mask is not None:
+        maps = mask.fill_input(maps)
     alm_in = be.analysis(maps, L - 1, mode=analysis)
     smoothed = {(): plan.truncate(alm_in, L, L0) * plan.eta}
 
@@ -106,6 +117,8 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
             if order == 1 and plan.extra:
                 _extra_paths(plan, w, [p for p, _ in items], B, smoothed)
             u = be.modulus(w)
+            if mask is not None:
+                u = mask.fill_modulus([p for p, _ in items], u, bank.depth)
             start = 0
             while start < len(items):
                 La = bank.analysis_bandlimit(items[start][0][-1], order)

@@ -11,7 +11,9 @@ import numpy as np
 from scatterdist.scattering.backend import get_backend
 from scatterdist.scattering.core import ScatteringPlan, path_arrays, scattering_alm
 from scatterdist.scattering.filters import FilterBank, default_J0, path_label
-from scatterdist.scattering.inputs import check_maps
+from scatterdist.scattering.inputs import check_masked_maps, check_maps
+from scatterdist.scattering.masked import GeometryCache, masked_call
+from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, DEFAULT_MIN_COVERAGE, check_mask
 from scatterdist.sphere import check_nside, nside2npix
 from scatterdist.sphere.sht import ANALYSIS_MODES
 
@@ -55,6 +57,10 @@ class Scattering:
         (label ``"S1 j1=j q=3"``, kind ``"power"``). Default none.
         Extra paths come after the modulus paths; they need ``depth >= 1``. ``config()`` lists
         ``signed`` / ``powers`` only when set, so the default transform keeps its config hash.
+    apodize : cosine apodisation width, degrees, applied to a mask inside its edge (default
+        ``DEFAULT_APODIZE_DEG`` = 2.0; 0 disables it)
+    min_coverage : output pixels of a path whose coverage (the fraction of what the path's
+        filters reach that is data) is below this are NaN (default ``DEFAULT_MIN_COVERAGE`` = 0.7)
     nthreads : threads for the SHT engine (default ``$OMP_NUM_THREADS``, else all cores)
     backend : ``"numpy"`` (ducc0, float64) or ``"torch"`` (``device=``, ``dtype=`` options)
 
@@ -87,6 +93,8 @@ class Scattering:
         analysis: str = "quadrature",
         signed: bool = False,
         powers: Sequence[float] = (),
+        apodize: float = DEFAULT_APODIZE_DEG,
+        min_coverage: float = DEFAULT_MIN_COVERAGE,
         nthreads: int | None = None,
         backend: str = "numpy",
         **backend_options: Any,
@@ -118,6 +126,12 @@ class Scattering:
         powers = _check_powers(powers)
         if (signed or powers) and depth < 1:
             raise ValueError("signed/power paths are first-order paths: use depth >= 1 with signed=True or powers=...")
+        if not (isinstance(apodize, (int, float, np.integer, np.floating)) and math.isfinite(apodize) and 0 <= apodize <= 90):
+            raise ValueError(f"apodize must be a width in degrees in [0, 90], got {apodize!r}")
+        if not (isinstance(min_coverage, (int, float, np.integer, np.floating)) and 0 < min_coverage <= 1):
+            raise ValueError(f"min_coverage must be a fraction in (0, 1], got {min_coverage!r}")
+        self.apodize = float(apodize)
+        self.min_coverage = float(min_coverage)
         self.signed = bool(signed)
         self.powers = powers
         self.L = int(L)
@@ -137,6 +151,8 @@ class Scattering:
         self.paths = list(self.plan.paths)
         self.path_labels = [path_label(p) for p in self.paths]
         self.n_paths = len(self.paths)
+        self._geometry = GeometryCache(self.bank, self.backend, self.paths, self.apodize,
+                                       getattr(self.backend, "nthreads", None) or 1)
 
     # --- description ---------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -149,6 +165,8 @@ class Scattering:
             "depth": self.depth,
             "oversample": int(self.oversample),
             "analysis": self.analysis,
+            "apodize": self.apodize,
+            "min_coverage": self.min_coverage,
             **({"signed": True} if self.signed else {}),
             **({"powers": list(self.powers)} if self.powers else {}),
         }
@@ -163,8 +181,9 @@ class Scattering:
 
     # --- transforms ----------------------------------------------------------------------
     def check_maps(self, maps: Any) -> None:
-        """Raise :class:`~scatterdist.InvalidMapError` if ``maps`` cannot be transformed."""
-        check_maps(maps, self.nside)
+        """Raise :class:`~scatterdist.InvalidMapError` if ``maps`` cannot be transformed
+        (UNSEEN/NaN pixels can: they are masked)."""
+        check_masked_maps(maps, self.nside)
 
     def transform_alm(self, maps: Any) -> Any:
         """Harmonic coefficients of the outputs, complex ``(..., n_paths, nalm(L0 - 1))``."""
@@ -177,21 +196,87 @@ class Scattering:
         x, was_1d = check_maps(maps, self.nside)
         return scattering_alm(self.plan, self.backend.asarray(x), analysis=self.analysis), was_1d
 
-    def __call__(self, maps: Any) -> Any:
+    def _masked(self, maps: Any, mask: Any) -> tuple[Any, bool, Any]:
+        """Validated maps ``(B, npix)`` as a backend array, whether 1-d, and the
+        :class:`~scatterdist.scattering.masked.MaskedCall` (None: full sky, the old path)."""
+        x, was_1d, bad = check_masked_maps(maps, self.nside)
+        B = x.shape[0]
+        weights = None
+        if mask is not None:
+            weights = check_mask(mask, self.npix)
+            if weights.ndim == 1:
+                weights = weights[None]
+            elif weights.ndim != 2 or weights.shape[0] not in (1, B):
+                raise ValueError(
+                    f"mask must have shape (npix,) or (B, npix) with B = {B} maps, got {weights.shape}"
+                )
+        if bad is not None:
+            w = np.ones((B, self.npix)) if weights is None else np.array(np.broadcast_to(weights, (B, self.npix)))
+            w[bad] = 0.0
+            weights = w
+        if weights is None or bool((weights == 1.0).all()):
+            return self.backend.asarray(x), was_1d, None
+        return self.backend.asarray(x), was_1d, masked_call(self._geometry, weights, bad, B)
+
+    def _outputs(self, maps: Any, mask: Any, prepared: tuple[Any, bool, Any] | None = None) -> tuple[Any, Any, bool]:
+        """Normalised coefficient maps and the coverage (None on the full-sky path), backend arrays ``(B, P, N)``."""
+        x, was_1d, mc = self._masked(maps, mask) if prepared is None else prepared
+        alm = scattering_alm(self.plan, x, analysis=self.analysis, mask=mc)
+        B, P = alm.shape[0], alm.shape[1]
+        out = self.backend.synthesis(alm.reshape(B * P, alm.shape[-1]), self.nside_out, self.L0 - 1)
+        out = out.reshape(B, P, self.npix_out)
+        if mc is None:
+            return out, None, was_1d
+        return mc.normalise(out, self.min_coverage), mc.coverage, was_1d
+
+    def __call__(self, maps: Any, mask: Any = None, return_coverage: bool = False) -> Any:
         """Scattering coefficient maps ``(..., n_paths, npix_out)`` of maps ``(npix,)`` or ``(B, npix)``.
+
+        ``mask``: None, a weight map ``(npix,)`` shared by the batch or ``(B, npix)`` per map,
+        values in [0, 1], not apodised (the transform apodises it by ``apodize`` degrees).
+        UNSEEN/NaN pixels of ``maps`` are masked automatically; their values never matter.
+        Output pixels of a path whose coverage is below ``min_coverage`` are NaN. With
+        ``return_coverage=True`` returns ``(coefficients, coverage)``, the coverage in [0, 1]
+        with the same shape (ones on the full sky). Without a mask and UNSEEN/NaN pixels this
+        is exactly the full-sky transform.
 
         float64 numpy arrays for the numpy backend; tensors on the backend's device otherwise.
         """
-        alm, was_1d = self._alm(maps)
-        B, P = alm.shape[0], alm.shape[1]
-        out = self.backend.synthesis(alm.reshape(B * P, alm.shape[-1]), self.nside_out, self.L0 - 1)
-        out = self.backend.to_output(out.reshape(B, P, self.npix_out))
-        return out[0] if was_1d else out
+        out, cov, was_1d = self._outputs(maps, mask)
+        be = self.backend
+        out = be.to_output(out)
+        if not return_coverage:
+            return out[0] if was_1d else out
+        cov = be.to_output(out * 0.0 + 1.0 if cov is None else cov)
+        return (out[0], cov[0]) if was_1d else (out, cov)
 
-    def invariants(self, maps: Any) -> Any:
+    def coverage(self, mask: Any) -> Any:
+        """Coverage of every path for a mask ``(npix,)`` -> ``(n_paths, npix_out)``, or ``(B, npix)``
+        -> ``(B, n_paths, npix_out)``: the fraction of what each path's filters reach that is data
+        (after apodisation by ``apodize`` degrees), in [0, 1]."""
+        w = check_mask(mask, self.npix)
+        rows = w.reshape(-1, self.npix)
+        cov = np.stack([self._geometry.get(r)[0].coverage for r in rows])
+        return cov[0] if w.ndim == 1 else cov
+
+    def invariants(self, maps: Any, mask: Any = None) -> Any:
         """Rotation invariants: the spherical mean of each output map, ``(..., n_paths)``.
 
-        Computed exactly from the monopole, ``a_00 / sqrt(4*pi)``.
+        Full sky: computed exactly from the monopole, ``a_00 / sqrt(4*pi)``. With a mask or
+        UNSEEN/NaN pixels: the mean over the pixels whose coverage is at least
+        ``min_coverage`` (NaN for a path with no such pixel).
         """
-        alm = self.transform_alm(maps)
-        return alm[..., 0].real / math.sqrt(4.0 * math.pi)
+        prepared = self._masked(maps, mask)
+        if prepared[2] is None:
+            x, was_1d, _ = prepared
+            alm = self.backend.to_output(scattering_alm(self.plan, x, analysis=self.analysis))
+            inv = alm[..., 0].real / math.sqrt(4.0 * math.pi)
+            return inv[0] if was_1d else inv
+        out, cov, was_1d = self._outputs(maps, mask, prepared)
+        ok = cov >= self.min_coverage
+        safe = out * 1.0
+        safe[~ok] = 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inv = safe.sum(-1) / ok.sum(-1)
+        inv = self.backend.to_output(inv)
+        return inv[0] if was_1d else inv

@@ -32,13 +32,10 @@ def _all_clean(x: Any) -> bool:
     return bool(abs(float(lo)) < 1e30 and abs(float(hi)) < 1e30)
 
 
-def check_maps(maps: Any, nside: int) -> tuple[Any, bool]:
-    """Validate ``maps`` of shape ``(npix,)`` or ``(B, npix)`` for a transform at ``nside``.
+def _validate(maps: Any, nside: int) -> tuple[Any, bool, Any, Any, Any]:
+    """Shape and dtype checks shared by :func:`check_maps` and :func:`check_masked_maps`.
 
-    Returns ``(maps2d, was_1d)``; raises :class:`InvalidMapError` for the wrong shape or
-    dtype, NaN or infinite pixels, and healpy UNSEEN pixels (partial-sky maps must be
-    filled or inpainted first).
-    """
+    Returns ``(maps2d, was_1d, finite, unseen, to_np)`` with the backend's predicates."""
     npix = nside2npix(nside)
     if _is_tensor(maps):
         import torch
@@ -76,6 +73,17 @@ def check_maps(maps: Any, nside: int) -> tuple[Any, bool]:
         )
     if x.shape[0] == 0:
         raise InvalidMapError("the batch of maps is empty")
+    return x, was_1d, finite, unseen, to_np
+
+
+def check_maps(maps: Any, nside: int) -> tuple[Any, bool]:
+    """Validate full-sky ``maps`` of shape ``(npix,)`` or ``(B, npix)`` for a transform at ``nside``.
+
+    Returns ``(maps2d, was_1d)``; raises :class:`InvalidMapError` for the wrong shape or
+    dtype, NaN or infinite pixels, and healpy UNSEEN pixels (full-sky transforms only:
+    ``Scattering(...)(maps)`` masks UNSEEN/NaN pixels itself, see :func:`check_masked_maps`).
+    """
+    x, was_1d, finite, unseen, to_np = _validate(maps, nside)
     if _all_clean(x):
         return x, was_1d
     bad = to_np(~finite(x))
@@ -90,7 +98,31 @@ def check_maps(maps: Any, nside: int) -> tuple[Any, bool]:
         i = int(np.argmax(masked.any(axis=1)))
         raise InvalidMapError(
             f"map {i} has {int(masked[i].sum())} UNSEEN pixels (partial-sky map, first at pixel "
-            f"{int(np.argmax(masked[i]))}); fill or inpaint masked pixels before the transform",
+            f"{int(np.argmax(masked[i]))}); this full-sky transform needs every pixel: "
+            "Scattering(...)(maps, mask=...) masks them, or fill/inpaint them first",
             index=i,
         )
     return x, was_1d
+
+
+def check_masked_maps(maps: Any, nside: int) -> tuple[Any, bool, np.ndarray | None]:
+    """Validate ``maps`` ``(npix,)`` or ``(B, npix)`` whose UNSEEN/NaN pixels are to be masked.
+
+    Returns ``(maps2d, was_1d, bad)`` with ``bad`` a numpy bool array ``(B, npix)`` of the
+    UNSEEN/NaN pixels, or None when there are none (the full-sky fast path). Infinite
+    pixels are not a mask marker: :class:`InvalidMapError` names the map.
+    """
+    x, was_1d, finite, unseen, to_np = _validate(maps, nside)
+    if _all_clean(x):
+        return x, was_1d, None
+    xs = to_np(x)
+    inf = np.isinf(xs)
+    if inf.any():
+        i = int(np.argmax(inf.any(axis=1)))
+        raise InvalidMapError(
+            f"map {i} has {int(inf[i].sum())} infinite pixels (first at pixel {int(np.argmax(inf[i]))}); "
+            "mark missing pixels with UNSEEN or NaN, which are masked",
+            index=i,
+        )
+    bad = np.isnan(xs) | np.isclose(xs, UNSEEN, rtol=1e-5, atol=0.0)
+    return x, was_1d, (bad if bad.any() else None)
