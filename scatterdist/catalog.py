@@ -653,6 +653,32 @@ def _read_healsparse(path: str, nside: int) -> tuple[np.ndarray, np.ndarray]:
     return values, weights
 
 
+_APO_CACHE: dict[tuple[bytes, float], np.ndarray] = {}
+_APO_CACHE_SIZE = 4
+
+
+def _apodized(mask: np.ndarray, deg: float | None) -> np.ndarray:
+    """``scatterdist.sphere.mask.apodize(mask, deg)``, cached by the mask's bytes: maps sharing
+    a mask (a global ``--mask``, the same UNSEEN pattern) apodise it once per process."""
+    import hashlib
+
+    from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, apodize
+
+    deg = DEFAULT_APODIZE_DEG if deg is None else float(deg)
+    key = (hashlib.sha1(np.ascontiguousarray(mask).view(np.uint8)).digest(), deg)
+    with _MASK_LOCK:
+        hit = _APO_CACHE.get(key)
+    if hit is not None:
+        return hit
+    out = np.asarray(apodize(mask, deg), dtype=np.float64)
+    out.setflags(write=False)
+    with _MASK_LOCK:
+        while len(_APO_CACHE) >= _APO_CACHE_SIZE:
+            _APO_CACHE.pop(next(iter(_APO_CACHE)))
+        _APO_CACHE[key] = out
+    return out
+
+
 def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fields: tuple[str, ...],
             gmask: np.ndarray | None, min_fsky: float, what: str,
             apodize_deg: float | None = None) -> LoadedMap:
@@ -687,11 +713,7 @@ def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fiel
         if eb is None:
             from scatterdist.sphere.spin import qu_to_eb
 
-            weights = None
-            if mask is not None:  # apodised weights limit the E/B leakage at the mask edge
-                from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, apodize
-
-                weights = apodize(mask, DEFAULT_APODIZE_DEG if apodize_deg is None else float(apodize_deg))
+            weights = None if mask is None else _apodized(mask, apodize_deg)
             e, b = qu_to_eb(col[1], col[2], mask=weights)
             eb = (np.where(w > 0, np.asarray(e, dtype=np.float64), 0.0),
                   np.where(w > 0, np.asarray(b, dtype=np.float64), 0.0))

@@ -39,7 +39,7 @@ Layout of a store at ``PATH`` (a directory; it opens with plain ``xarray.open_za
   JSON string ``data_config``), ``coverage_layout``, ``config_hash`` (over the transform
   config and the data settings: resuming with other fields, another mask or min_fsky is
   refused), ``catalog_hash``, ``shard_size``, ``n_maps``, ``nside_out``, ``scatterdist_version``,
-  ``created`` (UTC ISO 8601).
+  ``created`` (UTC ISO 8601), ``masked_simulations`` (some input is a masked simulation).
 
 A writer holds ``PATH.lock`` (see :class:`StoreLock`) for the duration of a run.
 """
@@ -374,6 +374,16 @@ def _root_attrs(config: dict[str, Any], chash: str, ids: Sequence[str], shard_si
     return attrs
 
 
+def _masked_simulations(catalog: Catalog) -> bool:
+    """Whether some input is a simulation with its own mask (``mask`` or ``galactic_cut``)."""
+    for ref in catalog.refs:
+        if ref.kind == "sim":
+            d = json.loads(ref.where)
+            if d.get("mask") is not None or d.get("galactic_cut") is not None:
+                return True
+    return False
+
+
 def layout(path: str | os.PathLike) -> StoreLayout:
     """Read the layout of an existing store (raises :class:`StoreError` if it is not one)."""
     try:
@@ -540,8 +550,10 @@ def create(
         coords["field"] = ("field", np.array(data["fields"], dtype=object),
                            {"description": "I, Q, U: Stokes parameters; E, B: from Q, U (spin 2)"})
     chash = config_hash(_hashed(config, data))
-    ds = xr.Dataset(data_vars, coords=coords,
-                    attrs=_root_attrs(config, chash, ids, shard_size, scattering, data, cov_layout))
+    attrs = _root_attrs(config, chash, ids, shard_size, scattering, data, cov_layout)
+    if data is not None:
+        attrs["masked_simulations"] = _masked_simulations(catalog)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
                                 category=UserWarning)
@@ -640,9 +652,10 @@ def write_shard(
     if lay.has_field_dim:
         what = f"shard {shard_index} of {path}"
         if coverage is None:
-            if group.attrs.get("mask"):
-                raise StoreError(f"{what}: the store has the global mask {group.attrs['mask']}; "
-                                 "pass the transform's coverage")
+            if group.attrs.get("mask") or group.attrs.get("masked_simulations"):
+                why = (f"the global mask {group.attrs['mask']}" if group.attrs.get("mask")
+                       else "masked simulations (mask or galactic_cut)")
+                raise StoreError(f"{what}: the store has {why}; pass the transform's coverage")
             shape = (k, lay.n_paths, lay.npix_out) if lay.per_map_coverage else (lay.n_paths, lay.npix_out)
             cov = np.ones(shape, np.float32)
             if lay.per_map_coverage:

@@ -141,6 +141,12 @@ def test_coverage_layout_rule(tmp_path: Path, sc: Scattering) -> None:
     np.testing.assert_allclose(shard.sky_fraction, 0.66)
     with pytest.raises(zstore.StoreError, match="coverage of shape"):
         zstore.write_shard(path, 1, coeffs, np.ones(2, np.int8), ["", ""], coverage=cov[None].repeat(2, 0))
+    # Masked simulations need the transform's coverage: None (full sky) is refused.
+    cut = tmp_path / "cut.zarr"
+    zstore.create(cut, _sim_catalog(2, [{"galactic_cut": 20.0}] * 2), sc, shard_size=2, fields=("I",))
+    assert xr.open_zarr(cut).attrs["masked_simulations"] is True and not xr.open_zarr(path).attrs["masked_simulations"]
+    with pytest.raises(zstore.StoreError, match="masked simulations"):
+        zstore.write_shard(cut, 0, coeffs, np.ones(2, np.int8), ["", ""])
     per_map = tmp_path / "per_map.zarr"
     zstore.create(per_map, _catalog(3), sc, shard_size=3, fields=("I",))
     with pytest.raises(zstore.StoreError, match="no shared coverage"):
