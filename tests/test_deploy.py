@@ -213,7 +213,7 @@ def test_scheduler_file_with_two_worker_processes(tmp_path):
 
 @pytest.fixture(scope="module")
 def train_store(tmp_path_factory):
-    from scatterdist.train.synthetic import write_synthetic_store
+    from scatterdist.testing import write_synthetic_store
 
     path = tmp_path_factory.mktemp("train") / "syn.zarr"
     write_synthetic_store(path, n_maps=64, nside=4, n_channels=2, shard_size=8)

@@ -43,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--oversample", type=int, default=1, help="oversampling of each scale (default 1)")
     t.add_argument("--analysis", choices=("quadrature", "lsq"), default="quadrature")
     t.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
-                   help="numpy (ducc0) or torch (on cuda with --cluster cuda)")
+                   help="numpy (ducc0, CPU) or torch (each worker's GPU when it has one, see --device)")
+    t.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="torch backend: auto (default: the worker's GPU when torch sees one, else its "
+                        "CPU; on every cluster kind), cuda (refused unless every worker sees a GPU), cpu")
     add_cluster_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--shard-size", type=int, default=None, metavar="K",
@@ -51,7 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--retries", type=int, default=3, help="Dask retries per shard task (default 3)")
     r.add_argument("--retry-failed", action="store_true", help="recompute maps whose status is -1")
     r.add_argument("--overwrite", action="store_true", help="delete an existing store first")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--gpu-batch", type=int, default=None, metavar="B",
+                   help="maps per transform call, independent of --shard-size (default 32 on a GPU, "
+                        "halved automatically when the GPU runs out of memory; 8 on CPU); a torch "
+                        "task holds enough shards for 4 such batches and loads the next batches "
+                        "while the device transforms one")
+    r.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="batches loaded ahead of the one being transformed (default 2; 0: none)")
+    r.add_argument("--progress", action="store_true", default=None,
+                   help="draw the progress bar even when stderr is not a terminal")
+    r.add_argument("--no-progress", action="store_false", dest="progress",
+                   help="no progress bar (default: a bar only on a terminal)")
     p.set_defaults(func=run_scatter)
 
     q = subparsers.add_parser("info", help="configuration and status counts of a store",
@@ -71,11 +84,43 @@ def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
     from scatterdist import Scattering
 
     full = Scattering(**config).config()  # validates and fills the defaults
-    if args.backend != "numpy":
-        full["backend"] = args.backend
-        if args.cluster == "cuda":
-            full["device"] = "cuda"
+    if args.backend == "torch":
+        full["backend"] = "torch"
+        full["device"] = args.device
+    elif args.device != "auto":
+        raise ValueError(f"--device {args.device} needs --backend torch (the numpy backend runs on CPU)")
     return full
+
+
+def _gpu_setup(args: argparse.Namespace, client: Any) -> dict[str, float] | None:
+    """Check ``--device`` against what the workers see, say which devices run, pick resources.
+
+    Returns the Dask resources for every task: ``{"GPU": 1}`` on ``--cluster cuda`` and,
+    with the torch backend, whenever every worker advertises a ``GPU`` resource (the deploy
+    scripts' GPU workers do). Raises ValueError for ``--device cuda`` on a worker without GPU.
+    """
+    from scatterdist.pipeline import worker_devices
+
+    resources = {"GPU": 1} if args.cluster == "cuda" else None
+    if args.backend != "torch":
+        return resources
+    workers = client.scheduler_info().get("workers", {})
+    if workers and all(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        resources = {"GPU": 1}
+    infos = client.run(worker_devices) if workers else {}
+    gpu = [a for a, i in infos.items() if i["cuda"]]
+    if args.device == "cuda" and len(gpu) < len(infos):
+        raise ValueError(f"--device cuda but {len(infos) - len(gpu)} of {len(infos)} worker(s) see no "
+                         "CUDA device: use --device auto (CPU where there is no GPU), or GPU workers "
+                         "(--cluster cuda, deploy/slurm/scatter-gpu.sbatch)")
+    names = sorted({n for i in infos.values() for n in i["names"]})
+    if infos:
+        where = (f"{len(gpu)} of {len(infos)} worker(s) see a GPU ({', '.join(names)})" if gpu
+                 else f"none of {len(infos)} worker(s) sees a GPU")
+        runs = "CPU" if args.device == "cpu" or not gpu else "each worker's GPU (CPU on the others)"
+        print(f"torch backend, --device {args.device}: {where}; transforms run on {runs}"
+              + (f", batches of {args.gpu_batch}" if args.gpu_batch else ""), file=sys.stderr, flush=True)
+    return resources
 
 
 def _failures_table(ids: Any, errors: Any, stream, limit: int = _TABLE_ROWS) -> None:
@@ -105,13 +150,14 @@ def run_scatter(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
-    resources = {"GPU": 1} if args.cluster == "cuda" else None
     try:
         with client_from_args(args) as client:
+            resources = _gpu_setup(args, client)
             summary = scatter(catalog, args.output, config, client=client,
                               shard_size=args.shard_size, retries=args.retries,
-                              retry_failed=args.retry_failed, progress=not args.no_progress,
-                              overwrite=args.overwrite, resources=resources)
+                              retry_failed=args.retry_failed, progress=args.progress,
+                              overwrite=args.overwrite, resources=resources,
+                              batch_size=args.gpu_batch, prefetch=args.prefetch)
     except (zstore.StoreError, ClusterError, ValueError) as exc:
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -120,7 +166,8 @@ def run_scatter(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     print(f"computed {summary.shards_computed} shard(s), skipped {summary.shards_skipped}; "
           f"maps ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
-          f"{summary.maps_per_s:.2f} maps/s over {summary.seconds:.1f} s", flush=True)
+          f"{summary.maps_per_s:.2f} maps/s over {summary.seconds:.1f} s"
+          + (f"; tasks per device {summary.devices}" if summary.devices else ""), flush=True)
     ds = zstore.open_coefficients(args.output)
     status = ds["status"].values
     if (status == zstore.STATUS_OK).all():

@@ -1,0 +1,317 @@
+"""The GPU feeding of the pipeline, tested on CPU (issue 11): the torch backend's ``device="auto"``
+falls back to the CPU, the prefetching feeder really loads batch n+1 while batch n is transformed
+(timestamps recorded by the feeder, not timing thresholds), and a worker killed mid-batch loses
+nothing. Real LocalClusters on loopback, real Zarr stores, SIGKILLed worker processes. The
+``gpu``-marked test runs the same pipeline on a CUDA device when one is present."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+
+from scatterdist import Scattering
+from scatterdist import store as zstore
+from scatterdist.catalog import Catalog
+from scatterdist.feed import BatchFeeder, DeviceStager, overlap_summary, split_batches
+from scatterdist.pipeline import resolve_device, scatter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cluster(**config):
+    with dask.config.set(config):
+        return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address="127.0.0.1:0")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster() as cluster, Client(cluster) as c:
+        yield c
+
+
+def _maps_store(path: Path, n: int, nside: int, seed: int) -> np.ndarray:
+    maps = np.random.default_rng(seed).standard_normal((n, 12 * nside**2))
+    xr.Dataset({"maps": (("map", "pixel"), maps)},
+               coords={"map": np.array([f"sky{i:03d}" for i in range(n)], dtype=object)}
+               ).to_zarr(path, zarr_format=3, consolidated=False)
+    return maps
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gsmall")
+    maps = _maps_store(d / "maps.zarr", 24, 32, seed=3)
+    return d / "maps.zarr", maps, Scattering(nside=32)(maps)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gbig")
+    maps = _maps_store(d / "maps.zarr", 48, 64, seed=4)
+    return d / "maps.zarr", maps, Scattering(nside=64)(maps)
+
+
+def _torch_config(nside: int, device: str = "auto") -> dict:
+    return {**Scattering(nside=nside).config(), "backend": "torch", "device": device}
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> None:
+    """torch float32 against the float64 numpy transform."""
+    assert np.isfinite(got).all()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+# ---------------------------------------------------------------------- the feeder itself
+
+
+def test_feeder_loads_ahead_in_order_and_bounded():
+    started: list[tuple[int, int]] = []  # (batch loaded, batch the consumer was at)
+    at = [-1]
+
+    def load(batch):
+        started.append((batch[0], at[0]))
+        time.sleep(0.01)
+        return [v * 10 for v in batch]
+
+    batches = split_batches(list(range(12)), 2)
+    assert [list(b) for b in batches[:2]] == [[0, 1], [2, 3]] and len(batches) == 6
+    with BatchFeeder(batches, load, prefetch=2) as feed:
+        seen = []
+        for index, batch, out in feed:
+            at[0] = index
+            t0 = time.perf_counter()
+            time.sleep(0.02)  # the "transform"
+            feed.transformed(index, t0, time.perf_counter())
+            seen.append((index, list(batch), out))
+        timings = list(feed.timings)
+    assert seen == [(i, list(b), [v * 10 for v in b]) for i, b in enumerate(batches)]
+    # Never more than `prefetch` batches ahead of the consumer (bounded memory) ...
+    assert all(b <= max(c, 0) + 2 for b, c in [(s // 2, c) for s, c in started]), started
+    # ... and every next batch's load starts before this batch's transform ends.
+    for a, b in zip(timings[:-1], timings[1:]):
+        assert b.load_start < a.transform_end
+    assert overlap_summary(timings)["overlapped"] == 1.0
+
+    # prefetch=0 is the baseline: each load starts after the previous transform ended.
+    with BatchFeeder(batches, load, prefetch=0) as feed:
+        for index, _, _ in feed:
+            t0 = time.perf_counter()
+            time.sleep(0.005)
+            feed.transformed(index, t0, time.perf_counter())
+        assert overlap_summary(feed.timings)["overlapped"] == 0.0
+
+
+def test_feeder_raises_at_the_failing_batch_and_stops_cleanly():
+    calls = []
+
+    def load(batch):
+        calls.append(batch[0])
+        if batch[0] == 4:
+            raise OSError("disk gone")
+        return batch
+
+    feed = BatchFeeder(split_batches(list(range(40)), 2), load, prefetch=3)
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        with feed:
+            for index, batch, _ in feed:
+                got.append(index)
+    assert got == [0, 1]
+    assert max(calls) <= 2 * (2 + 3)  # nothing loaded far beyond the failure: loads were cancelled
+    with pytest.raises(ValueError, match="prefetch"):
+        BatchFeeder([], load, prefetch=-1)
+
+
+def test_stager_cpu_paths_and_device_auto():
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((3, 48))
+    staged = DeviceStager().stage(x)
+    assert isinstance(staged.data, np.ndarray) and staged.data.dtype == np.float64
+    cpu = DeviceStager(torch.device("cpu"), torch.float32)
+    t = cpu.ready(cpu.stage(x))
+    assert t.dtype == torch.float32 and t.device.type == "cpu"
+    np.testing.assert_allclose(t.numpy(), x, rtol=1e-6)
+    assert resolve_device("auto") == ("cuda" if _cuda() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not _cuda():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+
+
+# ---------------------------------------------------------------------- through Dask
+
+
+def test_device_auto_falls_back_to_cpu_and_prefetch_overlaps(client: Client, small, tmp_path: Path):
+    maps_path, _, expected = small
+    cat = Catalog.from_inputs([str(maps_path)])
+    summary = scatter(cat, tmp_path / "a.zarr", _torch_config(32), client=client, shard_size=2,
+                      batch_size=2, shards_per_task=3, progress=False)
+    assert (summary.ok, summary.failed) == (24, 0)
+    assert summary.devices == ({"cuda": 4} if _cuda() else {"cpu": 4})  # 12 shards, 3 per task
+    _close(zstore.open_coefficients(tmp_path / "a.zarr").coefficients.values, expected)
+    # Batches span shards (2 maps per batch, 3 shards of 2 per task: 3 batches per task), and in
+    # every task the load of batch n+1 started before the transform of batch n ended.
+    assert len(summary.timings) == 4 and all(len(t) == 3 for t in summary.timings)
+    for task in summary.timings:
+        rows = sorted(task)
+        assert all(b[2] < a[5] for a, b in zip(rows[:-1], rows[1:])), rows
+        assert overlap_summary(task)["overlapped"] == 1.0
+    # Control: without prefetch the same measurement shows no overlap at all.
+    plain = scatter(cat, tmp_path / "b.zarr", _torch_config(32), client=client, shard_size=2,
+                    batch_size=2, shards_per_task=3, prefetch=0, progress=False)
+    assert plain.ok == 24
+    assert all(overlap_summary(t)["overlapped"] == 0.0 for t in plain.timings)
+    _close(zstore.read_rows(tmp_path / "b.zarr", 0, 24), expected)
+
+
+def test_cli_device_flags(client: Client, small, tmp_path: Path):
+    maps_path, _, expected = small
+    out = tmp_path / "c.zarr"
+    base = [sys.executable, "-m", "scatterdist", "scatter", str(maps_path), "--output", str(out),
+            "--cluster", client.scheduler.address, "--no-progress"]
+    numpy_cuda = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert numpy_cuda.returncode == 2 and "--device cuda needs --backend torch" in numpy_cuda.stderr
+    if not _cuda():
+        cuda = subprocess.run([*base, "--backend", "torch", "--device", "cuda"], capture_output=True,
+                              text=True, timeout=120)
+        assert cuda.returncode == 2, cuda.stderr
+        refusal = [ln for ln in cuda.stderr.splitlines() if "refused" in ln]
+        assert len(refusal) == 1 and "2 of 2 worker(s) see no CUDA device" in refusal[0]
+        assert not out.exists()  # refused before anything was written
+    auto = subprocess.run([*base, "--backend", "torch", "--gpu-batch", "3"], capture_output=True,
+                          text=True, timeout=240)
+    assert auto.returncode == 0, auto.stderr
+    seen = "2 of 2 worker(s) see a GPU" if _cuda() else "none of 2 worker(s) sees a GPU; transforms run on CPU"
+    assert seen in auto.stderr
+    assert "tasks per device {'cpu'" in auto.stdout or _cuda()
+    _close(zstore.open_coefficients(out).coefficients.values, expected)
+    assert "scatter:" not in auto.stderr  # no progress bar fragments in a pipe
+
+
+def _warm(client: Client, config: dict) -> None:
+    """Build the transform on every worker (torch import, filters) before a run is timed or killed."""
+    from scatterdist.pipeline import _scattering
+
+    client.run(lambda cfg: _scattering(cfg) and None, config)
+
+
+def _kill_busy_worker(client: Client, out: Path, runner: threading.Thread, pids: dict) -> int:
+    """Wait until the run has written a shard, then SIGKILL a worker that is running a task."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        if (out / "zarr.json").exists():
+            try:
+                status = zstore.read_status(out)
+            except (FileNotFoundError, KeyError):
+                status = None
+            if status is not None and (status != 0).any():
+                break
+        assert runner.is_alive(), "the run ended before any shard was seen"
+        time.sleep(0.005)
+    assert (status == 0).any(), "the run finished before the kill"
+    busy = [w for w, tasks in client.processing().items() if tasks]
+    assert busy, "no task in flight to kill"
+    os.kill(pids[busy[0]], signal.SIGKILL)
+    return pids[busy[0]]
+
+
+def test_worker_killed_mid_batch_is_retried(client: Client, big, tmp_path: Path):
+    maps_path, _, expected = big
+    cat = Catalog.from_inputs([str(maps_path)])
+    out = tmp_path / "k.zarr"
+    client.wait_for_workers(2, timeout=60)
+    _warm(client, _torch_config(64))
+    pids = client.run(os.getpid)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(s=scatter(
+        cat, out, _torch_config(64), client=client, shard_size=2, batch_size=2, shards_per_task=4,
+        progress=False)))
+    runner.start()
+    killed = _kill_busy_worker(client, out, runner, pids)
+    runner.join(timeout=240)
+    assert not runner.is_alive()
+    summary = result["s"]
+    assert (summary.ok, summary.failed) == (48, 0), summary.failures
+    ds = zstore.open_coefficients(out)
+    assert (ds.status.values == 1).all() and (ds.error.values == "").all()
+    _close(ds.coefficients.values, expected)
+    client.wait_for_workers(2, timeout=60)
+    assert killed not in client.run(os.getpid).values()
+
+
+def test_worker_killed_without_retries_marks_maps_failed_with_reason(client: Client, big, tmp_path: Path):
+    """allowed-failures 0: the dead worker's task is not retried. Every map still ends ok or failed
+    with the reason (none left todo), shards the dead task had written keep their results, and
+    --retry-failed then completes the store."""
+    maps_path, _, expected = big
+    cat = Catalog.from_inputs([str(maps_path)])
+    out = tmp_path / "f.zarr"
+    scheduler = client.cluster.scheduler  # LocalCluster: the scheduler lives in this process
+    allowed = scheduler.allowed_failures
+    client.wait_for_workers(2, timeout=60)
+    _warm(client, _torch_config(64))
+    pids = client.run(os.getpid)
+    scheduler.allowed_failures = 0
+    try:
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(s=scatter(
+            cat, out, _torch_config(64), client=client, shard_size=2, batch_size=2, shards_per_task=4,
+            retries=0, progress=False)))
+        runner.start()
+        _kill_busy_worker(client, out, runner, pids)
+        runner.join(timeout=240)
+        assert not runner.is_alive()
+    finally:
+        scheduler.allowed_failures = allowed
+    summary = result["s"]
+    status = zstore.read_status(out)
+    errors = zstore.open_coefficients(out).error.values
+    assert (status != 0).all(), "a map was left todo"
+    assert 0 < summary.failed < 48 and summary.ok + summary.failed == 48
+    assert int((status == -1).sum()) == summary.failed
+    assert all("worker died" in errors[i] for i in np.flatnonzero(status == -1))
+    assert {m for m, _ in summary.failures} == set(np.array(cat.ids)[status == -1])
+    again = scatter(cat, out, _torch_config(64), client=client, retry_failed=True, progress=False)
+    assert (again.ok, again.failed) == (summary.failed, 0)
+    ds = zstore.open_coefficients(out)
+    assert (ds.status.values == 1).all()
+    _close(ds.coefficients.values, expected)
+
+
+@pytest.mark.gpu
+def test_gpu_worker_pipeline_matches_the_bare_transform(small, tmp_path: Path):
+    """On a CUDA machine: pinned memory + non_blocking copies on a side stream give the same
+    coefficients as the bare torch transform on the GPU."""
+    import torch
+
+    maps_path, maps, _ = small
+    cat = Catalog.from_inputs([str(maps_path)])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        summary = scatter(cat, tmp_path / "g.zarr", _torch_config(32, "cuda"), client=c,
+                          shard_size=2, batch_size=4, progress=False)
+    assert summary.ok == 24 and set(summary.devices) == {"cuda"}
+    bare = Scattering(nside=32, backend="torch", device="cuda")(torch.as_tensor(maps, dtype=torch.float32))
+    np.testing.assert_allclose(zstore.read_rows(tmp_path / "g.zarr", 0, 24), bare.cpu().numpy(),
+                               rtol=1e-5, atol=1e-6 * float(bare.abs().max()))
