@@ -63,6 +63,7 @@ __all__ = [
     "load_maps",
     "parse_sim_spec",
     "read_global_mask",
+    "stack_maps",
 ]
 
 _FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz")
@@ -838,6 +839,23 @@ def load_maps(
             except BadMapError as exc:
                 out[k] = exc
     return out
+
+
+def stack_maps(loaded: Sequence[LoadedMap]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Batch :class:`LoadedMap` objects for one transform call.
+
+    Returns ``data (B, F, npix)`` float64, ``masks (B, npix)`` float64 (ones for full-sky maps)
+    or None when no map has a mask, and ``sky_fraction (B,)`` float64. All maps must have the
+    same fields and size.
+    """
+    if not loaded:
+        raise ValueError("stack_maps needs at least one loaded map")
+    fields = loaded[0].fields
+    if any(m.fields != fields for m in loaded):
+        raise ValueError(f"cannot stack maps with different fields: {sorted({m.fields for m in loaded})}")
+    data = np.stack([m.data for m in loaded])
+    masks = None if all(m.mask is None for m in loaded) else np.stack([m.weights for m in loaded])
+    return data, masks, np.array([m.sky_fraction for m in loaded], dtype=np.float64)
 
 
 def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

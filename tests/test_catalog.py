@@ -19,6 +19,7 @@ from scatterdist.catalog import (
     check_fields,
     load_maps,
     parse_sim_spec,
+    stack_maps,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -336,3 +337,17 @@ def test_zarr_and_sim_inputs_with_fields(tmp_path: Path) -> None:
     s0, _ = load_maps(sim.refs, 32, fields=("I",))
     assert s0.mask is None
     np.testing.assert_array_equal(s0.data[0], load_maps(sim.refs[:1], 32)[0])  # legacy form: same map
+
+
+def test_stack_maps_for_one_transform_call() -> None:
+    full, masked = load_maps(Catalog.from_fits([str(WMAP), str(WMAP_MASKED)]).refs, NSIDE, fields=("I", "Q"))
+    data, masks, fsky = stack_maps([full, masked])
+    assert data.shape == (2, 2, NPIX) and masks.shape == (2, NPIX)
+    np.testing.assert_array_equal(masks[0], np.ones(NPIX))  # full sky: weight 1 everywhere
+    np.testing.assert_array_equal(masks[1], masked.mask)
+    np.testing.assert_allclose(fsky, [1.0, 1 - 4686 / NPIX])
+    only_full = stack_maps([full, full])
+    assert only_full[1] is None and only_full[0].shape == (2, 2, NPIX)
+    [i_only] = load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields=("I",))
+    with pytest.raises(ValueError, match="different fields"):
+        stack_maps([full, i_only])
