@@ -326,3 +326,26 @@ def test_plain_xarray_in_a_fresh_process(tmp_path: Path, sc: Scattering) -> None
     assert {"config_hash", "scatterdist_version", "created", "nside", "L", "J0", "lam", "depth",
             "oversample", "analysis", "shard_size", "fields", "mask", "min_fsky",
             "coverage_layout"} <= set(got["attrs"])
+
+
+def test_mask_summary(tmp_path: Path, sc: Scattering) -> None:
+    path = tmp_path / "c.zarr"
+    zstore.create(path, _catalog(4), sc, shard_size=2, fields=("I", "E", "B"))
+    empty = zstore.mask_summary(path)
+    assert empty["fields"] == ["I", "E", "B"] and empty["coverage_layout"] == "per_map"
+    assert empty["sky_fraction"] is None and empty["coverage"] is None
+    cov = np.ones((2, sc.n_paths, sc.npix_out), np.float32)
+    cov[1, 0, : sc.npix_out // 4] = 0.5  # a quarter of path S0's pixels of map 1 below the threshold
+    zstore.write_shard(path, 0, np.zeros((2, 3, sc.n_paths, sc.npix_out)), np.ones(2, np.int8), ["", ""],
+                       coverage=cov, sky_fraction=np.array([1.0, 0.6]))
+    got = zstore.mask_summary(path)
+    assert got["sky_fraction"] == {"n": 2, "min": pytest.approx(0.6), "median": pytest.approx(0.8), "max": 1.0}
+    c = got["coverage"]
+    assert c["min_coverage"] == sc.config().get("min_coverage", 0.9) > 0.5  # the store's threshold
+    assert c["per_path"]["S0"] == pytest.approx(1 - 0.25 / 2)
+    assert c["per_path"][sc.path_labels[1]] == 1.0
+    assert c["covered"] == pytest.approx(1 - 0.25 / 2 / sc.n_paths)
+    assert c["mean"] == pytest.approx(1 - 0.5 * 0.25 / 2 / sc.n_paths)
+    assert zstore.mask_summary(path, min_coverage=0.4)["coverage"]["covered"] == 1.0
+    zstore.create(tmp_path / "old.zarr", _catalog(2), sc, shard_size=2)
+    assert zstore.mask_summary(tmp_path / "old.zarr")["fields"] == ["I"]
