@@ -256,7 +256,7 @@ class Scattering:
         (after apodisation by ``apodize`` degrees), in [0, 1]."""
         w = check_mask(mask, self.npix)
         rows = w.reshape(-1, self.npix)
-        cov = np.stack([self._geometry.get(r)[0].coverage for r in rows])
+        cov = np.stack([self._geometry.get(r).geo.coverage for r in rows])
         return cov[0] if w.ndim == 1 else cov
 
     def invariants(self, maps: Any, mask: Any = None) -> Any:

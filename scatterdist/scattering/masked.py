@@ -59,7 +59,6 @@ and the WMAP temperature mask.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict, defaultdict
 from typing import Any
@@ -99,13 +98,14 @@ class MaskGeometry:
     sky_fraction : mean of the apodised mask
     """
 
-    def __init__(self, bank: FilterBank, apodized: np.ndarray, paths: list[tuple[int, ...]] | None = None, nthreads: int = 1) -> None:
+    def __init__(self, bank: FilterBank, apodized: np.ndarray, paths: list[tuple[int, ...]] | None = None,
+                 nthreads: int = 1, squared: dict[int, np.ndarray] | None = None) -> None:
         self.sky_fraction = float(apodized.mean())
         base = scattering_paths(list(bank.scales), bank.depth)
         if paths is None:
             paths = base
         through: dict[tuple[int, ...], np.ndarray] = {(): np.asarray(apodized, dtype=np.float64)}
-        sq = {j: squared_kernel_multipliers(bank.psi[j - bank.J0], 2 * bank.bandlimit(j) - 2) for j in bank.scales}
+        sq = squared_kernels(bank) if squared is None else squared
         nside_of = lambda p: bank.nside(p[-1]) if p else npix_to_nside(apodized.size)  # noqa: E731
         for order in range(1, bank.depth + 1):
             parents = [p for p in base if len(p) == order - 1]
@@ -142,88 +142,111 @@ class MaskGeometry:
         self.paths = paths
 
 
+def squared_kernels(bank: FilterBank) -> dict[int, np.ndarray]:
+    """``{j: b_l / b_0}`` of every wavelet's squared profile, up to ``l = 2 L_j - 2``."""
+    return {j: squared_kernel_multipliers(bank.psi[j - bank.J0], 2 * bank.bandlimit(j) - 2) for j in bank.scales}
+
+
 def npix_to_nside(npix: int) -> int:
     return int(round(math.sqrt(npix / 12)))
 
 
-def mask_key(mask: np.ndarray, apodize: float) -> bytes:
-    """Cache key of a raw mask row and an apodisation width."""
-    h = hashlib.blake2b(np.ascontiguousarray(mask, dtype=np.float64).tobytes(), digest_size=16)
-    h.update(repr(float(apodize)).encode())
-    return h.digest()
+class _Entry:
+    """One cached mask: its raw weights, geometry, and backend copies of what the data path uses
+    (``through``/``rest`` = ``s_p`` and ``1 - s_p`` as ``(1, npix)``, ``total`` = ``sum(s_p)``)."""
+
+    def __init__(self, raw: np.ndarray, geo: MaskGeometry, backend: Backend, depth: int) -> None:
+        self.raw, self.geo = raw, geo
+        fill = {p: t for p, t in geo.through.items() if len(p) < depth and not isinstance(p, KindPath)}
+        self.through = {p: backend.from_numpy(t[None]) for p, t in fill.items()}
+        self.rest = {p: backend.from_numpy(1.0 - t[None]) for p, t in fill.items()}
+        self.total = {p: float(t.sum()) for p, t in fill.items()}
+        self.coverage = backend.from_numpy(geo.coverage)
+
+
+def _quick_key(row: np.ndarray) -> tuple[float, bytes]:
+    """Cheap fingerprint of a mask row (confirmed with an exact comparison on a hit)."""
+    return float(row.sum()), row[:: max(1, row.size // 4096)].tobytes()
 
 
 class GeometryCache:
-    """Per-transform LRU cache: raw mask row -> (MaskGeometry, backend copies of what the data path uses)."""
+    """Per-transform LRU cache: raw mask row -> its :class:`_Entry` (geometry built once)."""
 
     def __init__(self, bank: FilterBank, backend: Backend, paths: list[tuple[int, ...]], apodize: float, nthreads: int, size: int = GEOMETRY_CACHE_SIZE) -> None:
         self.bank, self.backend, self.paths = bank, backend, paths
         self.apodize, self.nthreads, self.size = apodize, nthreads, size
-        self._items: OrderedDict[bytes, tuple[MaskGeometry, dict[tuple[int, ...], Array], Array]] = OrderedDict()
+        self._items: OrderedDict[tuple[float, bytes], list[_Entry]] = OrderedDict()
+        self._squared: dict[int, np.ndarray] | None = None
 
-    def get(self, mask_row: np.ndarray) -> tuple[MaskGeometry, dict[tuple[int, ...], Array], Array]:
-        key = mask_key(mask_row, self.apodize)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        geo = MaskGeometry(self.bank, apodize_mask(mask_row, self.apodize), self.paths, nthreads=self.nthreads)
-        be = self.backend
-        fill = {p: be.from_numpy(s[None]) for p, s in geo.through.items() if len(p) < self.bank.depth and not isinstance(p, KindPath)}
-        item = (geo, fill, be.from_numpy(geo.coverage))
-        self._items[key] = item
-        if len(self._items) > self.size:
+    def get(self, mask_row: np.ndarray) -> _Entry:
+        """The entry of a raw mask row ``(npix,)`` float64 (built on a miss)."""
+        key = _quick_key(mask_row)
+        for entry in self._items.get(key, []):
+            if np.array_equal(entry.raw, mask_row):
+                self._items.move_to_end(key)
+                return entry
+        if self._squared is None:
+            self._squared = squared_kernels(self.bank)
+        geo = MaskGeometry(self.bank, apodize_mask(mask_row, self.apodize), self.paths,
+                           nthreads=self.nthreads, squared=self._squared)
+        entry = _Entry(np.array(mask_row, dtype=np.float64), geo, self.backend, self.bank.depth)
+        self._items.setdefault(key, []).append(entry)
+        self._items.move_to_end(key)
+        while sum(len(v) for v in self._items.values()) > self.size:
             self._items.popitem(last=False)
-        return item
+        return entry
 
 
 class MaskedCall:
     """The masks of one batch of maps, and the two hooks the scattering core calls.
 
-    ``through[p]`` is a backend array ``(1, npix)`` (every map shares one mask) or ``(B, npix)``;
-    ``coverage`` is ``(1 or B, n_paths, npix_out)``; ``mu[p]`` collects each filled signal's
-    mean ``(B,)`` during the transform.
+    ``through[p]`` / ``rest[p]`` are backend arrays ``(1, npix)`` (every map shares one mask)
+    or ``(B, npix)``; ``coverage`` is ``(B, n_paths, npix_out)``; ``mu[p]`` collects each
+    filled signal's mean ``(B,)`` during the transform.
     """
 
-    def __init__(self, backend: Backend, paths: list[tuple[int, ...]], items: list[tuple[MaskGeometry, dict, Array]], rows: np.ndarray, bad_index: np.ndarray | None) -> None:
-        be = backend
-        self.backend = be
+    def __init__(self, backend: Backend, paths: list[tuple[int, ...]], entries: list[_Entry], rows: np.ndarray, bad_index: np.ndarray | None) -> None:
+        be = self.backend = backend
         self.paths = paths
         self.B = int(rows.size)
-        self.geometries = [g for g, _, _ in items]
-        if len(items) == 1:
-            self.through = dict(items[0][1])
-            self.coverage = items[0][2][None][be.from_numpy(np.zeros(self.B, dtype=np.int64))]
+        self.geometries = [e.geo for e in entries]
+        sel = be.from_numpy(rows.astype(np.int64))
+        if len(entries) == 1:
+            e = entries[0]
+            self.through, self.rest = e.through, e.rest
+            self.total = {p: be.from_numpy(np.full(1, t)) for p, t in e.total.items()}
+            self.coverage = e.coverage[None][sel]
         else:
-            sel = be.from_numpy(rows.astype(np.int64))
-            self.through = {p: be.concatenate([it[1][p] for it in items], axis=0)[sel] for p in items[0][1]}
-            self.coverage = be.stack([it[2] for it in items], axis=0)[sel]
+            keys = list(entries[0].through)
+            self.through = {p: be.concatenate([e.through[p] for e in entries], axis=0)[sel] for p in keys}
+            self.rest = {p: be.concatenate([e.rest[p] for e in entries], axis=0)[sel] for p in keys}
+            self.total = {p: be.from_numpy(np.array([e.total[p] for e in entries]))[sel] for p in keys}
+            self.coverage = be.stack([e.coverage for e in entries], axis=0)[sel]
         self.bad_index = None if bad_index is None else be.from_numpy(bad_index.astype(np.int64))
         self.mu: dict[tuple[int, ...], Array] = {}
 
-    def _fill(self, path: tuple[int, ...], x: Array) -> Array:
-        s = self.through[path]
-        mu = x.sum(-1) / s.sum(-1)
+    def _fill(self, path: tuple[int, ...], x: Array) -> None:
+        """``x += (1 - s_p) mu_p`` in place (x is a temporary of the transform)."""
+        mu = x.sum(-1) / self.total[path]
         self.mu[path] = mu
-        return x + (1.0 - s) * mu[:, None]
+        x += self.rest[path] * mu[:, None]
 
     def fill_input(self, maps: Array) -> Array:
         """``w_a f + (1 - w_a) mu`` for maps ``(B, npix)``; masked pixels' values never enter."""
         x = maps * self.through[()]  # a new array: safe to write into
         if self.bad_index is not None:  # UNSEEN * 0 is 0, but NaN * 0 is NaN
             x.reshape(-1)[self.bad_index] = 0.0
-        return self._fill((), x)
+        self._fill((), x)
+        return x
 
     def fill_modulus(self, children: list[tuple[int, ...]], u: Array, depth: int) -> Array:
-        """Fill the modulus maps ``u`` ``(len(children)*B, npix)`` (children-major) of paths
-        that continue to a further wavelet; the others are returned unchanged."""
+        """Fill, in place, the modulus maps ``u`` ``(len(children)*B, npix)`` (children-major) of
+        the paths that continue to a further wavelet; the others are left unchanged."""
         B = self.B
-        if all(len(c) >= depth for c in children):
-            return u
-        blocks = []
         for k, child in enumerate(children):
-            block = u[k * B : (k + 1) * B]
-            blocks.append(self._fill(child, block) if len(child) < depth else block)
-        return self.backend.concatenate(blocks, axis=0)
+            if len(child) < depth:
+                self._fill(child, u[k * B : (k + 1) * B])
+        return u
 
     def normalise(self, out: Array, min_coverage: float) -> Array:
         """Smoothed outputs ``(B, P, npix_out)`` -> normalised coefficients, NaN where the coverage
@@ -244,31 +267,31 @@ class MaskedCall:
 
 def masked_call(cache: GeometryCache, weights: np.ndarray, bad: np.ndarray | None, B: int) -> MaskedCall:
     """The :class:`MaskedCall` for ``B`` maps with raw weights ``(B, npix)`` (or ``(1, npix)`` shared
-    by the batch) and the maps' bad (UNSEEN/NaN) pixels ``(B, npix)`` bool or None. Identical rows share one
-    geometry. Raises :class:`~scatterdist.scattering.inputs.InvalidMapError` for a map whose
-    apodised mask is entirely zero."""
+    by the batch) and the maps' bad (UNSEEN/NaN) pixels ``(B, npix)`` bool or None. Identical
+    rows share one geometry. Raises :class:`~scatterdist.scattering.inputs.InvalidMapError`
+    for a map whose apodised mask is entirely zero."""
     from scatterdist.scattering.inputs import InvalidMapError
 
     if weights.shape[0] == 1:
-        rows = np.zeros(B, dtype=np.int64)
-        items = [cache.get(weights[0])]
+        entries, rows = [cache.get(weights[0])], np.zeros(B, dtype=np.int64)
     else:
-        w = np.broadcast_to(weights, (B, weights.shape[-1]))
-        keys: dict[bytes, int] = {}
-        items, rows = [], np.empty(B, dtype=np.int64)
+        entries, rows = [], np.empty(B, dtype=np.int64)
         for b in range(B):
-            k = mask_key(w[b], cache.apodize)
-            if k not in keys:
-                keys[k] = len(items)
-                items.append(cache.get(w[b]))
-            rows[b] = keys[k]
+            e = cache.get(weights[b])
+            for k, known in enumerate(entries):
+                if known is e:
+                    rows[b] = k
+                    break
+            else:
+                rows[b] = len(entries)
+                entries.append(e)
     for b in range(B):
-        if items[rows[b]][0].sky_fraction <= 0:
+        if entries[rows[b]].geo.sky_fraction <= 0:
             raise InvalidMapError(
                 f"map {b} is entirely masked (no pixel with weight > 0 after {cache.apodize:g} deg apodisation); "
                 "nothing to transform", index=b)
     bad_index = None if bad is None or not bad.any() else np.flatnonzero(bad.reshape(-1))
-    return MaskedCall(cache.backend, cache.paths, items, rows, bad_index)
+    return MaskedCall(cache.backend, cache.paths, entries, rows, bad_index)
 
 
 def masked_bias(
