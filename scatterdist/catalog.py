@@ -642,7 +642,7 @@ def _read_healsparse(path: str, nside: int) -> tuple[np.ndarray, np.ndarray]:
             else:
                 cov = np.asarray(hsp.coverage_map, dtype=np.float64)  # covered fraction, NEST
                 weights = hp.ud_grade(cov, nside, order_in="NEST", order_out="RING", power=0)
-    except (ValueError, RuntimeError, MemoryError) as exc:
+    except (ValueError, RuntimeError, MemoryError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise BadMapError(f"{path}: cannot bring the HealSparse map at nside {ns} to nside "
                           f"{nside}: {exc}") from exc
     values = np.asarray(values, dtype=np.float64)

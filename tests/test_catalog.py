@@ -226,6 +226,11 @@ def test_masked_wmap_map_loads_with_its_mask(tmp_path: Path) -> None:
                           fields=("I",), mask=(~unseen).astype(float))[0]
     np.testing.assert_array_equal(with_mask.data, lm.data)
     np.testing.assert_array_equal(with_mask.mask, lm.mask)
+    # ... hence identical coefficients through the masked transform.
+    from scatterdist import Scattering
+
+    sc = Scattering(NSIDE)
+    np.testing.assert_array_equal(sc(with_mask.data, mask=with_mask.mask), sc(lm.data, mask=lm.mask))
     # A full-sky map has no mask at all.
     full, = load_maps(Catalog.from_fits(str(WMAP)).refs, NSIDE, fields="I")
     assert full.mask is None and full.sky_fraction == 1.0 and not full.own_mask
