@@ -502,8 +502,9 @@ def read_global_mask(mask: str | os.PathLike | np.ndarray, nside: int) -> np.nda
     """The global weight mask ``(12*nside**2,)`` float64 in [0, 1], RING.
 
     ``mask``: a FITS path (read by :func:`scatterdist.sphere.mask.read_mask`, which brings it
-    to ``nside``; cached per process by path, size and modification time) or an array already
-    at ``nside``. Raises ``scatterdist.sphere.mask.MaskError`` for a mask that cannot be used.
+    to ``nside``), a HealSparse ``.hsp``/``.hs`` file (weights = its values on valid pixels, 0
+    elsewhere; averaged over sub-pixels when degraded), or an array already at ``nside``. Files
+    are cached per process by path, size and modification time. Raises ``scatterdist.sphere.mask.MaskError`` for a mask that cannot be used.
     """
     from scatterdist.sphere.mask import MaskError, read_mask
 
@@ -524,7 +525,8 @@ def read_global_mask(mask: str | os.PathLike | np.ndarray, nside: int) -> np.nda
     with _MASK_LOCK:
         w = _MASK_CACHE.get(key)
     if w is None:
-        w = np.asarray(read_mask(path, int(nside)), dtype=np.float64)
+        w = _read_healsparse_mask(path, int(nside)) if _is_healsparse(path) else \
+            np.asarray(read_mask(path, int(nside)), dtype=np.float64)
         if w.shape != (npix,):
             raise MaskError(f"mask {path} was read with shape {w.shape}, need ({npix},)")
         w.setflags(write=False)
@@ -678,6 +680,22 @@ def _apodized(mask: np.ndarray, deg: float | None) -> np.ndarray:
             _APO_CACHE.pop(next(iter(_APO_CACHE)))
         _APO_CACHE[key] = out
     return out
+
+
+def _read_healsparse_mask(path: str, nside: int) -> np.ndarray:
+    """A HealSparse weight mask at ``nside``: its values on valid pixels, 0 elsewhere."""
+    from scatterdist.sphere.mask import MaskError
+
+    try:
+        values, frac = _read_healsparse(path, nside)
+    except BadMapError as exc:
+        raise MaskError(f"cannot use the mask {path}: {exc}") from exc
+    valid = frac > 0
+    w = np.where(valid, values, 0.0) * frac  # degraded: mean over all sub-pixels, invalid = 0
+    if not np.all(np.isfinite(w)) or w.min() < 0 or w.max() > 1:
+        raise MaskError(f"mask {path} has values outside [0, 1] (range [{np.nanmin(w):g}, {np.nanmax(w):g}]): "
+                        "weights must lie in [0, 1]")
+    return w
 
 
 def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fields: tuple[str, ...],

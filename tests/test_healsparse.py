@@ -125,3 +125,30 @@ def test_bad_inputs_fail_one_by_one(survey, tmp_path: Path) -> None:
     for bad, words in ((odd, "not 12.nside..2"), (nside48, "power-of-two nside"), (weights, r"\[0, 1\]")):
         with pytest.raises(MaskError, match=words):
             load_maps(cat.refs[:1], NSIDE, fields=("I",), mask=str(bad))
+
+
+def test_healsparse_mask_file(survey, tmp_path: Path) -> None:
+    from scatterdist.catalog import read_global_mask
+    from scatterdist.sphere.mask import MaskError, read_mask
+
+    keep = survey["keep"]
+    theta, _ = hp.pix2ang(NSIDE, np.arange(NPIX))
+    weights = np.where(keep, 0.5 + 0.5 * np.cos(theta) ** 2, 0.0)  # weights in (0, 1] on the footprint
+    valid = np.flatnonzero(keep)
+    hmask = healsparse.HealSparseMap.make_empty(NSIDE_COV, NSIDE, np.float64)
+    hmask.update_values_pix(hp.ring2nest(NSIDE, valid), weights[valid])
+    hmask.write(str(tmp_path / "weights.hsp"))
+    hp.write_map(str(tmp_path / "weights.fits"), weights, dtype=np.float64)
+    for nside in (NSIDE, 64):  # same weights as the FITS mask, also degraded
+        np.testing.assert_allclose(read_global_mask(str(tmp_path / "weights.hsp"), nside),
+                                   read_mask(tmp_path / "weights.fits", nside), rtol=0, atol=1e-12)
+    [lm] = load_maps([MapRef("fits", str(survey["fits"]))], NSIDE, fields="I", mask=str(tmp_path / "weights.hsp"))
+    np.testing.assert_allclose(lm.mask, weights, rtol=0, atol=1e-15)
+    too_big = healsparse.HealSparseMap.make_empty(NSIDE_COV, NSIDE, np.float64)
+    too_big.update_values_pix(np.arange(10), np.full(10, 2.0))
+    too_big.write(str(tmp_path / "too_big.hsp"))
+    with pytest.raises(MaskError, match=r"outside \[0, 1\]"):
+        read_global_mask(str(tmp_path / "too_big.hsp"), NSIDE)
+    (tmp_path / "broken.hsp").write_bytes(b"SIMPLE  =")
+    with pytest.raises(MaskError, match="corrupt or unreadable HealSparse"):
+        read_global_mask(str(tmp_path / "broken.hsp"), NSIDE)
