@@ -4,6 +4,11 @@ For random rotations R (exact, in harmonic space) of random bandlimited maps f w
 CMB-like red spectrum, compare ``S_p(R f)`` with ``R S_p(f)`` for every path p. The outputs
 are bandlimited at L0, so rotating them in harmonic space is exact as well: what remains
 is the transform's own error (aliasing of the modulus on finite grids, quadrature).
+
+``field="E"`` or ``"B"`` measures the same for polarisation: random E and B coefficients
+give Q/U maps (ducc0 spin-2 synthesis); the rotated sky rotates E and B exactly; both go
+through :func:`scatterdist.sphere.spin.qu_to_eb` (least squares), and the scalar E or B map
+is scattered. E and B are rotation-invariant scalar fields, so the bounds are temperature's.
 """
 
 from __future__ import annotations
@@ -41,8 +46,48 @@ def random_rotation(rng: np.random.Generator) -> tuple[float, float, float]:
     return float(psi), theta, float(phi)
 
 
-def equivariance_error(scattering: Any, n_trials: int = 4, seed: int = 0) -> dict[int, dict[str, float]]:
+FIELDS = ("I", "E", "B")
+
+
+def _spin2_maps(e_alm: np.ndarray, b_alm: np.ndarray, nside: int, lmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q, U maps of E and B coefficients (ducc0 spin-2 synthesis, healpy's convention)."""
+    import ducc0
+
+    from scatterdist.sphere.healpix import ring_geometry
+
+    alm = np.ascontiguousarray(np.stack([e_alm, b_alm])[None])
+    qu = ducc0.sht.synthesis(alm=alm, lmax=lmax, spin=2, **ring_geometry(nside))[0]
+    return qu[0], qu[1]
+
+
+def _field_pair(sc: Any, rng: np.random.Generator, field: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(f, R f, angles)`` for one trial: the scalar map of ``field``, of the rotated sky, and the rotation."""
+    L = sc.L
+    if field == "I":
+        alm = random_bandlimited_alm(L, rng)[0]
+        angles = random_rotation(rng)
+        f = synthesis(alm, sc.nside, L - 1)
+        rf = synthesis(rotate_alm(alm, L - 1, *angles), sc.nside, L - 1)
+        return f, rf, angles
+    from scatterdist.sphere.spin import qu_to_eb
+
+    e_alm, b_alm = random_bandlimited_alm(L, rng, n=2)
+    angles = random_rotation(rng)
+    low = alm_l_index(L - 1) < 2  # spin 2 has no l = 0, 1
+    e_alm[low] = 0
+    b_alm[low] = 0
+    q, u = _spin2_maps(e_alm, b_alm, sc.nside, L - 1)
+    rq, ru = _spin2_maps(rotate_alm(e_alm, L - 1, *angles), rotate_alm(b_alm, L - 1, *angles), sc.nside, L - 1)
+    e, b = qu_to_eb(np.stack([q, rq]), np.stack([u, ru]), lmax=L - 1, mode="lsq")
+    pick = e if field == "E" else b
+    return pick[0], pick[1], angles
+
+
+def equivariance_error(scattering: Any, n_trials: int = 4, seed: int = 0, field: str = "I") -> dict[int, dict[str, float]]:
     """Relative equivariance error of ``scattering`` per order.
+
+    ``field``: ``"I"`` (a scalar map), or ``"E"`` / ``"B"`` (the scalar E or B map of a
+    random polarised sky, through Q/U and :func:`scatterdist.sphere.spin.qu_to_eb`).
 
     Returns ``{order: {"mean": ..., "max": ...}}`` for orders ``0..depth``: the mean and max
     over the paths of that order and over trials of ``||S_p(R f) - R S_p(f)|| / ||R S_p(f)||``.
@@ -56,16 +101,15 @@ def equivariance_error(scattering: Any, n_trials: int = 4, seed: int = 0) -> dic
     """
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
     rng = np.random.default_rng(seed)
     sc = scattering
     L, L0 = sc.L, sc.L0
     orders = np.array([len(p) for p in sc.paths])
     errors = []
     for _ in range(n_trials):
-        alm = random_bandlimited_alm(L, rng)[0]
-        angles = random_rotation(rng)
-        f = synthesis(alm, sc.nside, L - 1)
-        rf = synthesis(rotate_alm(alm, L - 1, *angles), sc.nside, L - 1)
+        f, rf, angles = _field_pair(sc, rng, field)
         s_alm = _to_numpy(sc.transform_alm(np.stack([f, rf])))
         s_alm = s_alm.astype(np.complex128)
         rotated = rotate_alm(s_alm[0], L0 - 1, *angles)
