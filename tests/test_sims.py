@@ -308,6 +308,7 @@ def test_cli_simulate_fits(tmp_path, cluster_address):
         header = dict(header)
         assert header["ORDERING"] == "RING" and header["NSIDE"] == 16
         assert header["LABEL"] == 1 and header["SIMINDEX"] == i and header["SIMALPHA"] == 0.1
+        assert header["FWHM"] == 0.0 and header["NOISE"] == 0.0 and header["GALCUT"] == -1.0  # none
         np.testing.assert_array_equal(m, spec.generate(i))
 
 
