@@ -114,11 +114,7 @@ def test_backend_protocol_and_errors(maps32) -> None:
         with pytest.raises(ValueError, match="CUDA"):
             TorchBackend(device="cuda")
     sc = Scattering(32, backend="torch", device="cpu")
-    bad = torch.from_numpy(maps32[:2].copy())
-    bad[1, 5] = float("nan")
-    with pytest.raises(InvalidMapError) as err:
-        sc(bad)
-    assert err.value.index == 1
+    # (NaN / UNSEEN pixels are masked by the transform since the cut-sky contract, not refused)
     with pytest.raises(InvalidMapError):
         sc(torch.zeros(2, 100))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scatterdist import sphere
-from scatterdist.sphere import torch_sht
+from scatterdist.sphere import torch_sht, triton_legendre
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -116,20 +116,30 @@ def test_lsq_matches_ducc0_on_bandlimited_maps(rng) -> None:
 def test_memory_budget_bounds_cache_and_keeps_results(monkeypatch, rng) -> None:
     nside, lmax = 32, 63
     maps = torch.from_numpy(rng.standard_normal((2, 12 * nside**2)))
-    # small chunks so that the table of this size spans many of them
+    # small stream chunks so that the table of this size spans many of them
     monkeypatch.setattr(torch_sht, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "auto")
     torch_sht.clear_legendre_cache()
     try:
+        assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=0) == "stream"
         uncached = torch_sht.analysis(maps, lmax, memory_budget=0)
         assert torch_sht.legendre_cache_nbytes() == 0
         plan = torch_sht._get_plan(nside, lmax, torch.float64, torch.device("cpu"))
-        assert len(plan.chunks) > 4
+        assert len(torch_sht._layout(plan, "stream").units) > 4
+        # whole tables in 2 groups: northern rings x (l, m) pairs, plus the padding of the groups
+        assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=1 << 30) == "tables (2 groups)"
         full = torch_sht.analysis(maps, lmax, memory_budget=1 << 30)
         table_bytes = torch_sht.legendre_cache_nbytes()
-        # the whole table of this key: northern rings x (l, m) pairs (+ padding of the blocks)
-        assert table_bytes >= 2 * nside * sphere.alm_size(lmax) * 8
+        assert 2 * nside * sphere.alm_size(lmax) * 8 <= table_bytes <= 2 * nside * sphere.alm_size(lmax) * 8 * 1.6
         assert torch.equal(full, torch_sht.analysis(maps, lmax, memory_budget=1 << 30))
-        budget = table_bytes // 3
+        # a budget between the 8-group and the 2-group sizes: more groups, less padding
+        g8 = torch_sht._tables_bytes(plan, 8)
+        assert g8 < table_bytes
+        assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=g8) in (
+            "tables (4 groups)", "tables (8 groups)")
+        # below the smallest table: the stream engine caches a prefix of its chunks
+        budget = g8 // 3
+        assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=budget) == "stream"
         part = torch_sht.analysis(maps, lmax, memory_budget=budget)
         assert 0 < torch_sht.legendre_cache_nbytes() <= budget
         again = torch_sht.analysis(maps, lmax, memory_budget=budget)  # partly cached, partly recomputed
@@ -140,10 +150,49 @@ def test_memory_budget_bounds_cache_and_keeps_results(monkeypatch, rng) -> None:
         assert torch_sht.legendre_cache_nbytes() <= budget
         synth = torch_sht.synthesis(full, nside, lmax, memory_budget=budget)
         ref = torch_sht.synthesis(full, nside, lmax, memory_budget=0)
+        tables = torch_sht.synthesis(full, nside, lmax, memory_budget=1 << 30)
         assert rel(synth, ref.numpy()) <= 1e-14
-        assert torch_sht.legendre_cache_nbytes() <= budget
+        assert rel(tables, ref.numpy()) <= 1e-13
+        assert torch_sht.legendre_cache_nbytes() <= 1 << 30
     finally:
         torch_sht.clear_legendre_cache()
+
+
+def test_engine_choice_errors(monkeypatch) -> None:
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "magic")
+    with pytest.raises(ValueError, match="LEGENDRE_ENGINE"):
+        torch_sht.analysis(torch.zeros(48), 3)
+    if not triton_legendre.usable(torch.device("cpu")):
+        monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "fused")
+        with pytest.raises(RuntimeError, match="fused"):
+            torch_sht.analysis(torch.zeros(48), 3)
+
+
+def test_ring_ffts_use_few_kernels(monkeypatch) -> None:
+    """All ring FFTs of a transform are O(1) calls: the FFT count does not grow with nside."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    counts = {}
+    for nside in (8, 64):
+        lmax = 2 * nside - 1
+        maps = torch.randn(2, 12 * nside**2, dtype=torch.float64)
+        alm = torch_sht.analysis(maps, lmax)
+        torch_sht.synthesis(alm, nside, lmax)  # plans and tables built before counting
+        with Count() as c:
+            torch_sht.synthesis(torch_sht.analysis(maps, lmax), nside, lmax)
+        counts[nside] = (len(c.ops), sum("fft" in op for op in c.ops))
+    assert counts[8] == counts[64]  # same ops whatever the number of rings and degrees
+    n_ops, n_fft = counts[64]
+    assert n_fft <= 2 + 4 * torch_sht.POLAR_GROUPS and n_ops <= 150
 
 
 def test_clear_errors(rng) -> None:
@@ -182,3 +231,66 @@ def test_cuda_matches_ducc0(rng) -> None:
     m = x[:1].clone().requires_grad_(True)
     torch_sht.analysis(m, lmax).abs().sum().backward()
     assert m.grad is not None and m.grad.device.type == "cuda" and torch.isfinite(m.grad).all()
+
+
+_FUSED_CHECK = r"""
+import sys
+import numpy as np
+import torch
+from scatterdist import sphere
+from scatterdist.sphere import torch_sht, triton_legendre
+
+assert triton_legendre.interpret_mode() and triton_legendre.usable(torch.device("cpu"))
+torch.set_num_threads(1)
+errors = {}
+# 1. the kernels against tabulated values, where lambda_mm underflows near the poles (m >= 57)
+nside, lmax = 32, 63
+for dtype in (torch.float64,):
+    plan = torch_sht._get_plan(nside, lmax, dtype, torch.device("cpu"))
+    assert int(plan.scale.min()) < 0  # the 2**-300 exponent path is exercised
+    gen = torch.Generator().manual_seed(3)
+    coeffs = torch.randn(plan.nalm, 4, generator=gen, dtype=torch.float64).to(dtype)
+    tables = torch_sht._legendre_synthesis(plan, coeffs, 1 << 30)
+    fused = triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, lmax)
+    assert fused.shape == tables.shape == (lmax + 1, 2, 2 * nside, 4)
+    errors[f"synthesis {dtype}"] = float((fused - tables).abs().max() / tables.abs().max())
+    td = torch.randn(lmax + 1, 2, 2 * nside, 4, generator=gen, dtype=torch.float64).to(dtype)
+    tables = torch_sht._legendre_adjoint(plan, td, 1 << 30)
+    fused = triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, lmax, plan.nalm)
+    assert fused.shape == tables.shape == (plan.nalm, 4)
+    errors[f"adjoint {dtype}"] = float((fused - tables).abs().max() / tables.abs().max())
+# 2. whole transforms through the fused engine against ducc0
+torch_sht.LEGENDRE_ENGINE = "fused"
+nside, lmax = 8, 23
+assert torch_sht.legendre_engine(nside, lmax) == "fused"
+maps = np.random.default_rng(5).standard_normal((2, 12 * nside**2))
+ref = sphere.analysis(maps, lmax, nthreads=1)
+alm = ref.copy()
+alm[:, : lmax + 1] = alm[:, : lmax + 1].real
+ref_maps = sphere.synthesis(alm, nside, lmax, nthreads=1)
+def rel(got, want):
+    return float(np.linalg.norm(got.numpy() - want) / np.linalg.norm(want))
+errors["analysis float64"] = rel(torch_sht.analysis(torch.from_numpy(maps), lmax), ref)
+errors["synthesis float64"] = rel(torch_sht.synthesis(torch.from_numpy(alm), nside, lmax), ref_maps)
+errors["analysis float32"] = rel(torch_sht.analysis(torch.from_numpy(maps).float(), lmax), ref)
+errors["synthesis float32"] = rel(torch_sht.synthesis(torch.from_numpy(alm).to(torch.complex64), nside, lmax), ref_maps)
+print(repr(errors))
+"""
+
+
+@pytest.mark.skipif(not triton_legendre.available(), reason="triton is not installed")
+def test_fused_triton_kernels_in_interpret_mode() -> None:
+    """The Triton kernels run on CPU tensors under TRITON_INTERPRET=1 (set before import,
+    hence a fresh interpreter): against tables (with scaled lambda_mm) and against ducc0."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    for name, err in errors.items():
+        tol = 1e-5 if "float32" in name else 1e-10
+        assert err <= tol, (name, err)

@@ -7,24 +7,38 @@ Same signatures, layouts and conventions as :func:`scatterdist.sphere.analysis` 
 - alm ``(..., nalm)`` complex64/complex128 in the healpy m-major layout with mmax = lmax
   (``index = m*(2*lmax+1-m)//2 + l``), Condon-Shortley phase as in healpy/ducc0.
 
-Algorithm (per batch of maps, for synthesis; the adjoint runs the same steps backwards):
+A transform is a handful of large kernels whatever nside and lmax (DESIGN.md, "GPU engine
+rules"); everything that is not data (index tensors, phases, chirps, Legendre tables) is
+built once per (nside, lmax, dtype, device) and cached. Synthesis (the adjoint runs the
+same steps backwards):
 
-1. Legendre step, per chunk of m: ``F_r(m) = sum_l a_lm lambda_lm(cos theta_r)`` as batched
-   matmuls over m, using north/south symmetry (``lambda_lm(-x) = (-1)^(l+m) lambda_lm(x)``):
-   only the 2*nside northern rings (equator included) are evaluated, with the even and odd
-   ``l - m`` terms in two half-size matmuls. Normalised Legendre values come from the
-   standard recurrence (m-diagonal start in log2 space, then the three-term recurrence in
-   l, in float64, with a 2^300 scale exponent so that nothing underflows near the poles)
-   and are cast to the transform dtype. Tables are cached per (nside, lmax, dtype, device)
-   only within ``memory_budget`` bytes per device (all keys together, least recently
-   used evicted first); chunks that do not fit are recomputed on each call, in scratch
-   of about CHUNK_BYTES. There is never one table for the whole transform unless it
-   fits the budget.
-2. Phase shift ``exp(i m phi0_r)`` of each ring's first pixel, and folding of m modulo the
-   ring length ``nphi_r`` (polar-cap rings alias high m exactly as ducc0/healpy do) into a
-   packed half-spectrum, in one ``index_add_``.
-3. Ring FFTs batched by ring length: all equatorial rings (length 4*nside) in one ``irfft``
-   and each pair of mirrored polar rings in one more.
+1. **Legendre step** ``F_r(m) = sum_l a_lm lambda_lm(cos theta_r)`` on the 2*nside northern
+   rings (equator included), with the even and odd ``l - m`` sums kept apart so that the
+   southern rings follow by symmetry (``lambda_lm(-x) = (-1)^(l+m) lambda_lm(x)``). Three
+   engines, chosen per call from the memory budget:
+
+   - *tables* (the whole table of the key fits ``memory_budget``): the (m, l) triangle is
+     cut into ``G`` (2, 4 or 8) groups of orders, each stored padded to its longest
+     column as ``(nm, 2, rows, nnorth)``; one gather of the coefficients and one ``bmm``
+     per group;
+   - *fused* (tables do not fit, CUDA + triton, or ``TRITON_INTERPRET=1``): the Triton
+     kernels of :mod:`scatterdist.sphere.triton_legendre` run the recurrence on the fly and
+     accumulate; no table at all;
+   - *stream* (tables do not fit and no fused kernel): m chunks of about CHUNK_BYTES of
+     values, a prefix of them cached within the budget and the rest recomputed each call
+     (a loop over degrees in torch: the slow fallback).
+
+   Legendre values come from the standard recurrence in float64 (m-diagonal start in log2
+   space, a 2^300 scale exponent so that nothing underflows near the poles), cast to the
+   transform dtype.
+2. **Phase and fold**: ``exp(i m phi0_r)`` (cached table) and the folding of m modulo each
+   ring's length into a packed half spectrum (polar rings alias high m exactly as
+   ducc0/healpy do), in one ``index_add_``.
+3. **Ring FFTs in O(1) calls**: all equatorial rings (length 4*nside) in one ``irfft``; all
+   polar-cap rings, whatever their length, through one chirp-z (Bluestein) transform per
+   group of lengths (POLAR_GROUPS groups, each padded to one FFT length ``P >= 1.5 n``):
+   pre-chirp, one FFT, one product with the cached FFT of each ring's chirp, one inverse
+   FFT, post-chirp. Pixels are put in RING order by one gather.
 
 ``analysis(mode="quadrature")`` is the adjoint synthesis times 4*pi/npix, exactly as the
 ducc0 path. ``mode="lsq"`` refines it with conjugate-gradient least squares (CGLS) on
@@ -37,14 +51,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from scatterdist.sphere import triton_legendre
 from scatterdist.sphere.alm import alm_size, lmax_from_size
 from scatterdist.sphere.healpix import check_nside, npix2nside, ring_geometry
 from scatterdist.sphere.sht import ANALYSIS_MODES, LSQ_EPSILON, LSQ_MAXITER, _check_lmax
@@ -53,12 +69,21 @@ from scatterdist.sphere.sht import ANALYSIS_MODES, LSQ_EPSILON, LSQ_MAXITER, _ch
 DEFAULT_MEMORY_BUDGET_CPU = 1 << 30
 #: Fraction of the device's total memory used as default cache budget on CUDA.
 DEFAULT_MEMORY_BUDGET_CUDA_FRACTION = 0.25
-#: Target size (bytes) of one chunk of Legendre values (the scratch of an uncached chunk).
+#: Target size (bytes) of one chunk of Legendre values of the *stream* engine.
 CHUNK_BYTES = 128 << 20
 #: Scale exponent step of the Legendre recurrence: values are ``mantissa * 2**(SCALE_BITS*k)``.
-SCALE_BITS = 300
+SCALE_BITS = triton_legendre.SCALE_BITS
 #: Renormalise the recurrence state every this many steps (growth per step < 2**7).
 RENORM_EVERY = 8
+#: Numbers of m groups tried, in order, for the *tables* engine (more groups: less padding, more calls).
+TABLE_GROUPS = (2, 4, 8)
+#: Groups of polar-ring lengths, one chirp-z FFT length each (more groups: less padding, more calls).
+POLAR_GROUPS = 2
+#: Legendre engine: "auto" (tables within the budget, else fused when usable, else stream),
+#: or force one of "tables", "fused", "stream". The environment variable
+#: ``SCATTERDIST_LEGENDRE`` sets the default.
+LEGENDRE_ENGINE = os.environ.get("SCATTERDIST_LEGENDRE", "auto")
+_ENGINES = ("auto", "tables", "fused", "stream")
 
 __all__ = [
     "analysis",
@@ -67,34 +92,65 @@ __all__ = [
     "clear_legendre_cache",
     "default_memory_budget",
     "legendre_cache_nbytes",
+    "legendre_engine",
 ]
 
 
 # --------------------------------------------------------------------------- plans
 
 
+def _smooth_length(n: int) -> int:
+    """Smallest ``2^a 3^b 5^c >= n`` (a fast FFT length)."""
+    best = 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 @dataclass
-class _Block:
-    """Orders ``m0 <= m < m1`` that share one matmul; tables are ``(nm, n_even|n_odd, nnorth)``."""
+class _Layout:
+    """Legendre tables cut into units of orders ``m0 <= m < m1``, each padded to ``rows``
+    (``2*rows`` degrees ``l = m + i``, i even at ``[:, 0]``, odd at ``[:, 1]``)."""
 
-    m0: int
-    m1: int
-    n_even: int  # rows with even l - m: ceil((lmax + 1 - m0) / 2)
-    n_odd: int  # rows with odd l - m: floor((lmax + 1 - m0) / 2)
-    idx_even: torch.Tensor  # (nm * n_even,) int64 alm positions of l = m + 2q; nalm where l > lmax
-    idx_odd: torch.Tensor  # (nm * n_odd,) int64 alm positions of l = m + 2q + 1
+    name: str
+    units: list[tuple[int, int, int]]  # (m0, m1, rows)
+    offsets: list[int]  # first gathered row of each unit
+    gather: torch.Tensor  # (sum nm*2*rows,) int64 alm positions (0 where l > lmax: the table holds 0 there)
+    inverse: torch.Tensor  # (nalm,) int64 position of each alm in the gathered rows
+    nbytes: int  # bytes of all tables of this layout
+
+    def table_bytes(self, index: int, nnorth: int, itemsize: int) -> int:
+        m0, m1, rows = self.units[index]
+        return (m1 - m0) * 2 * rows * nnorth * itemsize
 
 
 @dataclass
-class _Chunk:
-    """Orders ``m0 <= m < m1`` whose Legendre values are generated together (one recurrence)."""
+class _ChirpGroup:
+    """Rings transformed together by one chirp-z (Bluestein) FFT of length ``P``; batch last.
 
-    m0: int
-    m1: int
-    rows: int  # lmax + 1 - m0: recurrence steps
-    rec_a: torch.Tensor  # (rows, nm, 1) float64 recurrence coefficients a_lm, l = m + i
-    rec_b: torch.Tensor  # (rows, nm, 1) float64 recurrence coefficients b_lm
-    blocks: list[_Block]
+    Synthesis ``f_j = Re sum_m c_m F_m exp(i m (phi0 + 2 pi j / n))`` (c_0 = 1, c_m = 2) and
+    analysis ``H_m = exp(-i m phi0) sum_j f_j exp(-2 pi i j m / n)`` for every m <= lmax,
+    aliasing included, each ring with its own n, all through one FFT length.
+    """
+
+    rings: torch.Tensor  # (R,) int64 positions in the [north | south mirror] ring axis
+    nmax: int  # longest ring of the group
+    P: int  # FFT length >= M + nmax - 1
+    slot0: int  # first pixel slot of the group; slots (nmax, R) j-major
+    syn_pre: torch.Tensor  # (M, R, 1) complex: c_m exp(i m phi0) exp(i pi m^2/n)
+    syn_kernel: torch.Tensor  # (P, R, 1) complex: FFT of exp(-i pi d^2/n), d = j - m
+    syn_post: torch.Tensor  # (nmax, R, 1) complex: exp(i pi j^2/n)
+    adj_pre: torch.Tensor  # (nmax, R, 1) complex: exp(-i pi j^2/n), 0 for j >= n
+    adj_kernel: torch.Tensor  # (P, R, 1) complex: FFT of exp(i pi d^2/n), d = m - j
+    adj_post: torch.Tensor  # (M, R, 1) complex: exp(-i pi m^2/n) exp(-i m phi0)
 
 
 @dataclass
@@ -109,31 +165,25 @@ class _Plan:
     nnorth: int  # rings 0 .. 2*nside-1 (equator last)
     npix: int
     nalm: int
-    cos_theta: torch.Tensor  # (1, nnorth) float64
-    log2_sin: torch.Tensor  # (nnorth,) float64
-    fold_index: torch.Tensor  # (M * nring,) int64 into the packed half spectrum
-    phi0: torch.Tensor  # (1, nring) float64 longitude of each ring's first pixel
-    fold_weight: torch.Tensor  # (M, nring) float64: 2 where m > 0 lands on a DC / Nyquist bin, else 1
-    conj_sign: torch.Tensor  # (M, nring, 1) real: -1 where the fold conjugates, else +1
-    real_rows: torch.Tensor  # (k,) int64 packed positions of DC / Nyquist bins
-    npacked: int
-    equator: tuple[int, int, int, int, int]  # (nphi, nrings, pack0, pack1, pix0)
-    polar: list[tuple[int, int, int, int, int]]  # per cap ring pair: (nphi, pack0, pack1, pix_north, pix_south)
-    chunks: list[_Chunk]
+    cos_theta: torch.Tensor  # (nnorth,) float64
+    start: torch.Tensor  # (M, nnorth) float64 mantissa of lambda_mm
+    scale: torch.Tensor  # (M, nnorth) int32 exponent (<= 0) of lambda_mm, in units of SCALE_BITS
+    # equatorial rings by one real FFT (only when lmax < 2*nside: no aliasing there)
+    eq_rings: torch.Tensor | None  # (count,) int64 positions in the [north | south mirror] axis
+    eq_phase_syn: torch.Tensor | None  # (M, count, 1) complex exp(i m phi0)
+    eq_phase_adj: torch.Tensor | None  # (M, count, 1) complex exp(-i m phi0)
+    neq: int  # 4*nside
+    chirp: list[_ChirpGroup]
+    pixel_source: torch.Tensor  # (npix,) int64 slot of each pixel: [equator (neq, count) | groups]
+    slot_pixels: torch.Tensor  # (nslots,) int64 pixel of each slot (any pixel for padding slots)
+    south: torch.Tensor  # (nnorth,) int64 [north | south mirror] position of each ring's mirror (zero row: equator)
     m_weight: torch.Tensor  # (nalm,) real: 1 for m = 0, 2 for m > 0
+    layouts: dict = field(default_factory=dict)  # name -> _Layout
 
 
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
 _PLANS_MAX = 16
 _LOCK = threading.RLock()
-
-
-def _alm_index_tables(lmax: int, m: np.ndarray, n_rows: int, parity: int) -> np.ndarray:
-    """alm positions of ``l = m + 2*q + parity`` for rows q, shape (nm, n_rows); ``nalm`` where l > lmax."""
-    q = np.arange(n_rows)
-    ell = m[:, None] + 2 * q[None, :] + parity
-    idx = m[:, None] * (2 * lmax + 1 - m[:, None]) // 2 + ell
-    return np.where(ell <= lmax, idx, alm_size(lmax))
 
 
 def _recurrence_coefficients(rows: int, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,88 +200,173 @@ def _recurrence_coefficients(rows: int, m: np.ndarray) -> tuple[np.ndarray, np.n
     return a, b
 
 
-def _make_chunks(lmax: int, nnorth: int, itemsize: int, device: torch.device) -> list[_Chunk]:
-    """Split 0..lmax into m chunks of about CHUNK_BYTES of Legendre values, each split into
-    matmul blocks narrow enough that padding rows (l > lmax for the larger m) stay under 1/8."""
+def _diagonal_start(lmax: int, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mantissa and exponent of ``lambda_mm(cos theta)`` for every m <= lmax, shape ``(M, nr)``.
+
+    ``log2 |lambda_mm| = log2(1/sqrt(4 pi)) + 1/2 sum_{k<=m} log2((2k+1)/(2k)) + m log2 sin theta``,
+    sign ``(-1)^m`` (Condon-Shortley); value = mantissa * 2**(SCALE_BITS * scale), scale <= 0.
+    """
+    m = np.arange(lmax + 1, dtype=np.float64)
+    kk = np.arange(1, lmax + 1, dtype=np.float64)
+    steps = np.concatenate([[0.0], np.cumsum(0.5 * np.log2((2 * kk + 1) / (2 * kk)))])
+    log2_diag = (-0.5 * math.log2(4 * math.pi) + steps)[:, None] + m[:, None] * np.log2(np.sin(theta))[None, :]
+    scale = np.minimum(np.floor(log2_diag / SCALE_BITS), 0.0)
+    sign = np.where(m % 2 == 1, -1.0, 1.0)[:, None]
+    return sign * np.exp2(log2_diag - SCALE_BITS * scale), scale.astype(np.int32)
+
+
+def _make_layout(name: str, lmax: int, units: list[tuple[int, int, int]], nnorth: int, itemsize: int,
+                 device: torch.device) -> _Layout:
+    nalm = alm_size(lmax)
+    gathers, offsets, pos = [], [], 0
+    inverse = np.full(nalm, -1, dtype=np.int64)
+    for m0, m1, rows in units:
+        m = np.arange(m0, m1)[:, None, None]
+        parity = np.arange(2)[None, :, None]
+        q = np.arange(rows)[None, None, :]
+        ell = m + 2 * q + parity
+        idx = m * (2 * lmax + 1 - m) // 2 + ell
+        valid = ell <= lmax
+        flat_pos = pos + np.arange(idx.size).reshape(idx.shape)
+        inverse[idx[valid]] = flat_pos[valid]
+        gathers.append(np.where(valid, idx, 0).reshape(-1))  # padding: any row (its table entries are 0)
+        offsets.append(pos)
+        pos += idx.size
+    assert (inverse >= 0).all()
+    nbytes = sum((m1 - m0) * 2 * rows * nnorth * itemsize for m0, m1, rows in units)
+    return _Layout(name, units, offsets, torch.as_tensor(np.concatenate(gathers), device=device),
+                   torch.as_tensor(inverse, device=device), nbytes)
+
+
+def _group_units(lmax: int, groups: int) -> list[tuple[int, int, int]]:
+    """``groups`` units of (nearly) equal width in m, each padded to its longest column."""
+    M = lmax + 1
+    edges = sorted(set(int(round(M * g / groups)) for g in range(groups + 1)))
+    return [(m0, m1, (lmax + 2 - m0) // 2) for m0, m1 in zip(edges[:-1], edges[1:])]
+
+
+def _stream_units(lmax: int, nnorth: int, itemsize: int) -> list[tuple[int, int, int]]:
+    """m chunks of about CHUNK_BYTES of values, narrow enough that padding stays under 1/8."""
     target = max(1, CHUNK_BYTES // (itemsize * nnorth))  # (l, m) entries per chunk
-    chunks = []
-    m0 = 0
+    units, m0 = [], 0
     while m0 <= lmax:
         rows = lmax + 1 - m0
-        m1 = m0 + max(1, min(target // rows, lmax + 1 - m0))
-        blocks = []
-        b0 = m0
-        while b0 < m1:
-            b_rows = lmax + 1 - b0
-            b1 = min(m1, b0 + max(1, b_rows // 8))
-            m = np.arange(b0, b1)
-            n_even, n_odd = (b_rows + 1) // 2, b_rows // 2
-            blocks.append(
-                _Block(
-                    m0=b0,
-                    m1=b1,
-                    n_even=n_even,
-                    n_odd=n_odd,
-                    idx_even=torch.as_tensor(_alm_index_tables(lmax, m, n_even, 0).reshape(-1), device=device),
-                    idx_odd=torch.as_tensor(_alm_index_tables(lmax, m, n_odd, 1).reshape(-1), device=device),
-                )
-            )
-            b0 = b1
-        a, b = _recurrence_coefficients(rows, np.arange(m0, m1))
-        chunks.append(
-            _Chunk(
-                m0=m0,
-                m1=m1,
-                rows=rows,
-                rec_a=torch.as_tensor(a[:, :, None], device=device),
-                rec_b=torch.as_tensor(b[:, :, None], device=device),
-                blocks=blocks,
-            )
-        )
+        m1 = m0 + max(1, min(target // rows, rows // 8, lmax + 1 - m0))
+        units.append((m0, m1, (rows + 1) // 2))
         m0 = m1
-    return chunks
+    return units
+
+
+def _layout(plan: "_Plan", name: str) -> _Layout:
+    """The layout ``name`` ("G2", "G4", "G8" or "stream") of ``plan``, built once."""
+    layout = plan.layouts.get(name)
+    if layout is None:
+        itemsize = torch.finfo(plan.dtype).bits // 8
+        if name == "stream":
+            units = _stream_units(plan.lmax, plan.nnorth, itemsize)
+        else:
+            units = _group_units(plan.lmax, int(name[1:]))
+        layout = _make_layout(name, plan.lmax, units, plan.nnorth, itemsize, plan.device)
+        plan.layouts[name] = layout
+    return layout
+
+
+def _chirp(n: np.ndarray, k: np.ndarray, sign: float) -> np.ndarray:
+    """``exp(sign * i pi k^2 / n)``, with k^2 reduced mod 2n (exact) before the float64 angle."""
+    return np.exp(sign * 1j * np.pi * ((k.astype(np.int64) ** 2) % (2 * n)) / n)
+
+
+def _chirp_group(pos: np.ndarray, n: np.ndarray, phi0: np.ndarray, M: int, slot0: int, cdtype: torch.dtype,
+                 device: torch.device) -> _ChirpGroup:
+    """Chirp-z tables of rings with lengths ``n`` and first-pixel longitudes ``phi0`` (arrays ``(R,)``)."""
+    n = n[None, :].astype(np.int64)
+    nmax = int(n.max())
+    P = _smooth_length(M + nmax - 1)
+    m = np.arange(M)[:, None]
+    j = np.arange(nmax)[:, None]
+    cm = np.where(m == 0, 1.0, 2.0)
+    d = np.arange(P)[:, None]
+    d_syn = np.abs(np.where(d < P - M + 1, d, d - P))  # circular offsets j - m
+    d_adj = np.abs(np.where(d < P - nmax + 1, d, d - P))  # circular offsets m - j
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a[:, :, None]), device=device).to(cdtype)
+
+    return _ChirpGroup(
+        rings=torch.as_tensor(pos, device=device),
+        nmax=nmax,
+        P=P,
+        slot0=slot0,
+        syn_pre=t(cm * np.exp(1j * m * phi0[None, :]) * _chirp(n, m, 1.0)),
+        syn_kernel=t(np.fft.fft(_chirp(n, d_syn, -1.0), axis=0)),
+        syn_post=t(_chirp(n, j, 1.0)),
+        adj_pre=t(_chirp(n, j, -1.0) * (j < n)),
+        adj_kernel=t(np.fft.fft(_chirp(n, d_adj, 1.0), axis=0)),
+        adj_post=t(_chirp(n, m, -1.0) * np.exp(-1j * m * phi0[None, :])),
+    )
 
 
 def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -> _Plan:
     geo = ring_geometry(nside)
     nphi = geo["nphi"].astype(np.int64)
     start = geo["ringstart"].astype(np.int64)
+    phi0 = geo["phi0"]
     nring = nphi.size
     nnorth = 2 * nside
     npix = 12 * nside * nside
-    nm = lmax + 1
+    M = lmax + 1
+    neq = 4 * nside
     theta = geo["theta"][:nnorth]
-    phi0 = geo["phi0"]
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
 
-    # packed half spectra: all equatorial rings (length 4*nside) first, then each polar
-    # ring pair (ring i-1 of 4*i pixels and its southern mirror nring-i), i = 1..nside-1
-    pack_start = np.zeros(nring, dtype=np.int64)
-    pos = 0
-    eq_rings = np.flatnonzero(nphi == 4 * nside)
-    for r in eq_rings:
-        pack_start[r] = pos
-        pos += 2 * nside + 1
-    equator = (4 * nside, eq_rings.size, 0, pos, int(start[eq_rings[0]]))
-    polar = []
-    for i in range(1, nside):
-        north, south = i - 1, nring - i
-        p0 = pos
-        for r in (north, south):
-            pack_start[r] = pos
-            pos += 2 * i + 1
-        polar.append((4 * i, p0, pos, int(start[north]), int(start[south])))
+    # ring axis of the Legendre output: [north rings 0..nnorth-1 | mirrors of north rings 0..nnorth-2]
+    ring = np.arange(nring)
+    pos = np.where(ring < nnorth, ring, nnorth + (nring - 1 - ring))
+    # classes: equatorial rings by one irfft when lmax < 2*nside, the rest by chirp-z groups
+    # of lengths (nmax/2^(g+1), nmax/2^g] (the last group takes the rest)
+    slot_of_ring = np.zeros(nring, dtype=np.int64)  # first slot; slot of pixel j = slot + j * stride
+    stride = np.zeros(nring, dtype=np.int64)
+    slot = 0
+    eq = nphi == neq
+    direct = lmax < 2 * nside
+    eq_rings = eq_phase = None
+    if direct:
+        ids = np.flatnonzero(eq)
+        slot_of_ring[ids] = np.arange(ids.size)
+        stride[ids] = ids.size
+        slot += ids.size * neq
+        eq_rings = ids
+        eq_phase = np.exp(1j * np.arange(M)[:, None] * phi0[None, ids])
+        rest = np.flatnonzero(~eq)
+    else:
+        rest = ring
+    groups = []
+    if rest.size:
+        nmax_all = int(nphi[rest].max())
+        bounds = [nmax_all / 2 ** (g + 1) for g in range(POLAR_GROUPS - 1)] + [0.0]
+        upper = np.inf
+        for lower in bounds:
+            ids = rest[(nphi[rest] > lower) & (nphi[rest] <= upper)]
+            upper = lower
+            if ids.size == 0:
+                continue
+            group = _chirp_group(pos[ids], nphi[ids], phi0[ids], M, slot, cdtype, device)
+            slot_of_ring[ids] = slot + np.arange(ids.size)
+            stride[ids] = ids.size
+            slot += ids.size * group.nmax
+            groups.append(group)
+    ring_of_pixel = np.repeat(ring, nphi)
+    j = np.arange(npix) - start[ring_of_pixel]
+    pixel_source = slot_of_ring[ring_of_pixel] + j * stride[ring_of_pixel]
+    slot_pixels = np.zeros(slot, dtype=np.int64)  # padding slots read pixel 0 (times a zero chirp)
+    slot_pixels[pixel_source] = np.arange(npix)
+    south = np.where(np.arange(nnorth) < nnorth - 1, nnorth + np.arange(nnorth), 2 * nnorth - 1)
+    m_weight = np.where(np.repeat(np.arange(M), np.arange(M, 0, -1)) > 0, 2.0, 1.0)
+    diag, scale = _diagonal_start(lmax, theta)
 
-    # fold of order m into ring r's half spectrum (m-major: row m * nring + r)
-    m = np.arange(nm)[:, None]
-    n_r = nphi[None, :]
-    k = m % n_r
-    conj = k > n_r // 2
-    fold = pack_start[None, :] + np.where(conj, n_r - k, k)
-    weight = np.where((m > 0) & ((k == 0) | (2 * k == n_r)), 2.0, 1.0)
-    real_rows = np.concatenate([pack_start, pack_start + nphi // 2])  # DC and Nyquist bins
-    m_weight = np.where(np.repeat(np.arange(nm), np.arange(nm, 0, -1)) > 0, 2.0, 1.0)
-
-    def t(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
+    def t(a: np.ndarray | None, dt: torch.dtype) -> torch.Tensor | None:
+        if a is None:
+            return None
         return torch.as_tensor(np.array(a, order="C"), device=device).to(dt)  # a writable copy
 
     return _Plan(
@@ -243,17 +378,17 @@ def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device)
         nnorth=nnorth,
         npix=npix,
         nalm=alm_size(lmax),
-        cos_theta=t(np.cos(theta)[None, :], torch.float64),
-        log2_sin=t(np.log2(np.sin(theta)), torch.float64),
-        fold_index=t(fold.reshape(-1), torch.int64),
-        phi0=t(phi0[None, :], torch.float64),
-        fold_weight=t(weight, torch.float64),
-        conj_sign=t(np.where(conj, -1.0, 1.0)[:, :, None], dtype),
-        real_rows=t(real_rows, torch.int64),
-        npacked=pos,
-        equator=equator,
-        polar=polar,
-        chunks=_make_chunks(lmax, nnorth, torch.finfo(dtype).bits // 8, device),
+        cos_theta=t(np.cos(theta), torch.float64),
+        start=t(diag, torch.float64),
+        scale=t(scale, torch.int32),
+        eq_rings=t(None if eq_rings is None else pos[eq_rings], torch.int64),
+        eq_phase_syn=t(None if eq_phase is None else eq_phase[:, :, None], cdtype),
+        eq_phase_adj=t(None if eq_phase is None else eq_phase.conj()[:, :, None], cdtype),
+        neq=neq,
+        chirp=groups,
+        pixel_source=t(pixel_source, torch.int64),
+        slot_pixels=t(slot_pixels, torch.int64),
+        south=t(south, torch.int64),
         m_weight=t(m_weight, dtype),
     )
 
@@ -276,95 +411,76 @@ def _get_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -
 # ----------------------------------------------------------------- Legendre values
 
 
-def _legendre_chunk(
-    plan: _Plan, chunk: _Chunk, scratch: torch.Tensor | None = None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised Legendre values of one m chunk on the northern rings, in ``plan.dtype``.
+def _legendre_unit(plan: _Plan, m0: int, m1: int, rows: int) -> torch.Tensor:
+    """Normalised Legendre values of orders ``m0 <= m < m1`` on the northern rings, in ``plan.dtype``.
 
-    Returns one ``(even, odd)`` pair per matmul block, contiguous, of shapes
-    ``(nm, n_even, nnorth)`` and ``(nm, n_odd, nnorth)``: ``even[j, q, r] =
-    lambda_{l,m}(cos theta_r)`` with ``m = block.m0 + j``, ``l = m + 2q`` (odd: ``l = m + 2q + 1``);
-    rows with ``l > lmax`` hold finite values that the index tables never select.
-    Computed in float64 with a 2**SCALE_BITS exponent per (m, ring), so that the tiny
-    ``lambda_mm`` near the poles never underflow before the recurrence lifts them.
-    ``scratch`` (flat, ``plan.dtype``) is reused for the full chunk table when large enough.
+    Shape ``(nm, 2, rows, nnorth)``: ``[j, p, q, r] = lambda_{l,m}(cos theta_r)`` with
+    ``m = m0 + j``, ``l = m + 2q + p``; entries with ``l > lmax`` are 0 (the gather pairs
+    them with arbitrary coefficients). Computed in float64 with a
+    2**SCALE_BITS exponent per (m, ring), in sub-chunks of orders so that the recurrence
+    state stays small.
     """
-    dev = plan.device
-    nm = chunk.m1 - chunk.m0
-    nr = plan.nnorth
-    f64 = torch.float64
-    m = torch.arange(chunk.m0, chunk.m1, device=dev, dtype=f64)
-    # log2 |lambda_mm| = log2(1/sqrt(4 pi)) + 1/2 sum_k log2((2k+1)/(2k)) + m log2 sin(theta)
-    kk = torch.arange(1, chunk.m1, device=dev, dtype=f64)
-    steps = torch.cumsum(0.5 * torch.log2((2 * kk + 1) / (2 * kk)), 0)
-    steps = torch.cat([torch.zeros(1, device=dev, dtype=f64), steps])[chunk.m0 : chunk.m1]
-    log2_diag = (-0.5 * math.log2(4 * math.pi) + steps)[:, None] + m[:, None] * plan.log2_sin[None, :]
-    scale = torch.clamp(torch.floor(log2_diag / SCALE_BITS), max=0.0)
-    sign = 1.0 - 2.0 * torch.remainder(m, 2.0)  # Condon-Shortley (-1)^m
-    p1 = sign[:, None] * torch.exp2(log2_diag - SCALE_BITS * scale)
-    p2 = torch.zeros_like(p1)
-    factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
-    x = plan.cos_theta
+    dev, f64 = plan.device, torch.float64
+    nr, lmax = plan.nnorth, plan.lmax
+    out = torch.empty((m1 - m0, 2, rows, nr), dtype=plan.dtype, device=dev)
     big = 2.0**SCALE_BITS
-    size = chunk.rows * nm * nr
-    if scratch is None or scratch.numel() < size:
-        scratch = torch.empty(size, dtype=plan.dtype, device=dev)
-    table = scratch[:size].view(chunk.rows, nm, nr)
-    nxt = torch.empty_like(p1)
-    tmp = None if plan.dtype == f64 else torch.empty_like(p1)
-    scaled = bool((scale < 0).any())  # some values still carry a 2**(SCALE_BITS*k) exponent
+    x = plan.cos_theta[None, :]
+    sub = max(1, (1 << 17) // nr)  # orders per sub-chunk: a state of ~1 MiB
+    for s0 in range(m0, m1, sub):
+        s1 = min(m1, s0 + sub)
+        a, b = _recurrence_coefficients(2 * rows, np.arange(s0, s1))
+        rec_a = torch.as_tensor(a[:, :, None], device=dev)
+        rec_b = torch.as_tensor(b[:, :, None], device=dev)
+        p1 = plan.start[s0:s1].clone()
+        scale = plan.scale[s0:s1].to(f64)
+        p2 = torch.zeros_like(p1)
+        nxt = torch.empty_like(p1)
+        dest = out[s0 - m0 : s1 - m0]
+        scaled = bool((scale < 0).any())
+        factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
 
-    def store(i: int) -> None:
-        if not scaled:
-            table[i].copy_(p1)
-        elif tmp is None:
-            torch.mul(p1, factor, out=table[i])
-        else:
-            table[i].copy_(torch.mul(p1, factor, out=tmp))
+        def store(i: int) -> None:
+            target = dest[:, i % 2, i // 2]
+            target.copy_(torch.mul(p1, factor) if scaled else p1)
+            if s1 - 1 + i > lmax:  # l > lmax for the largest orders: 0 (padding)
+                target[max(0, lmax + 1 - i - s0) :] = 0.0
 
-    store(0)
-    for i in range(1, chunk.rows):
-        torch.mul(p1, x, out=nxt)
-        nxt.addcmul_(chunk.rec_b[i], p2, value=-1.0)
-        nxt.mul_(chunk.rec_a[i])
-        p2, p1, nxt = p1, nxt, p2
-        if scaled and i % RENORM_EVERY == 0:
-            grow = ((p1.abs() > big) & (scale < 0)).to(f64)
-            shrink = torch.exp2(-float(SCALE_BITS) * grow)
-            p1.mul_(shrink)
-            p2.mul_(shrink)
-            scale = scale + grow
-            factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
-            scaled = bool((scale < 0).any())
-        store(i)
-    out = []
-    for block in chunk.blocks:
-        j0, j1 = block.m0 - chunk.m0, block.m1 - chunk.m0
-        rows = table[:, j0:j1]  # row i holds l = m + i for every m of the block
-        even = rows[0 : 2 * block.n_even : 2].transpose(0, 1).contiguous()
-        odd = rows[1 : 1 + 2 * block.n_odd : 2].transpose(0, 1).contiguous()
-        out.append((even, odd))
+        store(0)
+        for i in range(1, 2 * rows):
+            torch.mul(p1, x, out=nxt)
+            nxt.addcmul_(rec_b[i], p2, value=-1.0)
+            nxt.mul_(rec_a[i])
+            p2, p1, nxt = p1, nxt, p2
+            if scaled and i % RENORM_EVERY == 0:
+                grow = ((p1.abs() > big) & (scale < 0)).to(f64)
+                shrink = torch.exp2(-float(SCALE_BITS) * grow)
+                p1.mul_(shrink)
+                p2.mul_(shrink)
+                scale = scale + grow
+                factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
+                scaled = bool((scale < 0).any())
+            store(i)
     return out
 
 
-Tables = list[tuple[torch.Tensor, torch.Tensor]]  # one (even, odd) pair per block of a chunk
+Tables = list[torch.Tensor]  # one table per unit of a layout
 
 
 class _LegendreCache:
     """Process-wide LRU cache of Legendre chunks, bounded per device by the caller's ``memory_budget``.
 
-    One entry per key (nside, lmax, dtype, device): the tables of a prefix of its m chunks.
+    One entry per key (nside, lmax, dtype, device, layout): the tables of a prefix of its units.
     """
 
     def __init__(self) -> None:
-        self.entries: "OrderedDict[tuple, list[Tables]]" = OrderedDict()
+        self.entries: "OrderedDict[tuple, Tables]" = OrderedDict()
         self.nbytes: dict[str, int] = {}  # per device
 
     @staticmethod
-    def size(chunks: list[Tables]) -> int:
-        return sum(t.numel() * t.element_size() for tables in chunks for pair in tables for t in pair)
+    def size(chunks: Tables) -> int:
+        return sum(t.numel() * t.element_size() for t in chunks)
 
-    def _drop(self, key: tuple, chunks: list[Tables]) -> None:
+    def _drop(self, key: tuple, chunks: Tables) -> None:
         self.nbytes[key[3]] -= self.size(chunks)
 
     def shrink_to(self, budget: int, key: tuple) -> None:
@@ -383,7 +499,7 @@ class _LegendreCache:
             if not chunks:
                 del self.entries[key]
 
-    def get(self, key: tuple, budget: int) -> list[Tables]:
+    def get(self, key: tuple, budget: int) -> Tables:
         """Cached chunks of ``key`` after shrinking its device to ``budget``."""
         if self.nbytes.get(key[3], 0) > budget:
             self.shrink_to(budget, key)
@@ -393,9 +509,9 @@ class _LegendreCache:
         self.entries.move_to_end(key)
         return list(chunks)
 
-    def offer(self, key: tuple, index: int, tables: Tables, budget: int) -> None:
+    def offer(self, key: tuple, index: int, table: torch.Tensor, budget: int) -> None:
         """Keep chunk ``index`` of ``key`` if it extends the cached prefix and fits the budget."""
-        size = self.size([tables])
+        size = self.size([table])
         if size > budget or len(self.entries.get(key, ())) != index:
             return
         self.shrink_to(budget - size, key)
@@ -403,7 +519,7 @@ class _LegendreCache:
         self.entries.move_to_end(key)
         used = self.nbytes.get(key[3], 0)
         if len(chunks) == index and used + size <= budget:
-            chunks.append(tables)
+            chunks.append(table)
             self.nbytes[key[3]] = used + size
         elif not chunks:
             del self.entries[key]
@@ -449,79 +565,134 @@ def _check_budget(memory_budget: int | None, device: torch.device) -> int:
     return budget
 
 
-def _legendre_blocks(plan: _Plan, budget: int) -> Iterator[tuple[_Block, torch.Tensor, torch.Tensor]]:
-    """Yield ``(block, even, odd)`` for every m block: cached chunks reused, others computed
-    (and cached while the device's total stays within ``budget`` bytes)."""
-    key = (plan.nside, plan.lmax, plan.dtype, str(plan.device))
+def _tables_bytes(plan: _Plan, groups: int) -> int:
+    itemsize = torch.finfo(plan.dtype).bits // 8
+    return sum((m1 - m0) * 2 * rows * plan.nnorth * itemsize for m0, m1, rows in _group_units(plan.lmax, groups))
+
+
+def _choose(plan: _Plan, budget: int) -> str:
+    """Legendre engine of one call: a layout name ("G2", "G4", "G8", "stream") or "fused"."""
+    engine = LEGENDRE_ENGINE
+    if engine not in _ENGINES:
+        raise ValueError(f"LEGENDRE_ENGINE / $SCATTERDIST_LEGENDRE must be one of {_ENGINES}, got {engine!r}")
+    if engine in ("auto", "tables"):
+        for groups in TABLE_GROUPS:
+            if _tables_bytes(plan, groups) <= budget:
+                return f"G{groups}"
+        if engine == "tables":
+            return f"G{TABLE_GROUPS[-1]}"
+    if engine in ("auto", "fused") and triton_legendre.usable(plan.device):
+        return "fused"
+    if engine == "fused":
+        raise RuntimeError(
+            f"Legendre engine 'fused' requested but the Triton kernels cannot run on {plan.device} here "
+            f"(triton importable: {triton_legendre.available()}); set LEGENDRE_ENGINE='auto'"
+        )
+    return "stream"
+
+
+def legendre_engine(
+    nside: int, lmax: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    memory_budget: int | None = None,
+) -> str:
+    """Which Legendre engine a transform of this shape uses here: ``"tables (G groups)"``,
+    ``"fused"`` (Triton, no tables) or ``"stream"`` (torch recurrence, partly cached)."""
+    device = torch.device(device)
+    plan = _get_plan(check_nside(nside), _check_lmax(lmax, nside), dtype, device)
+    name = _choose(plan, _check_budget(memory_budget, device))
+    return f"tables ({name[1:]} groups)" if name.startswith("G") else name
+
+
+def _unit_tables(plan: _Plan, layout: _Layout, budget: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(index, table)`` for every unit of ``layout``: cached tables reused, others
+    computed (and cached while the device's total stays within ``budget`` bytes)."""
+    key = (plan.nside, plan.lmax, plan.dtype, str(plan.device), layout.name)
     with _LOCK:
         cached = _CACHE.get(key, budget)
-    scratch = None  # the full table of one chunk, reused from chunk to chunk
-    for index, chunk in enumerate(plan.chunks):
+    for index, unit in enumerate(layout.units):
         if index < len(cached):
-            tables = cached[index]
+            table = cached[index]
         else:
-            if scratch is None:
-                largest = max(c.rows * (c.m1 - c.m0) for c in plan.chunks[index:]) * plan.nnorth
-                scratch = torch.empty(largest, dtype=plan.dtype, device=plan.device)
-            tables = _legendre_chunk(plan, chunk, scratch)
+            table = _legendre_unit(plan, *unit)
             if budget > 0:
                 with _LOCK:
-                    _CACHE.offer(key, index, tables, budget)
-        for block, (even, odd) in zip(chunk.blocks, tables):
-            yield block, even, odd
+                    _CACHE.offer(key, index, table, budget)
+        yield index, table
+
+
+def _legendre_synthesis(plan: _Plan, coeffs: torch.Tensor, budget: int) -> torch.Tensor:
+    """``EO (M, 2, nnorth, C)``: even / odd ``l - m`` sums of ``coeffs (nalm, C)``."""
+    name = _choose(plan, budget)
+    if name == "fused":
+        return triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, plan.lmax)
+    layout = _layout(plan, name)
+    nr, ncol = plan.nnorth, coeffs.shape[1]
+    gathered = coeffs.index_select(0, layout.gather)
+    eo = torch.empty((plan.lmax + 1, 2, nr, ncol), dtype=coeffs.dtype, device=coeffs.device)
+    for index, table in _unit_tables(plan, layout, budget):
+        m0, m1, rows = layout.units[index]
+        nm2, off = 2 * (m1 - m0), layout.offsets[index]
+        rhs = gathered[off : off + nm2 * rows].view(nm2, rows, ncol)
+        torch.bmm(table.view(nm2, rows, nr).transpose(1, 2), rhs, out=eo[m0:m1].view(nm2, nr, ncol))
+    return eo
+
+
+def _legendre_adjoint(plan: _Plan, td: torch.Tensor, budget: int) -> torch.Tensor:
+    """``(nalm, C)``: ``sum_r lambda_lm(r) TD[m, (l - m) % 2, r]`` of ``TD (M, 2, nnorth, C)``."""
+    name = _choose(plan, budget)
+    if name == "fused":
+        return triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, plan.lmax, plan.nalm)
+    layout = _layout(plan, name)
+    nr, ncol = plan.nnorth, td.shape[-1]
+    flat = torch.empty((layout.gather.numel(), ncol), dtype=td.dtype, device=td.device)
+    for index, table in _unit_tables(plan, layout, budget):
+        m0, m1, rows = layout.units[index]
+        nm2, off = 2 * (m1 - m0), layout.offsets[index]
+        torch.bmm(table.view(nm2, rows, nr), td[m0:m1].view(nm2, nr, ncol), out=flat[off : off + nm2 * rows].view(nm2, rows, ncol))
+    return flat.index_select(0, layout.inverse)
 
 
 # ------------------------------------------------------------------ raw transforms
 
 
-def _phase(plan: _Plan, weight: torch.Tensor | None) -> torch.Tensor:
-    """``weight * exp(i m phi0_r)``, shape ``(M, nring, 1)``, computed in float64 then cast."""
-    m = torch.arange(plan.lmax + 1, device=plan.device, dtype=torch.float64)[:, None]
-    magnitude = torch.ones_like(plan.fold_weight) if weight is None else weight
-    phase = torch.polar(magnitude, m * plan.phi0)
-    return phase.to(torch.complex64 if plan.dtype == torch.float32 else torch.complex128)[:, :, None]
+_HADAMARD: dict = {}
+
+
+def _hadamard(like: torch.Tensor) -> torch.Tensor:
+    """``[[1, 1], [1, -1]]`` in the dtype and on the device of ``like`` (cached)."""
+    key = (like.dtype, str(like.device))
+    h = _HADAMARD.get(key)
+    if h is None:
+        h = _HADAMARD[key] = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=like.dtype, device=like.device)
+    return h
 
 
 def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> torch.Tensor:
-    """alm ``(B, nalm)`` complex -> maps ``(B, npix)`` real. No autograd."""
+    """alm ``(B, nalm)`` complex -> maps ``(B, npix)`` real (a transposed view of ``(npix, B)``). No autograd."""
     real = alm.real.dtype
     plan = _get_plan(nside, lmax, real, alm.device)
     nb = alm.shape[0]
-    nr, nring, nm = plan.nnorth, plan.nring, lmax + 1
-    # rows (l, m) x columns (batch, re/im), plus one zero row that padding indices select
-    coeffs = torch.zeros((plan.nalm + 1, nb, 2), dtype=real, device=alm.device)
-    coeffs[: plan.nalm] = torch.view_as_real(alm).transpose(0, 1)
-    coeffs = coeffs.view(plan.nalm + 1, 2 * nb)
-    ring_m = torch.empty((nm, nring, 2 * nb), dtype=real, device=alm.device)
-    for block, even, odd in _legendre_blocks(plan, budget):
-        k = block.m1 - block.m0
-        east = torch.bmm(even.transpose(1, 2), coeffs.index_select(0, block.idx_even).view(k, block.n_even, 2 * nb))
-        if block.n_odd:
-            west = torch.bmm(odd.transpose(1, 2), coeffs.index_select(0, block.idx_odd).view(k, block.n_odd, 2 * nb))
-        else:
-            west = torch.zeros_like(east)
-        ms = slice(block.m0, block.m1)
-        torch.add(east, west, out=ring_m[ms, :nr])  # north: even + odd
-        east.sub_(west)  # south mirror: even - odd, rings in reverse order
-        ring_m[ms, nr:] = torch.flip(east[:, : nr - 1], dims=(1,))
-    spec = torch.view_as_complex(ring_m.view(nm, nring, nb, 2)) * _phase(plan, plan.fold_weight)
-    del ring_m
-    torch.view_as_real(spec)[..., 1].mul_(plan.conj_sign)
-    packed = torch.zeros((plan.npacked, nb), dtype=alm.dtype, device=alm.device)
-    # fold m modulo nphi: aliased orders of the polar rings add up in the same bin
-    torch.view_as_real(packed).index_add_(0, plan.fold_index, torch.view_as_real(spec).view(nm * nring, nb, 2))
-    del spec
-    torch.view_as_real(packed)[plan.real_rows, :, 1] = 0.0  # irfft reads only Re of DC / Nyquist
-    packed = packed.transpose(0, 1).contiguous()
-    n, count, p0, p1, _ = plan.equator
-    half = packed[:, p0:p1].view(nb, count, n // 2 + 1)
-    equator = torch.fft.irfft(half, n=n, dim=-1, norm="forward").reshape(nb, count * n)
-    north, south = [], []
-    for n, p0, p1, _, _ in plan.polar:
-        pair = torch.fft.irfft(packed[:, p0:p1].view(nb, 2, n // 2 + 1), n=n, dim=-1, norm="forward")
-        north.append(pair[:, 0])
-        south.append(pair[:, 1])
-    return torch.cat(north + [equator] + south[::-1], dim=1)
+    nr, nm = plan.nnorth, lmax + 1
+    # rows (l, m) x columns (batch, re/im); the imaginary parts of the m = 0 coefficients
+    # are ignored: the equatorial irfft ignores Im of the zero frequency, chirp-z takes Re
+    coeffs = torch.view_as_real(alm).transpose(0, 1).reshape(plan.nalm, 2 * nb)
+    eo = _legendre_synthesis(plan, coeffs, budget)  # (M, 2, nr, C)
+    del coeffs
+    # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
+    ns = torch.matmul(_hadamard(eo), eo.view(nm, 2, nr * 2 * nb))
+    del eo
+    spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
+    parts = []
+    if plan.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
+        x = spec.index_select(1, plan.eq_rings).mul_(plan.eq_phase_syn)
+        parts.append(torch.fft.irfft(x, n=plan.neq, dim=0, norm="forward").reshape(-1, nb))
+    for g in plan.chirp:  # chirp-z over m for every ring of the group at once
+        x = spec.index_select(1, g.rings).mul_(g.syn_pre)
+        z = torch.fft.ifft(torch.fft.fft(x, n=g.P, dim=0).mul_(g.syn_kernel), dim=0)[: g.nmax]
+        parts.append(z.mul_(g.syn_post).real.reshape(-1, nb))
+    del spec, ns
+    flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    return flat.index_select(0, plan.pixel_source).t()
 
 
 def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
@@ -529,32 +700,25 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
     nb = maps.shape[0]
-    nr, nring, nm = plan.nnorth, plan.nring, lmax + 1
-    n, count, _, _, pix0 = plan.equator
-    parts = [torch.fft.rfft(maps[:, pix0 : pix0 + n * count].view(nb, count, n), dim=-1).view(nb, -1)]
-    for n, _, _, pix_n, pix_s in plan.polar:
-        pair = torch.stack([maps[:, pix_n : pix_n + n], maps[:, pix_s : pix_s + n]], dim=1)
-        parts.append(torch.fft.rfft(pair, dim=-1).view(nb, -1))
-    packed = torch.cat(parts, dim=1).transpose(0, 1).contiguous()  # (P, B)
-    del parts
-    spec = packed.index_select(0, plan.fold_index).view(nm, nring, nb)
-    del packed
-    torch.view_as_real(spec)[..., 1].mul_(plan.conj_sign)
-    spec.mul_(_phase(plan, None).conj_physical())
-    ring_m = torch.view_as_real(spec).view(nm, nring, 2 * nb)
-    south = torch.flip(ring_m[:, nr:], dims=(1,))
-    total = ring_m[:, :nr].clone()
-    total[:, : nr - 1] += south
-    diff = ring_m[:, :nr].clone()
-    diff[:, : nr - 1] -= south
-    del south, ring_m, spec
-    out = torch.zeros((plan.nalm + 1, 2 * nb), dtype=maps.dtype, device=maps.device)
-    for block, even, odd in _legendre_blocks(plan, budget):
-        ms = slice(block.m0, block.m1)
-        out.index_copy_(0, block.idx_even, torch.bmm(even, total[ms]).view(-1, 2 * nb))
-        if block.n_odd:
-            out.index_copy_(0, block.idx_odd, torch.bmm(odd, diff[ms]).view(-1, 2 * nb))
-    alm = out[: plan.nalm].view(plan.nalm, nb, 2).transpose(0, 1).contiguous()
+    nr, nm = plan.nnorth, lmax + 1
+    slots = maps.t().index_select(0, plan.slot_pixels)  # (nslots, B)
+    spec = torch.zeros((nm, 2 * nr, nb), dtype=torch.complex64 if maps.dtype == torch.float32 else torch.complex128,
+                       device=maps.device)  # [north | south mirrors | one zero ring]
+    if plan.eq_rings is not None:
+        count = plan.eq_rings.numel()
+        x = torch.fft.rfft(slots[: count * plan.neq].view(plan.neq, count, nb), dim=0)[:nm]
+        spec.index_copy_(1, plan.eq_rings, x.mul_(plan.eq_phase_adj))
+    for g in plan.chirp:
+        count = g.rings.numel()
+        y = slots[g.slot0 : g.slot0 + g.nmax * count].view(g.nmax, count, nb) * g.adj_pre
+        z = torch.fft.ifft(torch.fft.fft(y, n=g.P, dim=0).mul_(g.adj_kernel), dim=0)[:nm]
+        spec.index_copy_(1, g.rings, z.mul_(g.adj_post))
+    del slots
+    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
+    td = torch.matmul(_hadamard(ring_m), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
+    del ring_m, spec
+    out = _legendre_adjoint(plan, td, budget)
+    alm = out.view(plan.nalm, nb, 2).transpose(0, 1).contiguous()
     return torch.view_as_complex(alm)
 
 
@@ -642,7 +806,7 @@ def adjoint_synthesis(
     budget = _check_budget(memory_budget, maps.device)
     lead = maps.shape[:-1]
     with _threads(nthreads, maps.device):
-        alm = _AdjointFn.apply(maps.reshape(-1, maps.shape[-1]).contiguous(), lmax, budget)
+        alm = _AdjointFn.apply(maps.reshape(-1, maps.shape[-1]), lmax, budget)
     return alm.reshape(lead + (alm.shape[-1],))
 
 
@@ -764,7 +928,7 @@ def analysis(
     lmax = _check_lmax(lmax, nside)
     budget = _check_budget(memory_budget, maps.device)
     lead = maps.shape[:-1]
-    flat = maps.reshape(-1, maps.shape[-1]).contiguous()
+    flat = maps.reshape(-1, maps.shape[-1])
     with _threads(nthreads, maps.device):
         if mode == "quadrature":
             alm = _AdjointFn.apply(flat, lmax, budget) * (4 * math.pi / maps.shape[-1])
