@@ -703,10 +703,14 @@ def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fiel
             apodize_deg: float | None = None) -> LoadedMap:
     """Raw columns ``(C, npix)`` (+ the input's own weights) -> :class:`LoadedMap`."""
     raw = np.asarray(raw, dtype=np.float64)
-    inf = np.isinf(raw)
-    if inf.any():
-        raise BadMapError(f"{what}: {int(inf.sum())} infinite pixels")
-    bad = (np.isnan(raw) | np.isclose(raw, UNSEEN, rtol=1e-5, atol=0.0)).any(axis=0)
+    lo, hi = float(raw.min()), float(raw.max())  # NaN propagates: fast path for clean maps
+    if np.isfinite(lo) and np.isfinite(hi) and lo > -1e30:
+        bad = np.zeros(raw.shape[-1], dtype=bool)
+    else:
+        inf = np.isinf(raw)
+        if inf.any():
+            raise BadMapError(f"{what}: {int(inf.sum())} infinite pixels")
+        bad = (np.isnan(raw) | np.isclose(raw, UNSEEN, rtol=1e-5, atol=0.0)).any(axis=0)
     has_own = own is not None or bool(bad.any())
     w = np.ones(raw.shape[-1]) if own is None else np.asarray(own, dtype=np.float64).copy()
     w[bad] = 0.0
