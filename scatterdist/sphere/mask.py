@@ -11,10 +11,11 @@ Conventions
   by ``taper(d / deg)``, where ``d`` is the angle between its centre and the centre of the
   nearest zero-weight pixel and ``taper(x) = (1 - cos(pi x)) / 2`` for ``x < 1``, 1 beyond
   (the "C2" cosine taper). Zero pixels stay zero: the usable region only shrinks.
-- ``DEFAULT_APODIZE_DEG = 2.0``: wide enough that the taper is resolved at nside >= 64
-  (pixel 0.9 deg) and that the edge of a Galactic cut no longer rings into the wavelet
-  scales of a default transform (measured in ``scripts/masked_bias.py``), narrow enough to
-  keep most of the sky fraction: for the |b| > 20 deg cut it costs 0.02 of the sky.
+- ``DEFAULT_APODIZE_DEG = 2.0``: resolved at nside >= 64 (pixel 0.9 deg). Temperature
+  biases barely depend on it (``scripts/masked_bias.py --apodize 0``: the same within 0.2%);
+  the transform's apodisation is what limits the E-to-B leakage of a mask (10 deg: 2-10x
+  less than 2 deg), at the price of sky: 2 deg costs 0.013 of the sky for the |b| > 20 deg
+  cut, 0.11 for the WMAP temperature mask with its point-source holes (``docs/cut-sky.md``).
 - ``DEFAULT_MIN_COVERAGE = 0.7``: a scattering path's output is kept where at least 70% of
   what its filters reach is data. For a Galactic cut the bias figures of ``docs/cut-sky.md``
   are about as good at 0.7 as at 0.9 (order-1 invariants within 2%, order 2 within 2.5%),
