@@ -152,6 +152,11 @@ def test_torch_backend_matches_numpy(red_maps, torch_one_thread):
     np.testing.assert_allclose(tcov.numpy(), cov, atol=1e-12)
     inv = sc.invariants(torch.as_tensor(holey), mask=w).numpy()
     np.testing.assert_allclose(inv, Scattering(32).invariants(holey, mask=w), rtol=1e-8)
+    # differentiable: gradients flow to the data and are exactly zero on masked pixels
+    x = torch.as_tensor(maps[:1]).clone().requires_grad_(True)
+    torch.nan_to_num(sc(x, mask=w)).pow(2).sum().backward()
+    g = x.grad.numpy()[0]
+    assert np.isfinite(g).all() and np.abs(g[w > 0]).max() > 0 and np.all(g[w == 0] == 0)
 
 
 def test_signed_and_power_paths_are_normalised_too(red_maps):
