@@ -13,6 +13,23 @@ shared memory bandwidth it is well below 2x), and the store's bytes on disk agai
 input maps' bytes. Targets: pipeline(1)/loop >= 0.9,
 pipeline(2)/pipeline(1) >= 1.8 (needs 2 free cores). Workers are warmed up (imports, filters)
 before timing; cluster start-up is not timed.
+
+GPU mode (``--mode gpu``, issue 11): at each ``--nside``, on the same maps read from one Zarr
+store, maps/s of
+  - the bare device loop: read a batch of rows from the store, copy it to the device,
+    transform (torch backend, ``--gpu-batch`` maps a call), copy the coefficients back;
+    one thread, no overlap, no store writes;
+  - the pipeline on ONE worker that sees the device (``--backend torch --device DEVICE``:
+    prefetching loader threads, pinned memory and non_blocking copies on CUDA, whole-shard
+    writes), with the fraction of the run the device was busy (from the tasks' batch timings);
+  - the same node's CPU pipeline: ``--cpu-workers`` worker processes (default: every core),
+    numpy backend, one task per shard (on ``--cpu-n`` of the maps: rates are per map);
+and the ratios pipeline(GPU) / bare loop (target >= 0.8) and pipeline(GPU) / CPU pipeline
+(target >= 5 at nside 512 on an H100 node with 16 cores). Rows go to ``--json``. Without a GPU,
+``--device cpu`` runs the same code path on the CPU (what CI does):
+
+    python benchmarks/pipeline.py --mode gpu --device cpu --nside 64 --n 32 --gpu-batch 8 --cpu-workers 2
+    python3 benchmarks/pipeline.py --mode gpu --nside 256 512 --n 256 --gpu-batch 32 --json pipeline-gpu.json
 """
 
 from __future__ import annotations
@@ -135,17 +152,168 @@ def bench_writer_design(cat: Catalog, config: dict, path: str, workers: int, sha
         cluster.close()
 
 
+def _write_maps(path: str, n: int, nside: int, seed: int = 0, dtype=np.float32) -> None:
+    """``n`` random maps ``(map, pixel)`` into a Zarr store, written in blocks (bounded memory)."""
+    shutil.rmtree(path, ignore_errors=True)
+    npix = 12 * nside**2
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    arr = root.create_array("maps", shape=(n, npix), chunks=(1, npix), dtype=dtype,
+                            dimension_names=("map", "pixel"))
+    ids = root.create_array("map", shape=(n,), chunks=(n,), dtype=str, dimension_names=("map",))
+    ids[:] = np.array([f"sky{i:05d}" for i in range(n)])
+    rng = np.random.default_rng(seed)
+    for a in range(0, n, 16):
+        b = min(n, a + 16)
+        arr[a:b] = rng.standard_normal((b - a, npix)).astype(dtype)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_bare_device_loop(path: str, config: dict, device: str, batch: int) -> tuple[float, float]:
+    """Read ``batch`` rows, copy to the device, transform, copy back; returns (maps/s, seconds)."""
+    import torch
+
+    if device == "cpu":  # as in a Dask worker process (OMP_NUM_THREADS=1): same thread count
+        torch.set_num_threads(1)
+    sc = Scattering(**config, backend="torch", device=device)
+    arr = zarr.open_array(path, path="maps", mode="r")
+    n = arr.shape[0]
+    warm = torch.as_tensor(np.asarray(arr[:batch], dtype=np.float64), dtype=torch.float32, device=device)
+    sc(warm).cpu()
+    _sync(device)
+    out = np.empty((n, sc.n_paths, sc.npix_out), np.float32)
+    t0 = time.perf_counter()
+    for a in range(0, n, batch):
+        x = torch.as_tensor(np.asarray(arr[a : a + batch], dtype=np.float64), dtype=torch.float32, device=device)
+        out[a : a + batch] = sc(x).cpu().numpy()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return n / dt, dt
+
+
+def bench_device_pipeline(cat: Catalog, config: dict, path: str, device: str, batch: int,
+                          shard_size: int, prefetch: int) -> dict:
+    """The pipeline on one worker that sees the device; returns maps/s and the device's busy fraction."""
+    from scatterdist.feed import overlap_summary
+
+    cfg = {**config, "backend": "torch", "device": device}
+    cluster, client = _cluster(1)
+    try:
+        client.run(lambda c: pipeline._scattering(c) and None, cfg)  # warm-up: imports, filters, tables
+        shutil.rmtree(path, ignore_errors=True)
+        summary = pipeline.scatter(cat, path, cfg, client=client, shard_size=shard_size,
+                                   batch_size=batch, prefetch=prefetch, progress=False)
+        assert summary.failed == 0, summary.failures
+        stats = [overlap_summary(t) for t in summary.timings]
+        transform_s = sum(s["transform_s"] for s in stats)
+        return {"maps_per_s": summary.maps_per_s, "seconds": summary.seconds,
+                "devices": summary.devices, "tasks": len(summary.timings),
+                "device_busy": transform_s / summary.seconds if summary.seconds else float("nan"),
+                "load_s": sum(s["load_s"] for s in stats), "transform_s": transform_s,
+                "overlapped": float(np.nanmean([s["overlapped"] for s in stats]))}
+    finally:
+        client.close()
+        cluster.close()
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    import json
+    import platform
+
+    import torch
+
+    from scatterdist.pipeline import resolve_device
+
+    device = resolve_device(args.device)
+    gpu_name = torch.cuda.get_device_name() if device.startswith("cuda") else None
+    cpu_workers = args.cpu_workers or os.cpu_count() or 1
+    meta = {"device": device, "gpu": gpu_name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "n": args.n, "gpu_batch": args.gpu_batch,
+            "prefetch": args.prefetch, "cpu_workers": cpu_workers}
+    print(f"GPU-mode pipeline benchmark on {device} ({gpu_name or 'no GPU'}), {os.cpu_count()} cores", flush=True)
+    work = args.workdir or tempfile.mkdtemp(prefix="scatterdist-gpubench-")
+    rows = []
+    try:
+        for nside in args.nside:
+            inputs = os.path.join(work, f"maps{nside}.zarr")
+            _write_maps(inputs, args.n, nside)
+            cat = Catalog.from_inputs([inputs])
+            config = Scattering(nside=nside).config()
+            shard = args.shard_size or max(1, args.gpu_batch // 2)
+            best_bare, best_pipe, best_cpu = 0.0, None, 0.0
+            for r in range(args.repeat):
+                bare, _ = bench_bare_device_loop(inputs, config, device, args.gpu_batch)
+                pipe = bench_device_pipeline(cat, config, os.path.join(work, f"g{nside}.zarr"), device,
+                                             args.gpu_batch, shard, args.prefetch)
+                cpu_n = min(args.cpu_n, args.n)
+                cpu = (bench_pipeline(_first(cat, cpu_n), config, os.path.join(work, f"c{nside}.zarr"),
+                                      cpu_workers, 1) if cpu_workers > 0 else float("nan"))
+                print(f"nside {nside} round {r + 1}: bare {device} loop {bare:.2f}, pipeline 1 {device} worker "
+                      f"{pipe['maps_per_s']:.2f} (device busy {pipe['device_busy']:.2f}), CPU pipeline "
+                      f"{cpu_workers} workers {cpu:.2f} maps/s", flush=True)
+                best_bare = max(best_bare, bare)
+                best_cpu = max(best_cpu, cpu)
+                if best_pipe is None or pipe["maps_per_s"] > best_pipe["maps_per_s"]:
+                    best_pipe = pipe
+            row = {"nside": nside, "bare_loop_maps_per_s": best_bare,
+                   "pipeline_maps_per_s": best_pipe["maps_per_s"], "cpu_pipeline_maps_per_s": best_cpu,
+                   "pipeline_over_bare": best_pipe["maps_per_s"] / best_bare,
+                   "pipeline_over_cpu_pipeline": best_pipe["maps_per_s"] / best_cpu,
+                   "device_busy": best_pipe["device_busy"], "overlapped": best_pipe["overlapped"],
+                   "shard_size": shard, "tasks": best_pipe["tasks"], **meta}
+            rows.append(row)
+            print(f"nside {nside} best of {args.repeat}: pipeline/bare loop {row['pipeline_over_bare']:.2f} "
+                  f"(target >= 0.8), pipeline/CPU pipeline {row['pipeline_over_cpu_pipeline']:.2f} "
+                  f"(target >= 5 at nside 512 on a GPU), device busy {row['device_busy']:.2f}", flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+        print(f"rows written to {args.json}")
+
+
+def _first(cat: Catalog, n: int) -> Catalog:
+    """The first ``n`` entries of a catalog."""
+    return Catalog(cat.entries[:n], nside=cat.nside)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nside", type=int, default=256)
-    parser.add_argument("--n", type=int, default=48, help="number of maps")
-    parser.add_argument("--shard-size", type=int, default=4,
-                        help="maps per shard (default 4: 12 shards, so 2 workers finish together)")
+    parser.add_argument("--mode", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu (default): the CPU pipeline against its bare loop; gpu: see above")
+    parser.add_argument("--nside", type=int, nargs="+", default=None,
+                        help="cpu mode: one nside (default 256); gpu mode: several (default 256 512)")
+    parser.add_argument("--n", type=int, default=None, help="number of maps (default 48; gpu mode 256)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="maps per shard (default 4: 12 shards, so 2 workers finish together; "
+                             "gpu mode: gpu-batch / 2, so device batches span shards)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="gpu mode: the device")
+    parser.add_argument("--gpu-batch", type=int, default=32, help="gpu mode: maps per transform call")
+    parser.add_argument("--prefetch", type=int, default=2, help="gpu mode: batches loaded ahead")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="gpu mode: worker processes of the CPU pipeline (default: every core; 0 skips it)")
+    parser.add_argument("--cpu-n", type=int, default=64, help="gpu mode: maps of the CPU pipeline run")
+    parser.add_argument("--json", default=None, help="write the rows to this JSON file")
     parser.add_argument("--repeat", type=int, default=2,
                         help="rounds of all four measurements, interleaved; the best of each is kept "
                              "(the machine may be shared)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
+    if args.mode == "gpu":
+        args.nside = args.nside or [256, 512]
+        args.n = args.n or 256
+        gpu_main(args)
+        return
+    args.nside = (args.nside or [256])[0]
+    args.n = args.n or 48
+    args.shard_size = args.shard_size or 4
 
     work = args.workdir or tempfile.mkdtemp(prefix="scatterdist-bench-")
     inputs = os.path.join(work, "maps.zarr")

@@ -20,6 +20,18 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432}
 
 sd_log() { echo "[scatterdist $(date +%H:%M:%S)] $*" >&2; }
 
+# The GPUs of this node, comma-separated: SCATTERDIST_GPUS, else CUDA_VISIBLE_DEVICES (set by
+# SLURM --gpus-per-node and PBS ngpus), else every GPU nvidia-smi lists; empty when none.
+sd_node_gpus() {
+    if [[ -n "${SCATTERDIST_GPUS:-}" ]]; then
+        echo "$SCATTERDIST_GPUS"
+    elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        echo "$CUDA_VISIBLE_DEVICES"
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -
+    fi
+}
+
 # TLS files for `dask scheduler` and `dask worker`.
 sd_tls_opts() {
     if [[ -n "${SCATTERDIST_TLS_DIR:-}" ]]; then

@@ -104,6 +104,11 @@ def _gpu_setup(args: argparse.Namespace, client: Any) -> dict[str, float] | None
     resources = {"GPU": 1} if args.cluster == "cuda" else None
     if args.backend != "torch":
         return resources
+    try:  # batch jobs start the client beside their workers: give one a moment to join
+        client.wait_for_workers(1, timeout=30)
+    except (TimeoutError, OSError):
+        print("torch backend: no worker has joined yet; each will use its GPU if it has one "
+              f"(--device {args.device})", file=sys.stderr, flush=True)
     workers = client.scheduler_info().get("workers", {})
     if workers and all(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
         resources = {"GPU": 1}
