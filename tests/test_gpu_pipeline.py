@@ -74,9 +74,9 @@ def _torch_config(nside: int, device: str = "auto") -> dict:
 
 
 def _close(got: np.ndarray, expected: np.ndarray) -> None:
-    """torch float32 against the float64 numpy transform."""
+    """torch float32 against the float64 numpy transform (a misplaced row is off by O(1))."""
     assert np.isfinite(got).all()
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()  # float32 scattering contract
 
 
 # ---------------------------------------------------------------------- the feeder itself
