@@ -78,7 +78,7 @@ RENORM_EVERY = 8
 #: Numbers of m groups tried, in order, for the *tables* engine (more groups: less padding, more calls).
 TABLE_GROUPS = (2, 4, 8)
 #: Groups of polar-ring lengths, one chirp-z FFT length each (more groups: less padding, more calls).
-POLAR_GROUPS = 2
+POLAR_GROUPS = 1
 #: Legendre engine: "auto" (tables within the budget, else fused when usable, else stream),
 #: or force one of "tables", "fused", "stream". The environment variable
 #: ``SCATTERDIST_LEGENDRE`` sets the default.
