@@ -1,19 +1,26 @@
-"""The paper's CMB experiment end to end: Gaussian vs non-Gaussian skies, three classifiers.
+"""The paper's CMB experiment end to end: Gaussian vs non-Gaussian skies, every model and baseline.
 
 For every non-Gaussianity amplitude ``alpha`` and every seed:
 
-1. a mixed :class:`~scatterdist.sims.SimulationSpec` of ``2 N`` skies (labels alternate 0/1)
-   is turned into a :class:`~scatterdist.catalog.Catalog`; the skies are generated inside the
-   Dask tasks from their seeds and never stored;
-2. :func:`scatterdist.pipeline.scatter` writes the scattering store (``Scattering(nside)``)
-   and, through the same pipeline, the low-resolution store (``LowPass(nside)``: the raw map
-   reduced to the scattering output resolution); the power spectra are computed in Dask tasks
-   too (:mod:`scatterdist.experiments.spectra`);
+1. a mixed :class:`~scatterdist.sims.SimulationSpec` of ``2 N`` skies (labels alternate 0/1;
+   optionally with survey conditions: beam, white noise, Galactic cut) is turned into a
+   :class:`~scatterdist.catalog.Catalog`; the skies are generated inside the Dask tasks from
+   their seeds and never stored;
+2. :func:`scatterdist.pipeline.scatter` writes three stores through the same pipeline: the
+   paper's scattering transform (``Scattering(nside)``), the signed option
+   (``Scattering(nside, signed=True)``: adds ``((f*Psi_j)|f*Psi_j|)*Phi``, which keeps the sign
+   of the field) and the low-resolution store (``LowPass(nside)``: the raw map at the scattering
+   output resolution); the baseline features (power spectrum, pixel moments, wavelet moments)
+   are computed in Dask tasks too (:mod:`scatterdist.experiments.features`);
 3. the Dask cluster is closed, then the HybridCNN is trained on each store with the
    distributed trainer (in-process, or ``torchrun`` with ``ranks=2``) and evaluated on the
-   trainer's deterministic test split;
-4. the power-spectrum logistic regression is fitted and scored on the same split;
-5. ``cmb.md``, ``cmb_alpha.png`` and ``cmb.json`` are written to ``out``.
+   trainer's validation and test splits (stratified per class);
+4. logistic regressions (baselines, and the rotation invariants of the signed store) are fitted
+   on the train split and scored on the same validation and test skies;
+5. the *recommended* scattering model of each (alpha, seed) is the scattering candidate
+   (:data:`CANDIDATES`) with the best **validation** accuracy; its test accuracy is reported.
+   Nothing is chosen on the test split;
+6. ``cmb.md``, ``cmb_alpha.png`` and ``cmb.json`` are written to ``out``.
 
 A seed changes everything random: the skies, the train/val/test split (map ids contain the
 seed) and the model initialisation. Intermediate stores and runs live under ``work`` and are
@@ -34,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CMBConfig", "FULL", "QUICK", "run_cmb"]
+__all__ = ["ALL_MODELS", "CANDIDATES", "CMBConfig", "FULL", "QUICK", "run_cmb", "store_invariants"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,9 @@ class CMBConfig:
     ``alphas``: non-Gaussianity amplitudes; ``seeds``: number of independent replicates
     (seed values ``seed0 .. seed0 + seeds - 1``). Training settings are passed to
     :class:`scatterdist.train.TrainConfig`; ``ranks`` > 1 trains under ``torchrun``.
-    ``work`` defaults to ``<out>/cmb-work``.
+    ``work`` defaults to ``<out>/cmb-work``. ``models``: which models to run (default all of
+    :data:`ALL_MODELS`; only the stores they need are computed). ``fwhm_arcmin``,
+    ``noise_uk_arcmin``, ``galactic_cut``: survey conditions of every sky (None: clean full sky).
     """
 
     nside: int = 512
@@ -70,11 +79,26 @@ class CMBConfig:
     shard_size: int | None = None
     quick: bool = False
     progress: bool = True
+    fwhm_arcmin: float | None = None
+    noise_uk_arcmin: float | None = None
+    galactic_cut: float | None = None
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from scatterdist.sphere import check_nside
 
         check_nside(self.nside)
+        models = tuple(self.models) or ALL_MODELS
+        unknown = sorted(set(models) - set(ALL_MODELS))
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
+        if not set(models) & set(CANDIDATES):
+            raise ValueError(f"--models needs at least one scattering model to recommend, one of {list(CANDIDATES)}")
+        object.__setattr__(self, "models", tuple(m for m in ALL_MODELS if m in models))
+        for name in ("fwhm_arcmin", "noise_uk_arcmin", "galactic_cut"):
+            value = getattr(self, name)
+            if value is not None and not (float(value) >= 0):
+                raise ValueError(f"{name} must be >= 0 (or unset), got {value}")
         if self.n_per_class < 4:
             raise ValueError(f"n_per_class must be >= 4 skies per class, got {self.n_per_class}")
         if not self.alphas or any(not (float(a) >= 0) for a in self.alphas):
@@ -86,18 +110,54 @@ class CMBConfig:
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
 
     @property
+    def survey(self) -> dict[str, float]:
+        """The survey conditions that are set, as :class:`~scatterdist.sims.SimulationSpec` fields."""
+        return {k: float(v) for k, v in (("fwhm_arcmin", self.fwhm_arcmin), ("noise_uK_arcmin", self.noise_uk_arcmin),
+                                         ("galactic_cut", self.galactic_cut)) if v is not None}
+
+    @property
     def work_dir(self) -> str:
         """Directory of the intermediate stores and runs."""
         return os.path.abspath(self.work or os.path.join(self.out, "cmb-work"))
 
 
-#: ``--quick``: nside 64, one alpha, a smaller CNN; about 1-2 minutes on 2 cores (run by the test suite).
-QUICK = CMBConfig(nside=64, n_per_class=150, alphas=(0.05,), seeds=3, epochs=4, hidden=8, quick=True)
+def _store_configs(nside: int) -> dict[str, dict[str, Any]]:
+    from scatterdist import Scattering
+    from scatterdist.transforms import LowPass
+
+    return {"scattering": Scattering(nside).config(), "signed": Scattering(nside, signed=True).config(),
+            "lowpass": LowPass(nside).config()}
+
+
+#: store -> model key of the HybridCNN trained on it.
+CNN_MODELS = {"scattering": "scattering", "signed": "scattering_signed", "lowpass": "lowpass"}
+#: logistic models on the rotation invariants (pixel means) of the signed store: model -> path kinds used.
+INVARIANT_MODELS = {"signed_invariants": ("signed",), "scattering_invariants": ("modulus", "signed"),
+                    "modulus_invariants": ("modulus",)}
+#: every model the study can run (``CMBConfig.models``), and the store each needs (None: baseline features).
+STORE_OF: dict[str, str | None] = {
+    "scattering": "scattering", "scattering_signed": "signed", "lowpass": "lowpass",
+    **{m: "signed" for m in INVARIANT_MODELS},
+    "power_spectrum": None, "pixel_moments": None, "wavelet_moments": None,
+}
+ALL_MODELS = tuple(STORE_OF)
+#: scattering models among which the recommended one is chosen on the validation split (ties: first listed).
+CANDIDATES = ("signed_invariants", "scattering_invariants", "scattering_signed", "scattering")
+#: ``--quick``: nside 64, one alpha, a smaller CNN; a few minutes on 2 cores (run by the test suite).
+QUICK = CMBConfig(nside=64, n_per_class=150, alphas=(0.05,), seeds=3, epochs=4, hidden=8, quick=True,
+                  models=tuple(m for m in ALL_MODELS if m != "scattering_signed"))
+
 #: ``make cmb``: the full study at L = 1024: 2 alphas x 3 seeds x 400 skies. Measured on the
 #: 2-core development machine: one (alpha, seed) cell of 400 skies took 9.5 min to simulate,
 #: scatter, low-pass, take C_l of and train both CNNs on (results/cmb.md: 3 cells, 28.5 min),
 #: so about an hour in all.
 FULL = CMBConfig(nside=512, n_per_class=200, alphas=(0.005, 0.01), seeds=3, epochs=10)
+
+
+#: every timed step of a cell (ledger keys), in report order.
+STEP_KEYS = ("simulate + scattering store", "simulate + signed store", "simulate + lowpass store",
+             "simulate + baseline features", "train + evaluate scattering CNN", "train + evaluate signed CNN",
+             "train + evaluate lowpass CNN")
 
 
 def _free_port() -> int:
@@ -115,18 +175,32 @@ def _shard_size(cfg: CMBConfig) -> int:
     return k + (k % 2)
 
 
-def _specs(cfg: CMBConfig) -> list[tuple[float, int, Any]]:
+def _spec(cfg: CMBConfig, alpha: float, seed: int) -> Any:
+    import dataclasses
+
     from scatterdist.sims import SimulationSpec
 
-    return [
-        (alpha, seed, SimulationSpec(kind="mixed", nside=cfg.nside, n=2 * cfg.n_per_class, seed=seed, alpha=alpha))
-        for alpha in cfg.alphas
-        for seed in range(cfg.seed0, cfg.seed0 + cfg.seeds)
-    ]
+    fields = {f.name for f in dataclasses.fields(SimulationSpec)}
+    missing = sorted(set(cfg.survey) - fields)
+    if missing:
+        raise ValueError(
+            f"survey conditions {missing} are not supported by this scatterdist's SimulationSpec "
+            f"(fields: {sorted(fields)}); drop --fwhm-arcmin/--noise-uk-arcmin/--galactic-cut"
+        )
+    return SimulationSpec(kind="mixed", nside=cfg.nside, n=2 * cfg.n_per_class, seed=seed, alpha=alpha, **cfg.survey)
+
+
+def _specs(cfg: CMBConfig) -> list[tuple[float, int, Any]]:
+    return [(alpha, seed, _spec(cfg, alpha, seed)) for alpha in cfg.alphas for seed in range(cfg.seed0, cfg.seed0 + cfg.seeds)]
+
+
+def _survey_tag(cfg: CMBConfig) -> str:
+    tags = {"fwhm_arcmin": "beam", "noise_uK_arcmin": "noise", "galactic_cut": "cut"}
+    return "".join(f"-{tags[k]}{v:g}" for k, v in cfg.survey.items())
 
 
 def _cell_dir(cfg: CMBConfig, alpha: float, seed: int) -> str:
-    return os.path.join(cfg.work_dir, f"nside{cfg.nside}-n{cfg.n_per_class}", f"alpha{alpha:g}-seed{seed}")
+    return os.path.join(cfg.work_dir, f"nside{cfg.nside}-n{cfg.n_per_class}{_survey_tag(cfg)}", f"alpha{alpha:g}-seed{seed}")
 
 
 def _log(msg: str) -> None:
@@ -155,18 +229,17 @@ def _ledger(cell: str, key: str, seconds: float | None = None) -> float | None:
 
 
 def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None:
-    """Steps 1-2 and the power spectra: every store and feature file under ``cfg.work_dir``.
+    """Steps 1-2 and the baseline features: every store and feature file under ``cfg.work_dir``.
 
     Existing stores are resumed (the pipeline skips finished shards); existing feature files
-    are reused when they were made from the same simulation spec.
+    are reused when they were made from the same simulation spec and feature version.
     """
-    from scatterdist import Scattering
     from scatterdist.catalog import Catalog
-    from scatterdist.experiments.spectra import BIN_WIDTH, power_spectra
+    from scatterdist.experiments.features import BIN_WIDTH, FEATURES_VERSION, baseline_features
     from scatterdist.pipeline import scatter
-    from scatterdist.transforms import LowPass
 
-    configs = {"scattering": Scattering(cfg.nside).config(), "lowpass": LowPass(cfg.nside).config()}
+    needed = {STORE_OF[m] for m in cfg.models}
+    configs = {k: v for k, v in _store_configs(cfg.nside).items() if k in needed}
     for alpha, seed, spec in _specs(cfg):
         cell = _cell_dir(cfg, alpha, seed)
         os.makedirs(cell, exist_ok=True)
@@ -183,19 +256,22 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
                 )
             if summary.shards_computed:  # only time spent computing counts, not finding it done
                 _ledger(cell, f"simulate + {name} store", time.perf_counter() - t0)
-        path = os.path.join(cell, "spectra.npz")
+        path = os.path.join(cell, "features.npz")
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+        if None not in needed:
+            continue
         if os.path.exists(path):
             with np.load(path) as f:
-                if str(f["spec"]) == spec_json and int(f["bin_width"]) == BIN_WIDTH:
+                if (str(f["spec"]) == spec_json and int(f["bin_width"]) == BIN_WIDTH
+                        and int(f["version"]) == FEATURES_VERSION):
                     continue
-        _log(f"alpha={alpha:g} seed={seed}: simulate + power spectra")
+        _log(f"alpha={alpha:g} seed={seed}: simulate + baseline features")
         t0 = time.perf_counter()
-        feats = power_spectra(spec, client, progress=cfg.progress)
-        np.savez(path + ".tmp.npz", features=feats, labels=spec.labels(), ids=np.array(spec.map_ids()),
-                 spec=spec_json, bin_width=BIN_WIDTH)
+        feats = baseline_features(spec, client, progress=cfg.progress)
+        np.savez(path + ".tmp.npz", **{f"features_{k}": v for k, v in feats.items()}, labels=spec.labels(),
+                 ids=np.array(spec.map_ids()), spec=spec_json, bin_width=BIN_WIDTH, version=FEATURES_VERSION)
         os.replace(path + ".tmp.npz", path)
-        _ledger(cell, "simulate + power spectra", time.perf_counter() - t0)
+        _ledger(cell, "simulate + baseline features", time.perf_counter() - t0)
 
 
 def _train_torchrun(tcfg: Any, ranks: int) -> None:
@@ -217,8 +293,12 @@ def _train_torchrun(tcfg: Any, ranks: int) -> None:
         raise RuntimeError(f"torchrun training failed (exit {proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-3000:]}")
 
 
-def train_and_evaluate(cfg: CMBConfig, store: str, run_dir: str, seed: int) -> tuple[float, int]:
-    """Train the HybridCNN on ``store`` (resuming ``run_dir``), return (test accuracy, test size)."""
+def train_and_evaluate(cfg: CMBConfig, store: str, run_dir: str, seed: int) -> dict[str, Any]:
+    """Train the HybridCNN on ``store`` (resuming ``run_dir``); its scores on the val and test splits.
+
+    Returns ``{"accuracy", "n_test", "val_accuracy", "n_val", "predicted": {class: test maps
+    predicted as it}, "class_counts": {class: test maps of it}}``.
+    """
     from scatterdist.train import TrainConfig, evaluate, train
 
     tcfg = TrainConfig(
@@ -233,7 +313,15 @@ def train_and_evaluate(cfg: CMBConfig, store: str, run_dir: str, seed: int) -> t
     result = evaluate(run_dir, store, progress=False)
     if result["split"] != "test":
         raise RuntimeError(f"evaluation used split {result['split']!r}, expected the held-out 'test' split")
-    return float(result["accuracy"]), int(result["n_maps"])
+    val = evaluate(run_dir, store, split="val", progress=False)
+    confusion = np.asarray(result["confusion"])
+    names = [str(c) for c in result["class_names"]]
+    return {
+        "accuracy": float(result["accuracy"]), "n_test": int(result["n_maps"]),
+        "val_accuracy": float(val["accuracy"]), "n_val": int(val["n_maps"]),
+        "predicted": {c: int(n) for c, n in zip(names, confusion.sum(axis=0))},
+        "class_counts": {c: int(n) for c, n in zip(names, confusion.sum(axis=1))},
+    }
 
 
 def _epochs_done(run_dir: str) -> int:
@@ -244,31 +332,87 @@ def _epochs_done(run_dir: str) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def train_models(cfg: CMBConfig, timings: dict[str, float]) -> list[dict[str, Any]]:
-    """Steps 3-4: both CNNs and the power-spectrum classifier for every (alpha, seed)."""
-    from scatterdist.experiments.spectra import power_spectrum_accuracy
+def store_invariants(store: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Rotation invariants of every map of a coefficient store: pixel means ``(n_maps, [n_fields *] n_paths)``.
 
-    records = []
-    for alpha, seed, _ in _specs(cfg):
+    Returns (features, labels, map ids, path kind of every feature column: ``"modulus"``,
+    ``"signed"``, ``"power"``, read from the path labels). The store must be complete.
+    """
+    import xarray as xr
+
+    ds = xr.open_zarr(store, consolidated=False)
+    status = ds["status"].values
+    if not np.all(status == 1):
+        raise RuntimeError(f"store {store} has {int(np.sum(status != 1))} maps without coefficients; rerun to resume it")
+    coeffs = ds["coefficients"]
+    means = coeffs.mean("pixel").values.astype(np.float64)  # (map, [field,] path)
+    labels = [str(p) for p in ds["path"].values]
+    if "kind" in ds.coords:
+        kind = np.array([str(k) for k in ds["kind"].values])
+    else:  # stores written before the kind coord: the label says it
+        kind = np.array(["signed" if lab.endswith(" signed") else "power" if " q=" in lab else "modulus" for lab in labels])
+    kinds = np.broadcast_to(kind, means.shape[1:]).reshape(-1)
+    return means.reshape(means.shape[0], -1), ds["label"].values, [str(m) for m in ds["map"].values], kinds
+
+
+def _record(alpha: float, seed: int, model: str, scores: dict[str, Any], seconds: float | None, **extra: Any) -> dict[str, Any]:
+    return {"alpha": alpha, "seed": seed, "model": model, **scores, "seconds": seconds, **extra}
+
+
+def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Steps 3-5 for every (alpha, seed): the CNNs, the logistic models, the validation-selected model.
+
+    Returns (records, split class counts per cell ``{"alpha=A seed=S": {split: {class: n}}}``).
+    """
+    from scatterdist.experiments.features import BASELINES, logistic_scores
+    from scatterdist.train.data import split_class_counts
+
+    records, splits = [], {}
+    for alpha, seed, spec in _specs(cfg):
         cell = _cell_dir(cfg, alpha, seed)
-        for name in ("scattering", "lowpass"):
+        cell_records = []
+        splits[f"alpha={alpha:g} seed={seed}"] = split_class_counts(
+            np.array(spec.map_ids(), dtype=object), spec.labels(), cfg.val_fraction, cfg.test_fraction)
+        for name, model in CNN_MODELS.items():
+            if model not in cfg.models:
+                continue
             _log(f"alpha={alpha:g} seed={seed}: train + evaluate the HybridCNN on the {name} store")
             t0 = time.perf_counter()
             run_dir = os.path.join(cell, f"run-{name}")
             epochs_before = _epochs_done(run_dir)
-            acc, n_test = train_and_evaluate(cfg, os.path.join(cell, f"{name}.zarr"), run_dir, seed)
-            key = f"train + evaluate {name} CNN"
+            scores = train_and_evaluate(cfg, os.path.join(cell, f"{name}.zarr"), run_dir, seed)
             trained = _epochs_done(run_dir) > epochs_before
-            dt = _ledger(cell, key, time.perf_counter() - t0 if trained else None)
-            records.append({"alpha": alpha, "seed": seed, "model": name, "accuracy": acc, "n_test": n_test, "seconds": dt})
-            _log(f"  {name}: test accuracy {acc:.3f} on {n_test} skies")
-        t0 = time.perf_counter()
-        with np.load(os.path.join(cell, "spectra.npz")) as f:
-            acc, n_test = power_spectrum_accuracy(f["features"], f["labels"], f["ids"], cfg.val_fraction, cfg.test_fraction)
-        dt = time.perf_counter() - t0
-        records.append({"alpha": alpha, "seed": seed, "model": "power_spectrum", "accuracy": acc, "n_test": n_test, "seconds": dt})
-        _log(f"  power spectrum: test accuracy {acc:.3f} on {n_test} skies")
-    return records
+            dt = _ledger(cell, f"train + evaluate {name} CNN", time.perf_counter() - t0 if trained else None)
+            cell_records.append(_record(alpha, seed, model, scores, dt))
+            _log(f"  {model}: test accuracy {scores['accuracy']:.3f} on {scores['n_test']} skies "
+                 f"(val {scores['val_accuracy']:.3f}; predicted {scores['predicted']})")
+        n_cnn = len(cell_records)
+        invariant_models = [m for m in INVARIANT_MODELS if m in cfg.models]
+        if invariant_models:
+            feats, labels, ids, kinds = store_invariants(os.path.join(cell, "signed.zarr"))
+            for model in invariant_models:
+                t0 = time.perf_counter()
+                keep = np.isin(kinds, INVARIANT_MODELS[model])
+                scores = logistic_scores(feats[:, keep], labels, ids, cfg.val_fraction, cfg.test_fraction)
+                cell_records.append(_record(alpha, seed, model, scores, time.perf_counter() - t0))
+        baselines = [m for m in BASELINES if m in cfg.models]
+        if baselines:
+            with np.load(os.path.join(cell, "features.npz")) as f:
+                for name in baselines:
+                    t0 = time.perf_counter()
+                    scores = logistic_scores(f[f"features_{name}"], f["labels"], f["ids"], cfg.val_fraction,
+                                             cfg.test_fraction)
+                    cell_records.append(_record(alpha, seed, name, scores, time.perf_counter() - t0))
+        by_model = {r["model"]: r for r in cell_records}
+        candidates = [m for m in CANDIDATES if m in by_model]
+        best = max(candidates, key=lambda m: (by_model[m]["val_accuracy"], -CANDIDATES.index(m)))
+        chosen = {k: by_model[best][k] for k in ("accuracy", "n_test", "val_accuracy", "n_val", "predicted")}
+        cell_records.append(_record(alpha, seed, "recommended", chosen, None, choice=best))
+        for r in cell_records[n_cnn:]:
+            _log(f"  {r['model']}: test accuracy {r['accuracy']:.3f} on {r['n_test']} skies (val {r['val_accuracy']:.3f})"
+                 + (f" = {r['choice']}" if "choice" in r else ""))
+        records += cell_records
+    return records, splits
 
 
 def command_line(cfg: CMBConfig) -> str:
@@ -281,6 +425,12 @@ def command_line(cfg: CMBConfig) -> str:
         "--seeds", str(cfg.seeds), "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
         "--lr", f"{cfg.lr:g}", "--hidden", str(cfg.hidden), "--layers", str(cfg.layers), "--ranks", str(cfg.ranks),
     ]
+    for flag, value in (("--fwhm-arcmin", cfg.fwhm_arcmin), ("--noise-uk-arcmin", cfg.noise_uk_arcmin),
+                        ("--galactic-cut", cfg.galactic_cut)):
+        if value is not None:
+            parts += [flag, f"{value:g}"]
+    if cfg.models != ALL_MODELS and not (cfg.quick and cfg.models == QUICK.models):
+        parts += ["--models", *cfg.models]
     if cfg.workers is not None:
         parts += ["--workers", str(cfg.workers)]
     parts += ["--out", cfg.out]
@@ -292,7 +442,7 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
     from scatterdist import Scattering
     from scatterdist.cluster import connect, dashboard_link
     from scatterdist.experiments.report import machine_info, plot_accuracy, summarise, write_markdown
-    from scatterdist.experiments.spectra import BIN_WIDTH
+    from scatterdist.experiments.features import BIN_WIDTH
     from scatterdist.transforms import LowPass
 
     t_start = time.perf_counter()
@@ -308,11 +458,14 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
         dask_workers, dask_threads = len(nthreads), max(nthreads.values(), default=0)
         timings["cluster start"] = time.perf_counter() - t0
         prepare_data(cfg, client, timings)
-    records = train_models(cfg, timings)
+    records, splits = train_models(cfg, timings)
+    needed = {STORE_OF[m] for m in cfg.models}
+    keys = [k for k in STEP_KEYS
+            if any(k == f"simulate + {s} store" for s in needed) or (k == "simulate + baseline features" and None in needed)
+            or any(k == f"train + evaluate {s} CNN" and m in cfg.models for s, m in CNN_MODELS.items())]
     for alpha, seed, _ in _specs(cfg):
         cell = _cell_dir(cfg, alpha, seed)
-        for key in ("simulate + scattering store", "simulate + lowpass store", "simulate + power spectra",
-                    "train + evaluate scattering CNN", "train + evaluate lowpass CNN"):
+        for key in keys:
             spent = _ledger(cell, key)
             timings[key] = None if spent is None or timings.get(key, 0.0) is None else timings.get(key, 0.0) + spent
     steps = [v for k, v in timings.items() if k.startswith(("simulate", "train"))]
@@ -320,17 +473,22 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
     timings["this invocation"] = time.perf_counter() - t_start
 
     sc, lp = Scattering(cfg.nside), LowPass(cfg.nside)
+    signed = Scattering(cfg.nside, signed=True)
     settings = {
         **asdict(cfg),
-        "alphas": list(cfg.alphas), "work": cfg.work_dir,
-        "scattering_config": sc.config(), "lowpass_config": lp.config(), "n_paths": sc.n_paths,
+        "alphas": list(cfg.alphas), "work": cfg.work_dir, "survey": cfg.survey,
+        "scattering_config": sc.config(), "signed_config": signed.config(), "n_signed_paths": signed.n_paths,
+        "lowpass_config": lp.config(), "n_paths": sc.n_paths, "splits": splits, "models": list(cfg.models),
+        "candidates": [m for m in CANDIDATES if m in cfg.models],
         "nside_out": sc.nside_out, "bin_width": BIN_WIDTH, "dask_workers": dask_workers,
         "dask_threads": dask_threads, "machine": machine_info(),
     }
     command = command_line(cfg)
     figure = "cmb_alpha.png"
+    survey = ", ".join(f"{k} {v:g}" for k, v in cfg.survey.items())
     plot_accuracy(os.path.join(cfg.out, figure), records,
-                  f"CMB, nside {cfg.nside} (L = {2 * cfg.nside}), N = {cfg.n_per_class}/class, {cfg.seeds} seeds")
+                  f"CMB, nside {cfg.nside} (L = {2 * cfg.nside}), N = {cfg.n_per_class}/class, {cfg.seeds} seeds"
+                  + (f"\n{survey}" if survey else ""))
     write_markdown(os.path.join(cfg.out, "cmb.md"), records, settings, timings, command, figure)
     result = {"command": command, "records": records, "summary": summarise(records), "settings": settings,
               "timings": timings}

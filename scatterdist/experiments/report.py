@@ -19,10 +19,19 @@ __all__ = ["MODELS", "PAPER", "machine_info", "summarise", "write_markdown", "pl
 
 #: model key -> (table heading, plot label)
 MODELS: dict[str, tuple[str, str]] = {
-    "scattering": ("scattering + HybridCNN", "scattering + hybrid CNN"),
+    "recommended": ("recommended (val-selected)", "recommended scattering model (chosen on validation)"),
+    "scattering": ("scattering + HybridCNN", "scattering + hybrid CNN (paper)"),
+    "scattering_signed": ("signed scattering + HybridCNN", "signed scattering + hybrid CNN"),
+    "signed_invariants": ("signed-path invariants (logistic)", "means of the signed paths, logistic"),
+    "scattering_invariants": ("all invariants, signed transform (logistic)", "means of all signed-transform paths, logistic"),
+    "modulus_invariants": ("modulus invariants (logistic)", "means of the paper's (modulus) paths, logistic"),
     "lowpass": ("low-res HybridCNN", "low-resolution CNN (raw map at nside_out)"),
     "power_spectrum": ("power spectrum (logistic)", "power-spectrum classifier"),
+    "pixel_moments": ("pixel moments (logistic)", "pixel skewness + kurtosis"),
+    "wavelet_moments": ("wavelet moments (logistic)", "wavelet skewness + kurtosis per scale"),
 }
+#: the specialist's baselines (the recommended model is compared with the best of them).
+BASELINE_MODELS = ("power_spectrum", "pixel_moments", "wavelet_moments")
 #: accuracies (%) reported by McEwen, Wallis & Mavor-Parker (ICLR 2022) at L = 1024.
 PAPER = {"scattering": 95.3, "lowpass": 53.1}
 #: the issue's rule for choosing alpha: the low-resolution CNN must stay at or below this accuracy.
@@ -72,6 +81,8 @@ def _pct(mean: float, se: float) -> str:
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "not recorded (computed before step timings were kept)"
+    if isinstance(s, str):
+        return s
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
@@ -111,11 +122,9 @@ def write_markdown(
         low = by.get((a, "lowpass"))
         ok = "-" if low is None else ("yes" if low["mean"] <= LOWRES_CEILING else "no")
         lines.append(f"| {a:g} | " + " | ".join(cells) + f" | {ok} |")
-    lines += [
-        f"| paper (L = 1024) | {PAPER['scattering']}% | {PAPER['lowpass']}% | - | - |"
-        if models[:2] == ["scattering", "lowpass"] else "",
-        "",
-    ]
+    paper = [f"{PAPER[m]}%" if m in PAPER else "-" for m in models]
+    lines += [f"| paper (L = 1024) | " + " | ".join(paper) + " | - |", ""]
+    lines += _findings(by, alphas)
     eligible = [a for a in alphas if (a, "lowpass") in by and by[(a, "lowpass")]["mean"] <= LOWRES_CEILING]
     if eligible and (eligible[0], "scattering") in by:
         best = max(eligible, key=lambda a: by[(a, "scattering")]["mean"])
@@ -130,11 +139,26 @@ def write_markdown(
         ]
     if figure:
         lines += [f"![accuracy vs alpha]({figure})", ""]
-    lines += ["## Per seed", "", "| alpha | seed | model | accuracy | test skies | train/eval time |", "|---|---|---|---|---|---|"]
+    lines += _split_section(settings.get("splits", {}))
+    lines += [
+        "## Per seed",
+        "",
+        "`val` is the accuracy on the validation split (used to choose the recommended model); "
+        "`predicted 0/1` counts the test skies the model assigned to each class (a collapsed model "
+        "predicts one class only).",
+        "",
+        "| alpha | seed | model | test accuracy | val accuracy | test skies | predicted 0/1 | train/eval time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(records, key=lambda r: (r["alpha"], r["seed"], list(MODELS).index(r["model"]))):
+        pred = r.get("predicted") or {}
+        name = MODELS[r["model"]][0] + (f" = {MODELS[r['choice']][0]}" if r.get("choice") else "")
+        val = r.get("val_accuracy")
         lines.append(
-            f"| {r['alpha']:g} | {r['seed']} | {MODELS[r['model']][0]} | {100 * r['accuracy']:.1f}% | "
-            f"{r['n_test']} | {_fmt_seconds(r['seconds'])} |"
+            f"| {r['alpha']:g} | {r['seed']} | {name} | {100 * r['accuracy']:.1f}% | "
+            f"{'-' if val is None or val != val else f'{100 * val:.1f}%'} | {r['n_test']} | "
+            f"{pred.get('0', '-')}/{pred.get('1', '-')} | "
+            f"{'-' if r.get('choice') else _fmt_seconds(r['seconds'])} |"
         )
     machine = settings.get("machine", {})
     lines += [
@@ -144,13 +168,24 @@ def write_markdown(
         f"- skies: `SimulationSpec(kind=\"mixed\", nside={settings['nside']}, n={2 * settings['n_per_class']}, "
         f"seed=SEED, alpha=ALPHA)`, generated inside the Dask tasks from their seeds "
         f"(Gaussian LCDM skies vs local quadratic non-Gaussian skies with the same expected C_l)",
+        f"- survey conditions: {settings.get('survey') or 'none (clean full skies)'}",
         f"- scattering: `{settings['scattering_config']}` ({settings['n_paths']} paths at nside_out "
-        f"{settings['nside_out']}); low-resolution baseline: `{settings['lowpass_config']}`",
+        f"{settings['nside_out']}); signed option: `{settings.get('signed_config')}` "
+        f"({settings.get('n_signed_paths')} paths: adds ((f*Psi_j)|f*Psi_j|)*Phi per scale); "
+        f"low-resolution baseline: `{settings['lowpass_config']}`",
+        f"- recommended model: per (alpha, seed), the candidate among "
+        f"{', '.join(MODELS[m][0] for m in settings.get('candidates', []))} with the best validation accuracy "
+        "(ties: the first listed); its test accuracy is reported",
         f"- trainer: HybridCNN, epochs {settings['epochs']}, batch size {settings['batch_size']}, lr "
         f"{settings['lr']}, hidden {settings['hidden']}, layers {settings['layers']}, "
-        f"{settings['ranks']} rank(s); split val {settings['val_fraction']}, test {settings['test_fraction']} (by map id hash)",
-        f"- power spectrum: log C_l in bins of {settings['bin_width']} multipoles from l = 2 to 2*nside-1, "
-        "L2 logistic regression fitted on the train split",
+        f"{settings['ranks']} rank(s); split val {settings['val_fraction']}, test {settings['test_fraction']} "
+        "(stratified per class, maps ranked by the hash of their id: `scatterdist.train.data.split_of`)",
+        f"- power spectrum: log C_l in bins of {settings['bin_width']} multipoles from l = 2 to 2*nside-1; "
+        "pixel moments: skewness and excess kurtosis of the map; wavelet moments: skewness and excess kurtosis "
+        "of every wavelet scale f*Psi_j (the scattering wavelets, each on its own grid); invariants: "
+        "spherical means of the signed paths only (signed-path), of every path of the signed transform (all), "
+        "or of the paper's modulus paths only (modulus), read from the signed store. All: L2 logistic "
+        "regression (standardised features, penalty 1) fitted on the train split",
         f"- Dask: {settings['dask_workers']} worker process(es) x {settings['dask_threads']} thread(s)",
         "",
         "## Wall time",
@@ -175,14 +210,58 @@ def write_markdown(
         fh.write("\n".join(lines))
 
 
+def _findings(by: dict, alphas: list[float]) -> list[str]:
+    """Recommended model against the best baseline at every alpha; where each first reaches 95%."""
+    if not any((a, "recommended") in by for a in alphas):
+        return []
+    lines = ["## Recommended model against the best baseline", "",
+             "| alpha | recommended | best baseline | difference | verdict |", "|---|---|---|---|---|"]
+    for a in alphas:
+        rec = by.get((a, "recommended"))
+        base = [by[(a, m)] for m in BASELINE_MODELS if (a, m) in by]
+        if rec is None or not base:
+            continue
+        best = max(base, key=lambda r: r["mean"])
+        diff = rec["mean"] - best["mean"]
+        se = math.sqrt(np.nan_to_num(rec["se"]) ** 2 + np.nan_to_num(best["se"]) ** 2)
+        verdict = ("above" if diff > se else "at (within 1 SE)" if diff >= -se else "below")
+        lines.append(f"| {a:g} | {_pct(rec['mean'], rec['se'])} | {MODELS[best['model']][0]}: "
+                     f"{_pct(best['mean'], best['se'])} | {100 * diff:+.1f} (1 SE: {100 * se:.1f}) | {verdict} |")
+
+    def first_95(models: Sequence[str]) -> str:
+        for a in alphas:
+            if any((a, m) in by and by[(a, m)]["mean"] >= 0.95 for m in models):
+                return f"{a:g}"
+        return f"not reached (alpha <= {alphas[-1]:g})"
+
+    lines += ["", f"Smallest swept alpha with mean test accuracy >= 95%: recommended model "
+              f"{first_95(['recommended'])}; best baseline {first_95(BASELINE_MODELS)}.", ""]
+    return lines
+
+
+def _split_section(splits: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """Table of the maps of each class in each split, per (alpha, seed)."""
+    if not splits:
+        return []
+    lines = ["## Class counts per split", "",
+             "Maps of class 0 (Gaussian) / class 1 (non-Gaussian) in each split (stratified per class).", "",
+             "| cell | train | val | test |", "|---|---|---|---|"]
+    for cell, counts in splits.items():
+        cells = [f"{c.get('0', 0)}/{c.get('1', 0)}" for c in (counts.get(s, {}) for s in ("train", "val", "test"))]
+        lines.append(f"| {cell} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def plot_accuracy(path: str | os.PathLike, records: Sequence[dict[str, Any]], title: str) -> None:
-    """Accuracy vs alpha (error bars: SE over seeds) for the three models; chance and paper lines."""
+    """Accuracy vs alpha (error bars: SE over seeds) for every model; chance and paper lines."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     rows = summarise(records)
-    fig = Figure(figsize=(6.4, 5.0), layout="constrained")
+    fig = Figure(figsize=(7.2, 6.4), layout="constrained")
     ax = fig.subplots()
-    markers = {"scattering": "o", "lowpass": "s", "power_spectrum": "^"}
+    markers = {"recommended": "*", "scattering": "o", "scattering_signed": "P", "signed_invariants": "X",
+               "scattering_invariants": "h", "modulus_invariants": "x",
+               "lowpass": "s", "power_spectrum": "^", "pixel_moments": "v", "wavelet_moments": "D"}
     for model, (_, label) in MODELS.items():
         rs = [r for r in rows if r["model"] == model]
         if not rs:
@@ -190,10 +269,11 @@ def plot_accuracy(path: str | os.PathLike, records: Sequence[dict[str, Any]], ti
         x = np.array([r["alpha"] for r in rs])
         y = 100 * np.array([r["mean"] for r in rs])
         e = 100 * np.nan_to_num(np.array([r["se"] for r in rs]))
-        ax.errorbar(x, y, yerr=e, marker=markers[model], capsize=3, label=label)
+        ax.errorbar(x, y, yerr=e, marker=markers[model], capsize=3, label=label,
+                    lw=2.2 if model == "recommended" else 1.2, ms=9 if model == "recommended" else 5)
     ax.axhline(50, color="0.6", ls=":", lw=1, label="chance")
-    ax.axhline(PAPER["scattering"], color="C0", ls="--", lw=0.8, alpha=0.6, label=f"paper, scattering ({PAPER['scattering']}%)")
-    ax.axhline(PAPER["lowpass"], color="C1", ls="--", lw=0.8, alpha=0.6, label=f"paper, low-res CNN ({PAPER['lowpass']}%)")
+    ax.axhline(PAPER["scattering"], color="0.3", ls="--", lw=0.8, alpha=0.6, label=f"paper, scattering, L = 1024 ({PAPER['scattering']}%)")
+    ax.axhline(PAPER["lowpass"], color="0.5", ls="-.", lw=0.8, alpha=0.6, label=f"paper, low-res CNN, L = 1024 ({PAPER['lowpass']}%)")
     alphas = sorted({r["alpha"] for r in rows})
     if alphas and alphas[0] > 0 and alphas[-1] / alphas[0] >= 5:
         ax.set_xscale("log")
