@@ -174,3 +174,17 @@ def test_signed_and_power_paths_are_normalised_too(red_maps):
     power = [i for i, p in enumerate(sc.paths[base.shape[1]:]) if getattr(p, "kind", "") == "power"]
     assert np.all(np.abs(ratio[:, power] - 1) < 0.15)
     assert apodize(w, 2.0).sum() > 0
+
+
+@pytest.mark.parametrize("kw", [dict(depth=0), dict(depth=3), dict(oversample=2), dict(lam=3.0, J0=2)])
+def test_other_configurations_with_a_mask(red_maps, kw):
+    maps, _ = red_maps
+    sc = Scattering(32, **kw)
+    w = galactic_cut(32, 20)
+    out, cov = sc(maps[:2], mask=w, return_coverage=True)
+    full = sc(maps[:2])
+    assert out.shape == full.shape == cov.shape
+    np.testing.assert_array_equal(np.isnan(out), cov < sc.min_coverage)
+    ok = cov >= 0.9
+    assert ok.any(axis=(0, 2)).all()  # every path keeps some pixels
+    assert np.median(np.abs(out - full)[ok] / np.abs(full)[ok]) < 0.1

@@ -160,7 +160,7 @@ class _Entry:
 
     def __init__(self, raw: np.ndarray, geo: MaskGeometry, backend: Backend, depth: int) -> None:
         self.raw, self.geo = raw, geo
-        fill = {p: t for p, t in geo.through.items() if len(p) < depth and not isinstance(p, KindPath)}
+        fill = {p: t for p, t in geo.through.items() if (len(p) == 0 or len(p) < depth) and not isinstance(p, KindPath)}
         self.through = {p: backend.from_numpy(t[None]) for p, t in fill.items()}
         self.rest = {p: backend.from_numpy(1.0 - t[None]) for p, t in fill.items()}
         self.total = {p: float(t.sum()) for p, t in fill.items()}
