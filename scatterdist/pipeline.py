@@ -47,9 +47,9 @@ from scatterdist import store as zstore
 from scatterdist.catalog import BadMapError, Catalog, MapRef, load_maps
 from scatterdist.feed import BatchFeeder, DeviceStager, split_batches
 
-__all__ = ["ScatterSummary", "ShardResult", "ShardTask", "TaskResult", "scatter",
+__all__ = ["ScatterSummary", "ShardResult", "ShardTask", "TaskResult", "DataOptions", "scatter",
            "default_shard_size", "default_batch_size", "run_shard", "run_shards",
-           "resolve_device", "worker_devices", "DEVICES"]
+           "resolve_device", "worker_devices", "check_data_options", "DEVICES"]
 
 #: Maps per transform call on the numpy backend (bounds worker memory).
 TRANSFORM_BATCH = 8
@@ -247,62 +247,119 @@ def _free_device_memory(device: Any) -> None:
 
 
 @dataclass
+class DataOptions:
+    """What every task loads and how (the data settings of a store).
+
+    ``fields``: field names (``("I",)``, ``("I", "E", "B")``; None: the legacy single-field
+    schema without a ``field`` dimension); ``mask``: path of the global mask (read once per
+    worker); ``min_fsky``: smallest usable sky fraction of a map; ``shared_coverage``: the
+    ``(P, N)`` coverage of a store whose maps all share one mask (computed once by the client),
+    None for a per-map coverage store or a full-sky one.
+    """
+
+    fields: tuple[str, ...] | None = ("I",)
+    mask: str | None = None
+    min_fsky: float = 0.01
+    shared_coverage: np.ndarray | None = None
+
+
+@dataclass
 class _Loaded:
-    """A loaded batch: per item the map or its BadMapError, and the good maps staged."""
+    """A loaded batch: per item its BadMapError or None, the good items (the ``n_full`` full-sky
+    maps first, then the masked ones), their maps staged ``(G * F, npix)``, masks ``(G, npix)``
+    (None: all full sky; rows of full-sky maps are ignored) and sky fractions ``(G,)``."""
 
     results: list[Any]
     good: list[int]
     staged: Any
+    masks: np.ndarray | None
+    sky: np.ndarray | None
+    n_full: int = 0
+
+
+def _accepts_mask(sc: Any) -> bool:
+    import inspect
+
+    try:
+        return "mask" in inspect.signature(sc.__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
 
 
 class _Transformer:
-    """Transforms staged batches; splits a batch that runs out of device memory, and redoes a
-    batch map by map when the transform refuses one of its maps (only the culprit fails)."""
+    """Transforms staged batches of maps with ``F`` fields each (rows ``i*F .. i*F+F-1`` are
+    map ``i``): masked maps through ``sc(x, mask=..., return_coverage=True)``, full-sky batches
+    through ``sc(x)`` exactly as before masks existed. Splits a batch that runs out of device
+    memory, and redoes a batch map by map when the transform refuses one of its maps (only the
+    culprit fails)."""
 
-    def __init__(self, sc: Any, device: Any) -> None:
-        self.sc, self.device = sc, device
+    def __init__(self, sc: Any, device: Any, n_fields: int) -> None:
+        self.sc, self.device, self.F = sc, device, n_fields
+        self.key = getattr(sc, "_scatterdist_key", "")
 
-    def __call__(self, x: Any) -> tuple[np.ndarray | None, list[str]]:
-        """``x (B, npix)`` -> (coefficients ``(B, P, N)`` float32 or None where all failed, per-row errors)."""
-        n = len(x)
-        out = np.full((n, self.sc.n_paths, self.sc.npix_out), np.nan, dtype=np.float32)
-        errors = [""] * n
-        self._run(x, 0, out, errors)
-        return out, errors
+    def __call__(self, x: Any, masks: np.ndarray | None,
+                 n_full: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``x (G*F, npix)``, ``masks (G, npix) | None`` -> coefficients ``(G, F, P, N)`` float32,
+        coverage ``(G, P, N)`` float32 (1 for full-sky maps) and per-map errors. The first
+        ``n_full`` maps are full sky: they take the unmasked path (their numbers never depend
+        on which maps share their batch)."""
+        g = len(x) // self.F
+        P, N = self.sc.n_paths, self.sc.npix_out
+        out = np.full((g, self.F, P, N), np.nan, dtype=np.float32)
+        cov = np.full((g, P, N), np.nan, dtype=np.float32)
+        errors = [""] * g
+        n_full = g if masks is None else n_full
+        if n_full:
+            self._run(x, None, 0, n_full, out, cov, errors)
+        if n_full < g:
+            self._run(x, masks, n_full, g, out, cov, errors)
+        return out, cov, errors
 
-    def _run(self, x: Any, offset: int, out: np.ndarray, errors: list[str]) -> None:
-        n = len(x)
-        key = getattr(self.sc, "_scatterdist_key", "")
-        limit = _BATCH_LIMIT.get(key)
+    def _call(self, x: Any, masks: np.ndarray | None, a: int, b: int,
+              out: np.ndarray, cov: np.ndarray) -> None:
+        F = self.F
+        rows = x[a * F : b * F]
+        if masks is None:
+            out[a:b] = _to_numpy(self.sc(rows)).reshape(b - a, F, *out.shape[2:])
+            cov[a:b] = 1.0
+            return
+        m = np.repeat(masks[a:b], F, axis=0) if F > 1 else masks[a:b]
+        got, c = self.sc(rows, mask=m, return_coverage=True)
+        out[a:b] = _to_numpy(got).reshape(b - a, F, *out.shape[2:])
+        cov[a:b] = _to_numpy(c).reshape(b - a, F, *cov.shape[1:])[:, 0]
+
+    def _run(self, x: Any, masks: np.ndarray | None, a: int, b: int, out: np.ndarray,
+             cov: np.ndarray, errors: list[str]) -> None:
+        n = b - a
+        limit = _BATCH_LIMIT.get(self.key)
         if limit is not None and n > limit:
-            for a in range(0, n, limit):
-                self._run(x[a : a + limit], offset + a, out, errors)
+            for s in range(a, b, limit):
+                self._run(x, masks, s, min(b, s + limit), out, cov, errors)
             return
         try:
-            out[offset : offset + n] = _to_numpy(self.sc(x))
-        except ValueError:
+            self._call(x, masks, a, b, out, cov)
+        except ValueError as exc:
             # A map the loader accepted but the transform refuses (InvalidMapError is a
-            # ValueError): redo map by map so only the culprit fails.
+            # ValueError, e.g. a map whose sky is entirely masked): map by map, only it fails.
             if n == 1:
-                try:
-                    out[offset] = _to_numpy(self.sc(x))
-                except ValueError as exc:
-                    errors[offset] = f"{type(exc).__name__}: {exc}"
+                errors[a] = f"{type(exc).__name__}: {exc}"
+                out[a] = np.nan
+                cov[a] = np.nan
                 return
-            for i in range(n):
-                self._run(x[i : i + 1], offset + i, out, errors)
+            for i in range(a, b):
+                self._run(x, masks, i, i + 1, out, cov, errors)
         except RuntimeError as exc:
             if not _is_oom(exc):
                 raise
             _free_device_memory(self.device)
             if n == 1:
-                errors[offset] = (f"out of device memory for one map on {self.device}: "
-                                  "use a larger GPU or --device cpu")
+                errors[a] = (f"out of device memory for one map on {self.device}: "
+                             "use a larger GPU or --device cpu")
                 return
             half = (n + 1) // 2
-            _BATCH_LIMIT[key] = min(_BATCH_LIMIT.get(key, n), half)
-            self._run(x[:half], offset, out, errors)
-            self._run(x[half:], offset + half, out, errors)
+            _BATCH_LIMIT[self.key] = min(_BATCH_LIMIT.get(self.key, n), half)
+            self._run(x, masks, a, a + half, out, cov, errors)
+            self._run(x, masks, a + half, b, out, cov, errors)
 
 
 def run_shards(
@@ -311,17 +368,24 @@ def run_shards(
     config: dict[str, Any],
     batch_size: int | None = None,
     prefetch: int = PREFETCH,
+    data: DataOptions | None = None,
 ) -> TaskResult:
     """Task body: load + transform the maps of ``shards`` in device batches, write each shard whole.
 
     Batches of ``batch_size`` maps (default :func:`default_batch_size` of the worker's
     device) span shards; ``prefetch`` batches are loaded ahead in threads while the device
-    works; each shard is written (data, then status) by a writer thread as soon as its last
-    map is transformed. A shard whose todo maps are already ok in the store (written by an
-    earlier attempt of this task whose worker died) is not recomputed. Per-map problems
-    become status -1 with a message.
+    works; each shard is written (coefficients ``(k, F, P, N)``, coverage, sky fractions, then
+    status) by a writer thread as soon as its last map is transformed. ``data``: fields, global
+    mask and ``min_fsky`` (:class:`DataOptions`; default field I, no mask); a map's own mask
+    (UNSEEN/NaN pixels, HealSparse coverage) is combined with the global one by the loader and
+    handed to the transform. A shard whose todo maps are already ok in the store (written by an
+    earlier attempt of this task whose worker died) is not recomputed. Per-map problems become
+    status -1 with a message.
     """
+    from scatterdist.catalog import stack_maps
+
     t_task = time.perf_counter()
+    data = data or DataOptions()
     sc = _scattering(config)
     device = _device(sc)
     dev_name = str(device) if device is not None else "cpu"
@@ -329,14 +393,20 @@ def run_shards(
     key = getattr(sc, "_scatterdist_key", "")
     if key in _BATCH_LIMIT:
         bsize = min(bsize, _BATCH_LIMIT[key])
+    legacy = data.fields is None and data.mask is None
+    F = 1 if legacy else len(data.fields)
     P, N = sc.n_paths, sc.npix_out
+    lay = zstore.layout(store_path)
+    per_map = lay.per_map_coverage
+    masked_ok = _accepts_mask(sc)
     status_now = zstore.read_status(store_path)
     results: list[ShardResult | None] = [None] * len(shards)
     coeffs: list[np.ndarray] = []
+    coverage: list[np.ndarray] = []
+    sky: list[np.ndarray] = []
     status: list[np.ndarray] = []
     errors: list[list[str]] = []
     remaining: list[int] = []
-    t_shard = [t_task] * len(shards)
     items: list[tuple[int, int]] = []  # (position of the shard in `shards`, map index in it)
     for s, task in enumerate(shards):
         k = len(task.refs)
@@ -346,7 +416,9 @@ def run_shards(
             # Written by an earlier attempt of this task (its worker died afterwards).
             results[s] = ShardResult(task.shard, len(todo), 0, k - len(todo), [], 0.0, os.getpid())
             todo = []
-        coeffs.append(np.full((k, P, N), np.nan, dtype=np.float32))
+        coeffs.append(np.full((k, F, P, N), np.nan, dtype=np.float32))
+        coverage.append(np.full((k, P, N), np.nan, dtype=np.float32))
+        sky.append(np.full(k, np.nan, dtype=np.float32))
         status.append(np.full(k, zstore.STATUS_FAILED, dtype=np.int8))
         errors.append([""] * k)
         remaining.append(len(todo))
@@ -354,33 +426,69 @@ def run_shards(
             continue
         keep = [i for i in range(k) if not task.recompute[i]]
         if keep:
-            old = zstore.read_rows(store_path, task.start, task.start + k)
-            coeffs[s][keep] = old[keep]
+            old = zstore.read_shard(store_path, task.shard)
+            coeffs[s][keep] = old.coefficients[keep]
+            if old.coverage is not None and per_map:
+                coverage[s][keep] = old.coverage[keep]
+            elif old.coverage is None:
+                coverage[s][keep] = 1.0
+            if old.sky_fraction is not None:
+                sky[s][keep] = old.sky_fraction[keep]
             status[s][keep] = zstore.STATUS_OK
         items.extend((s, i) for i in todo)
 
     stager = DeviceStager(device, getattr(sc.backend, "dtype", None) if device is not None else None)
 
     def load(batch: Sequence[tuple[int, int]]) -> _Loaded:
-        loaded = load_maps([shards[s].refs[i] for s, i in batch], sc.nside)
+        refs = [shards[s].refs[i] for s, i in batch]
+        if legacy:
+            loaded = load_maps(refs, sc.nside)
+        else:
+            loaded = load_maps(refs, sc.nside, fields=data.fields, mask=data.mask,
+                               min_fsky=data.min_fsky, apodize=getattr(sc, "apodize", None))
+            if not masked_ok:
+                loaded = [BadMapError(f"{refs[j].where}: the {type(sc).__name__} transform takes no "
+                                      "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
+                          if not isinstance(m, BadMapError) and m.mask is not None else m
+                          for j, m in enumerate(loaded)]
         good = [j for j, m in enumerate(loaded) if not isinstance(m, BadMapError)]
-        staged = stager.stage(np.stack([loaded[j] for j in good])) if good else None
-        return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], good, staged)
+        n_full = len(good)
+        if not legacy:  # full-sky maps first, then masked ones (two transform calls)
+            full = [j for j in good if loaded[j].mask is None]
+            n_full = len(full)
+            good = full + [j for j in good if loaded[j].mask is not None]
+        staged = masks = frac = None
+        if good:
+            if legacy:
+                x = np.stack([loaded[j] for j in good])
+            else:
+                x, masks, frac = stack_maps([loaded[j] for j in good])
+                x = x.reshape(len(good) * F, x.shape[-1])
+            staged = stager.stage(x)
+        return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], good, staged,
+                       masks, frac, n_full)
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scatterdist-write")
     writes = []
 
     def write(s: int) -> None:
         task = shards[s]
-        zstore.write_shard(store_path, task.shard, coeffs[s], status[s], errors[s])
+        t0 = time.perf_counter()
+        if legacy:
+            zstore.write_shard(store_path, task.shard, coeffs[s][:, 0], status[s], errors[s])
+        else:
+            cov = coverage[s] if per_map else data.shared_coverage
+            zstore.write_shard(store_path, task.shard, coeffs[s], status[s], errors[s],
+                               coverage=cov, sky_fraction=sky[s])
         todo = [i for i in range(len(task.refs)) if task.recompute[i]]
         failures = [(task.ids[i], errors[s][i]) for i in todo if status[s][i] != zstore.STATUS_OK]
         n_ok = sum(1 for i in todo if status[s][i] == zstore.STATUS_OK)
         results[s] = ShardResult(task.shard, n_ok, len(failures), len(task.refs) - len(todo),
-                                 failures, time.perf_counter() - t_shard[s], os.getpid())
+                                 failures, time.perf_counter() - t0, os.getpid())
 
-    transform = _Transformer(sc, device)
+    transform = _Transformer(sc, device, F)
     batches = split_batches(items, bsize)
+    timings: list[tuple[int, int, float, float, float, float]] = []
     try:
         with BatchFeeder(batches, load, prefetch=prefetch) as feeder:
             for index, batch, got in feeder:
@@ -390,13 +498,16 @@ def run_shards(
                         errors[s][i] = str(err)
                 t0 = time.perf_counter()
                 if got.good:
-                    out, errs = transform(stager.ready(got.staged))
+                    out, cov, errs = transform(stager.ready(got.staged), got.masks, got.n_full)
                     for row, j in enumerate(got.good):
                         s, i = batch[j]
+                        if got.sky is not None:
+                            sky[s][i] = got.sky[row]
                         if errs[row]:
                             errors[s][i] = errs[row]
                         else:
                             coeffs[s][i] = out[row]
+                            coverage[s][i] = cov[row]
                             status[s][i] = zstore.STATUS_OK
                 feeder.transformed(index, t0, time.perf_counter())
                 for s, _ in batch:
@@ -422,9 +533,11 @@ def run_shard(
     refs: Sequence[MapRef],
     config: dict[str, Any],
     recompute: Sequence[bool],
+    data: DataOptions | None = None,
 ) -> ShardResult:
     """One shard as a task (:func:`run_shards` with a single shard)."""
-    return run_shards(store_path, [ShardTask(shard, start, ids, refs, recompute)], config).shards[0]
+    return run_shards(store_path, [ShardTask(shard, start, ids, refs, recompute)], config,
+                      data=data).shards[0]
 
 
 # ---------------------------------------------------------------------- client side
@@ -487,6 +600,9 @@ def scatter(
     batch_size: int | None = None,
     shards_per_task: int | None = None,
     prefetch: int = PREFETCH,
+    fields: Sequence[str] | str | None = ("I",),
+    mask: str | os.PathLike | None = None,
+    min_fsky: float | None = None,
 ) -> ScatterSummary:
     """Scatter every map of ``catalog`` into the Zarr store ``store`` with Dask.
 
@@ -503,6 +619,15 @@ def scatter(
     (default :func:`default_batch_size`); ``shards_per_task``: shards one task owns (default
     1 on numpy, enough for 4 device batches on torch); ``prefetch``: batches loaded ahead.
     ``progress``: None draws a bar only on a terminal, True always, False never.
+    ``fields``: what is scattered from each input (``("I",)`` default; ``"I,E,B"``: E and B
+    from Q, U by the spin-2 transform); coefficients are stored ``(map, field, path, pixel)``.
+    ``mask``: a global mask file (FITS 0/1 or weights, any nside; HealSparse) applied to every
+    map on top of its own mask (UNSEEN/NaN pixels, HealSparse coverage); ``min_fsky``: maps
+    whose usable sky fraction is below it fail (default
+    :data:`scatterdist.sphere.mask.DEFAULT_MIN_FSKY`). A global mask that cannot be used
+    (unreadable, values outside [0, 1], an nside that cannot be brought over, a sky fraction
+    below ``min_fsky``) raises :class:`scatterdist.sphere.mask.MaskError` before anything is
+    written. ``fields=None`` with no mask writes the legacy schema without a ``field`` dimension.
     Resuming with another config is refused (:class:`scatterdist.store.StoreConfigError`);
     a store locked by a live writer too.
     """
@@ -529,13 +654,20 @@ def scatter(
     if catalog.nside is not None and catalog.nside != sc.nside:
         raise ValueError(f"the inputs are at nside {catalog.nside} but the transform is at nside "
                          f"{sc.nside}: pass nside={catalog.nside}")
+    data = check_data_options(sc.nside, fields, mask, min_fsky)
     with zstore.StoreLock(store):
         if shard_size is None and os.path.exists(store) and not overwrite:
             shard_size = zstore.layout(store).shard_size
         if shard_size is None:
             shard_size = default_shard_size(len(catalog))
-        zstore.create(store, catalog, sc, shard_size, overwrite=overwrite)
+        if data.fields is None and data.mask is None:
+            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite)
+        else:
+            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=data.fields,
+                          mask=data.mask, min_fsky=data.min_fsky)
         lay = zstore.layout(store)
+        if lay.coverage_layout == "shared" and data.fields is not None:
+            data.shared_coverage = _shared_coverage(catalog, sc, data)
         status = zstore.read_status(store)
         plan = _plan(status, lay, retry_failed)
         n_todo = sum(sum(mask) for _, mask in plan)
@@ -565,7 +697,7 @@ def scatter(
             items = next(pending, None)
             if items is None:
                 return False
-            fut = client.submit(run_shards, store, tasks_of(items), config, batch_size, prefetch,
+            fut = client.submit(run_shards, store, tasks_of(items), config, batch_size, prefetch, data,
                                 key=f"scatter-shards-{lay.config_hash}-{items[0][0]}-{os.getpid()}-{time.time_ns()}",
                                 retries=retries, pure=False, resources=resources)
             futures[fut] = items
@@ -612,6 +744,49 @@ def scatter(
         done = summary.ok + summary.failed
         summary.maps_per_s = done / summary.seconds if summary.seconds > 0 else 0.0
         return summary
+
+
+def check_data_options(nside: int, fields: Sequence[str] | str | None = ("I",),
+                       mask: str | os.PathLike | None = None,
+                       min_fsky: float | None = None) -> DataOptions:
+    """Check the data settings on the client: a bad field name raises
+    :class:`scatterdist.catalog.CatalogError`; a global mask that cannot be used at ``nside``
+    (unreadable, values outside [0, 1], an nside that cannot be brought over, a sky fraction
+    below ``min_fsky``) raises :class:`scatterdist.sphere.mask.MaskError`: it would fail every
+    map, so the run is refused."""
+    from scatterdist.catalog import check_fields, read_global_mask
+    from scatterdist.sphere.mask import DEFAULT_MIN_FSKY, MaskError, sky_fraction
+
+    min_fsky = DEFAULT_MIN_FSKY if min_fsky is None else float(min_fsky)
+    if not 0.0 <= min_fsky <= 1.0:
+        raise ValueError(f"min_fsky (--min-fsky) must lie in [0, 1], got {min_fsky}")
+    if fields is None and mask is None:
+        return DataOptions(None, None, min_fsky)
+    names = check_fields(("I",) if fields is None else fields)
+    path = None
+    if mask is not None:
+        path = os.path.abspath(os.fspath(mask))
+        weights = read_global_mask(path, nside)  # MaskError for a mask that cannot be used
+        fsky = float(sky_fraction(weights))
+        if fsky < min_fsky:
+            raise MaskError(f"mask {path} leaves a sky fraction of {fsky:.4g} at nside {nside}, "
+                            f"below --min-fsky {min_fsky:g}: every map would fail; check the mask "
+                            "(1 = observed, 0 = masked) or lower --min-fsky")
+    return DataOptions(names, path, min_fsky)
+
+
+def _shared_coverage(catalog: Catalog, sc: Any, data: DataOptions) -> np.ndarray | None:
+    """The ``(P, N)`` coverage every map of a shared-layout store has (all its maps carry the
+    same mask: the global one times one simulation mask), from the first map's mask; None
+    when that map is full sky. NaN when the first map cannot be loaded (then none can) or the
+    transform takes no mask."""
+    [first] = load_maps([catalog.refs[0]], sc.nside, fields=data.fields, mask=data.mask,
+                        min_fsky=data.min_fsky, apodize=getattr(sc, "apodize", None))
+    if isinstance(first, BadMapError) or not hasattr(sc, "coverage"):
+        return np.full((sc.n_paths, sc.npix_out), np.nan, dtype=np.float32)
+    if first.mask is None:
+        return None
+    return np.asarray(_to_numpy(sc.coverage(first.mask)), dtype=np.float32)
 
 
 def _mark_shards_failed(store: str, lay: zstore.StoreLayout, items: list[tuple[int, list[bool]]],

@@ -59,14 +59,14 @@ def _maps_store(path: Path, n: int, nside: int, seed: int) -> np.ndarray:
 def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("gsmall")
     maps = _maps_store(d / "maps.zarr", 24, 32, seed=3)
-    return d / "maps.zarr", maps, Scattering(nside=32)(maps)
+    return d / "maps.zarr", maps, Scattering(nside=32)(maps)[:, None]  # (map, field I, path, pixel)
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     d = tmp_path_factory.mktemp("gbig")
     maps = _maps_store(d / "maps.zarr", 48, 64, seed=4)
-    return d / "maps.zarr", maps, Scattering(nside=64)(maps)
+    return d / "maps.zarr", maps, Scattering(nside=64)(maps)[:, None]
 
 
 def _torch_config(nside: int, device: str = "auto") -> dict:
@@ -75,7 +75,7 @@ def _torch_config(nside: int, device: str = "auto") -> dict:
 
 def _close(got: np.ndarray, expected: np.ndarray) -> None:
     """torch float32 against the float64 numpy transform (a misplaced row is off by O(1))."""
-    assert np.isfinite(got).all()
+    assert np.isfinite(got).all() and got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()  # float32 scattering contract
 
 
@@ -313,5 +313,5 @@ def test_gpu_worker_pipeline_matches_the_bare_transform(small, tmp_path: Path):
                           shard_size=2, batch_size=4, progress=False)
     assert summary.ok == 24 and set(summary.devices) == {"cuda"}
     bare = Scattering(nside=32, backend="torch", device="cuda")(torch.as_tensor(maps, dtype=torch.float32))
-    np.testing.assert_allclose(zstore.read_rows(tmp_path / "g.zarr", 0, 24), bare.cpu().numpy(),
+    np.testing.assert_allclose(zstore.read_rows(tmp_path / "g.zarr", 0, 24)[:, 0], bare.cpu().numpy(),
                                rtol=1e-5, atol=1e-6 * float(bare.abs().max()))

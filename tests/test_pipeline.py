@@ -48,7 +48,7 @@ def _maps_and_direct(tmp_path_factory, name: str, n: int, nside: int, seed: int)
     d = tmp_path_factory.mktemp(name)
     maps = _maps_store(d / "maps.zarr", n, nside, seed=seed)
     sc = Scattering(nside=nside)
-    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)
+    return d / "maps.zarr", maps, sc, sc(maps).astype(np.float32)[:, None]  # (map, field I, path, pixel)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_end_to_end_bitwise_resume_and_refusals(client: Client, small, tmp_path:
     ds = zstore.open_coefficients(out)
     assert ds.coefficients.chunks[0] == (4,) * 6 + (1,)
     wmap = hp.read_map(str(WMAP), dtype=np.float64)
-    direct = np.concatenate([expected, sc(wmap)[None].astype(np.float32)])
+    direct = np.concatenate([expected, sc(wmap)[None, None].astype(np.float32)])
     np.testing.assert_array_equal(ds.coefficients.values, direct)  # bitwise
     assert (ds.status.values == 1).all() and (ds.error.values == "").all()
     assert ds.label.values.tolist() == [i % 2 for i in range(24)] + [-1]
@@ -209,9 +209,9 @@ def bad_inputs(tmp_path: Path):
     hp.write_map(str(unseen), np.full(12 * 32**2, hp.UNSEEN), dtype=np.float64)
     inputs = [goods[0], truncated, goods[1], text, tmp_path / "missing.fits", WMAP, wrong, nan,
               goods[2], unseen, WMAP_MASKED]
+    # NaN and UNSEEN pixels are masked, not fatal: "nan" and the masked WMAP map scatter.
     reasons = {"truncated": "truncated FITS file", "notes": "unreadable FITS", "missing": "missing file",
-               "nside16": "nside 16", "nan": "NaN", "unseen": "all-UNSEEN",
-               WMAP_MASKED.name[:-5]: "partial-sky"}
+               "nside16": "nside 16", "unseen": "entirely masked"}
     return inputs, reasons
 
 
@@ -222,7 +222,7 @@ def test_bad_inputs_fail_alone_and_retry_failed(client: Client, bad_inputs, tmp_
                 "--cluster", client.scheduler.address, "--no-progress")
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 1, stderr
-    assert "7 failed map(s)" in stdout
+    assert "5 failed map(s)" in stdout
     for map_id, words in reasons.items():
         line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(map_id + " "))
         assert words in line, line
@@ -233,10 +233,19 @@ def test_bad_inputs_fail_alone_and_retry_failed(client: Client, bad_inputs, tmp_
         if map_id in reasons:
             assert ds.status.values[i] == -1 and reasons[map_id] in ds.error.values[i]
             assert np.isnan(ds.coefficients.values[i]).all()
+            assert np.isnan(ds.sky_fraction.values[i])
         else:
             assert ds.status.values[i] == 1 and ds.error.values[i] == ""
             m = hp.read_map(str(inputs[i]), dtype=np.float64)
-            np.testing.assert_array_equal(ds.coefficients.values[i], sc(m).astype(np.float32))
+            if map_id in ("nan", WMAP_MASKED.name[:-5]):  # masked by the transform itself
+                bad = ~np.isfinite(m) | (m == hp.UNSEEN)
+                assert ds.sky_fraction.values[i] == np.float32(1 - bad.mean()) < 1
+                np.testing.assert_allclose(ds.coefficients.values[i], sc(m)[None].astype(np.float32),
+                                           rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(sc(m))))
+                assert np.isnan(ds.coefficients.values[i]).any() == (map_id != "nan")
+            else:
+                assert ds.sky_fraction.values[i] == 1
+                np.testing.assert_array_equal(ds.coefficients.values[i], sc(m).astype(np.float32)[None])
     # `scatterdist info` reports the counts.
     assert cli_main(["info", str(out)]) == 0
 
@@ -247,10 +256,10 @@ def test_bad_inputs_fail_alone_and_retry_failed(client: Client, bad_inputs, tmp_
     fixed = np.random.default_rng(8).standard_normal(12 * 32**2)
     hp.write_map(str(inputs[4]), fixed, dtype=np.float64)  # the missing file appears
     summary = scatter(cat, out, sc.config(), client=client, progress=False, retry_failed=True)
-    assert (summary.ok, summary.failed, summary.shards_computed) == (1, 6, 4)  # shards 0-3
+    assert (summary.ok, summary.failed, summary.shards_computed) == (1, 4, 4)  # shards 0-3
     assert {f[0] for f in summary.failures} == set(reasons) - {"missing"}
     after = zstore.read_rows(out, 0, len(ids))
-    np.testing.assert_array_equal(after[4], sc(fixed).astype(np.float32))
+    np.testing.assert_array_equal(after[4], sc(fixed).astype(np.float32)[None])
     ok_before = zstore.read_status(out) == 1
     np.testing.assert_array_equal(after[ok_before & (np.arange(len(ids)) != 4)],
                                   before[ok_before & (np.arange(len(ids)) != 4)])
@@ -289,7 +298,7 @@ def test_simulation_spec_run(client: Client, tmp_path: Path) -> None:
     ds = zstore.open_coefficients(tmp_path / "s.zarr")
     spec = parse_sim_spec(text)
     maps = np.stack([spec.generate(i) for i in range(6)])
-    np.testing.assert_array_equal(ds.coefficients.values, sc(maps).astype(np.float32))
+    np.testing.assert_array_equal(ds.coefficients.values, sc(maps).astype(np.float32)[:, None])
     assert ds.label.values.tolist() == np.asarray(spec.labels()).tolist()
 
 

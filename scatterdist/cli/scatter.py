@@ -47,6 +47,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="torch backend: auto (default: the worker's GPU when torch sees one, else its "
                         "CPU; on every cluster kind), cuda (refused unless every worker sees a GPU), cpu")
+    from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, DEFAULT_MIN_COVERAGE, DEFAULT_MIN_FSKY
+
+    d = p.add_argument_group("cut sky and fields")
+    d.add_argument("--fields", default="I", metavar="I,Q,U,E,B",
+                   help="what is scattered from each input, any subset in any order (default I): "
+                        "I, Q, U are FITS fields 0, 1, 2; E and B are made from Q and U by the "
+                        "spin-2 transform. Stored as coefficients (map, field, path, pixel)")
+    d.add_argument("--mask", default=None, metavar="PATH",
+                   help="a mask for every map (FITS 0/1 or weights in [0, 1], any nside, or "
+                        "HealSparse), multiplied with each map's own mask (its UNSEEN/NaN pixels, "
+                        "HealSparse coverage); a mask that cannot be used refuses the run")
+    d.add_argument("--min-fsky", type=float, default=DEFAULT_MIN_FSKY, metavar="F",
+                   help=f"maps whose usable sky fraction is below F fail (default {DEFAULT_MIN_FSKY})")
+    d.add_argument("--apodize", type=float, default=DEFAULT_APODIZE_DEG, metavar="DEG",
+                   help="cosine apodisation of masks inside their edge, in degrees "
+                        f"(default {DEFAULT_APODIZE_DEG}; 0: none)")
+    d.add_argument("--min-coverage", type=float, default=DEFAULT_MIN_COVERAGE, metavar="C",
+                   help="output pixels of a path whose coverage (what the mask lets through to "
+                        f"them) is below C are NaN (default {DEFAULT_MIN_COVERAGE})")
     add_cluster_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--shard-size", type=int, default=None, metavar="K",
@@ -71,12 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Print a scatter store's configuration and status counts.")
     q.add_argument("store", metavar="STORE")
     q.add_argument("--failures", action="store_true", help="list every failed map")
+    q.add_argument("--coverage", action="store_true",
+                   help="list the covered fraction of every path (default: the least covered 3)")
     q.set_defaults(func=run_info)
 
 
 def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
     config: dict[str, Any] = {"nside": nside, "lam": args.lam, "depth": args.depth,
-                              "oversample": args.oversample, "analysis": args.analysis}
+                              "oversample": args.oversample, "analysis": args.analysis,
+                              "apodize": args.apodize, "min_coverage": args.min_coverage}
     if args.L is not None:
         config["L"] = args.L
     if args.J0 is not None:
@@ -144,14 +166,15 @@ def run_scatter(args: argparse.Namespace) -> int:
     from scatterdist import store as zstore
     from scatterdist.catalog import Catalog, CatalogError
     from scatterdist.cluster import ClusterError, client_from_args
-    from scatterdist.pipeline import scatter
+    from scatterdist.pipeline import check_data_options, scatter
 
     try:
         catalog = Catalog.from_inputs(args.inputs, labels_csv=args.labels)
         nside = args.nside if args.nside is not None else catalog.infer_nside()
         config = _config(args, nside)
-    except (CatalogError, ValueError) as exc:
-        print(f"scatterdist scatter: error: {exc}", file=sys.stderr)
+        check_data_options(nside, args.fields, args.mask, args.min_fsky)
+    except (CatalogError, ValueError) as exc:  # MaskError is a ValueError
+        print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
@@ -162,7 +185,8 @@ def run_scatter(args: argparse.Namespace) -> int:
                               shard_size=args.shard_size, retries=args.retries,
                               retry_failed=args.retry_failed, progress=args.progress,
                               overwrite=args.overwrite, resources=resources,
-                              batch_size=args.gpu_batch, prefetch=args.prefetch)
+                              batch_size=args.gpu_batch, prefetch=args.prefetch,
+                              fields=args.fields, mask=args.mask, min_fsky=args.min_fsky)
     except (zstore.StoreError, ClusterError, ValueError) as exc:
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -183,6 +207,28 @@ def run_scatter(args: argparse.Namespace) -> int:
     return EXIT_FAILED_MAPS
 
 
+def _print_sky(summary: dict[str, Any], all_paths: bool = False) -> None:
+    """The fields / mask / sky fraction / coverage lines of ``scatterdist info``."""
+    print("fields     " + ", ".join(summary["fields"]))
+    print(f"mask       {summary['mask'] or 'none (each map: its own UNSEEN/NaN pixels or coverage)'}")
+    sky = summary["sky_fraction"]
+    if sky is None:
+        print("sky        full sky (store without masks)" if not summary["coverage_layout"]
+              else "sky        no map done yet")
+    else:
+        print(f"sky        fraction min {sky['min']:.3f}, median {sky['median']:.3f}, max {sky['max']:.3f} "
+              f"over {sky['n']} map(s)")
+    cov = summary["coverage"]
+    if cov is not None:
+        per_path = sorted(cov["per_path"].items(), key=lambda kv: (np.nan_to_num(kv[1], nan=-1.0), kv[0]))
+        shown = per_path if all_paths else per_path[:3]
+        print(f"coverage   {summary['coverage_layout']}: mean {cov['mean']:.3f}; {100 * cov['covered']:.1f}% "
+              f"of output pixels have coverage >= {cov['min_coverage']:g} (the rest are NaN)")
+        print(("           per path: " if all_paths else "           least covered: ")
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shown)
+              + ("" if all_paths else " (--coverage lists every path)"))
+
+
 def run_info(args: argparse.Namespace) -> int:
     """Handler of ``scatterdist info``."""
     from scatterdist import store as zstore
@@ -198,8 +244,10 @@ def run_info(args: argparse.Namespace) -> int:
     config = json.loads(attrs.get("scattering_config", "{}"))
     print("config     " + ", ".join(f"{k}={v}" for k, v in config.items()))
     print(f"hash       {attrs.get('config_hash')}")
-    print(f"shape      map={ds.sizes['map']} path={ds.sizes['path']} pixel={ds.sizes['pixel']} "
+    fields = f"field={ds.sizes['field']} " if "field" in ds.sizes else ""
+    print(f"shape      map={ds.sizes['map']} {fields}path={ds.sizes['path']} pixel={ds.sizes['pixel']} "
           f"(nside_out {attrs.get('nside_out')}), shard size {attrs.get('shard_size')}")
+    _print_sky(zstore.mask_summary(args.store), args.coverage)
     print("paths      " + ", ".join(str(p) for p in ds["path"].values))
     status = ds["status"].values
     counts = {name: int((status == code).sum()) for name, code in
