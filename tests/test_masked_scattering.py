@@ -49,6 +49,7 @@ def test_full_sky_is_exactly_the_old_path(red_maps):
     out, cov = sc(maps, return_coverage=True)
     np.testing.assert_array_equal(out, full)
     assert cov.shape == full.shape and np.all(cov == 1)
+    assert np.all(sc.coverage(np.ones(sc.npix)) == 1)
     np.testing.assert_array_equal(sc.invariants(maps, mask=np.ones((4, sc.npix))), sc.invariants(maps))
 
 

@@ -256,7 +256,8 @@ class Scattering:
         (after apodisation by ``apodize`` degrees), in [0, 1]."""
         w = check_mask(mask, self.npix)
         rows = w.reshape(-1, self.npix)
-        cov = np.stack([self._geometry.get(r).geo.coverage for r in rows])
+        ones = np.ones((self.n_paths, self.npix_out))  # full sky: exactly 1, as sc(maps) reports it
+        cov = np.stack([ones if bool((r == 1.0).all()) else self._geometry.get(r).geo.coverage for r in rows])
         return cov[0] if w.ndim == 1 else cov
 
     def invariants(self, maps: Any, mask: Any = None) -> Any:
