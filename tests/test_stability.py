@@ -58,9 +58,11 @@ def test_order_one_is_five_times_more_stable_than_the_map():
 
 
 def test_stability_command_prints_table_plot_and_json(tmp_path, capsys):
-    png, js = tmp_path / "stab.png", tmp_path / "stab.json"
+    png, js, md = tmp_path / "stab.png", tmp_path / "stab.json", tmp_path / "stab.md"
     assert main(["stability", "--nside", "32", "--amplitudes", "0.5", "1", "--maps", "1", "--signed",
-                 "--plot", str(png), "--json", str(js), "--threads", "1"]) == 0
+                 "--plot", str(png), "--json", str(js), "--markdown", str(md), "--threads", "1"]) == 0
+    page = md.read_text()
+    assert "| 0.5 |" in page and "| 1 |" in page and "scattering order 1 signed" in page and "stab.png" in page
     out = capsys.readouterr().out
     assert "S order 1 signed" in out and "map change / order-1 change: at least" in out
     assert png.stat().st_size > 10_000
