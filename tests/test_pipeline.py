@@ -314,3 +314,137 @@ def test_cluster_specs_are_checked() -> None:
         with pytest.raises(ClusterError, match="dask-cuda"):
             with connect("cuda"):
                 pass
+
+
+# ---------------------------------------------------------------------- cut sky and fields (issue 12)
+
+WMAP_V = DATA / "wmap_band_iqumap_r9_7yr_V_v4_udgraded32.fits"
+WMAP_MASK = DATA / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
+
+
+@pytest.fixture()
+def survey_inputs(tmp_path: Path):
+    """Real WMAP IQU maps (full sky and masked) and bad polarisation/cut-sky inputs."""
+    rng = np.random.default_rng(11)
+    npix = 12 * 32**2
+    tonly = tmp_path / "tonly.fits"
+    hp.write_map(str(tonly), rng.standard_normal(npix), dtype=np.float64)
+    unseen = tmp_path / "allmasked.fits"
+    hp.write_map(str(unseen), [np.full(npix, hp.UNSEEN)] * 3, dtype=np.float64)
+    tiny = tmp_path / "tiny.fits"
+    m = rng.standard_normal(npix)
+    m[40:] = hp.UNSEEN  # 40 of 12288 pixels: sky fraction 0.003 < 0.01
+    hp.write_map(str(tiny), [m, m, m], dtype=np.float64)
+    return [WMAP, WMAP_MASKED, tonly, WMAP_V, unseen, tiny]
+
+
+def test_fields_and_masks_through_the_cli(client: Client, survey_inputs, tmp_path: Path) -> None:
+    out = tmp_path / "eb.zarr"
+    proc = _cli("scatter", *map(str, survey_inputs), "--output", str(out), "--fields", "I,E,B",
+                "--shard-size", "2", "--cluster", client.scheduler.address, "--no-progress")
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr  # some maps failed, the others finished
+    reasons = {"tonly": "field(s) E, B need(s) Stokes Q and U", "allmasked": "entirely masked",
+               "tiny": "below min_fsky 0.01"}
+    assert "3 failed map(s)" in stdout
+    for map_id, words in reasons.items():
+        line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(map_id + " "))
+        assert words in line, line
+    ds = zstore.open_coefficients(out)
+    assert ds.coefficients.dims == ("map", "field", "path", "pixel")
+    assert ds["field"].values.tolist() == ["I", "E", "B"]
+    ids = ds["map"].values.tolist()
+    status = dict(zip(ids, ds.status.values))
+    assert [i for i in ids if status[i] == 1] == [WMAP.name[:-5], WMAP_MASKED.name[:-5], WMAP_V.name[:-5]]
+    sc = Scattering(nside=32)
+    row = {i: k for k, i in enumerate(ids)}
+    full, cut = row[WMAP.name[:-5]], row[WMAP_MASKED.name[:-5]]
+    coeffs, cov, fsky = ds.coefficients.values, ds.coverage.values, ds.sky_fraction.values
+    assert ds.coverage.dims == ("map", "path", "pixel")  # FITS inputs: masks may differ per map
+    assert fsky[full] == 1 and np.isfinite(coeffs[full]).all() and (cov[full] == 1).all()
+    raw = hp.read_map(str(WMAP_MASKED), dtype=np.float64)
+    assert fsky[cut] == np.float32((raw != hp.UNSEEN).mean()) and 0.5 < fsky[cut] < 0.9
+    low = cov[cut] < sc.min_coverage  # NaN exactly where a path's coverage is too low, in every field
+    assert low.any() and (~low).any()
+    assert np.isnan(coeffs[cut][:, low]).all() and np.isfinite(coeffs[cut][:, ~low]).all()
+    for name in reasons:
+        assert np.isnan(coeffs[row[name]]).all() and np.isnan(fsky[row[name]])
+    # The same masked map with random values in its masked pixels plus the mask file: identical.
+    filled = hp.read_map(str(WMAP_MASKED), field=None, dtype=np.float64)
+    hole = filled[0] == hp.UNSEEN
+    filled[:, hole] = np.random.default_rng(5).standard_normal((3, int(hole.sum())))
+    hp.write_map(str(tmp_path / "filled.fits"), filled, dtype=np.float64)
+    hp.write_map(str(tmp_path / "holes.fits"), (~hole).astype(np.float64), dtype=np.float64)
+    summary = scatter(Catalog.from_inputs([str(tmp_path / "filled.fits")]), tmp_path / "filled.zarr",
+                      sc.config(), client=client, progress=False, fields="I,E,B",
+                      mask=tmp_path / "holes.fits")
+    assert (summary.ok, summary.failed) == (1, 0)
+    np.testing.assert_array_equal(zstore.read_rows(tmp_path / "filled.zarr", 0, 1)[0], coeffs[cut])
+    # info: fields, sky fraction and coverage summary
+    info = subprocess.run([sys.executable, "-m", "scatterdist", "info", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert "fields     I, E, B" in info.stdout
+    assert f"sky        fraction min {fsky[cut]:.3f}, median" in info.stdout and "over 3 map(s)" in info.stdout
+    assert "of output pixels have coverage >= 0.7" in info.stdout
+
+
+def test_corrupt_healsparse_fails_alone(client: Client, tmp_path: Path) -> None:
+    corrupt = tmp_path / "survey.hsp"
+    corrupt.write_bytes(b"SIMPLE  =  not a HealSparse file" * 40)
+    out = tmp_path / "h.zarr"
+    proc = _cli("scatter", str(WMAP), str(corrupt), "--output", str(out),
+                "--cluster", client.scheduler.address, "--no-progress")
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr
+    line = next(ln for ln in stdout.splitlines() if ln.strip().startswith("survey "))
+    assert "corrupt or unreadable HealSparse file" in line
+    ds = zstore.open_coefficients(out)
+    assert ds.status.values.tolist() == [1, -1]
+
+
+def test_bad_global_mask_refuses_the_run(tmp_path: Path, capsys) -> None:
+    npix = 12 * 32**2
+    bad = {"outside": np.linspace(-0.5, 1.5, npix),              # weights outside [0, 1]
+           "nside48": np.ones(12 * 48**2),                       # not a power-of-two nside
+           "empty": np.zeros(npix)}                              # every map would fail min_fsky
+    words = {"outside": "has values in [-0.5, 1.5]", "nside48": "48", "empty": "below --min-fsky"}
+    for name, values in bad.items():
+        path = tmp_path / f"{name}.fits"
+        hp.write_map(str(path), values, dtype=np.float64) if name != "nside48" else \
+            _write_raw_map(path, values)
+        out = tmp_path / f"{name}.zarr"
+        # The real command in this process: the refusal comes before any cluster starts.
+        code = cli_main(["scatter", str(WMAP), "--output", str(out), "--mask", str(path), "--no-progress"])
+        stderr = capsys.readouterr().err
+        assert code == 2, (name, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("scatterdist scatter: refused:"), (name, lines)
+        assert words[name] in lines[0] and str(path) in lines[0], (name, lines[0])
+        assert not out.exists()
+
+
+def _write_raw_map(path: Path, values: np.ndarray) -> None:
+    """A FITS binary table with a map column of a size healpy writes only for valid nsides."""
+    from astropy.io import fits
+
+    fits.BinTableHDU.from_columns([fits.Column(name="MASK", format="D", array=values)]).writeto(path)
+
+
+def test_global_mask_on_simulations_shares_one_coverage(client: Client, tmp_path: Path) -> None:
+    from scatterdist.sphere.mask import read_mask
+
+    out = tmp_path / "m.zarr"
+    text = "sim:kind=mixed,n=4,nside=32,seed=2,alpha=1.0"
+    sc = Scattering(nside=32)
+    summary = scatter(Catalog.from_inputs([text]), out, sc.config(), client=client, shard_size=2,
+                      progress=False, mask=WMAP_MASK)
+    assert (summary.ok, summary.failed) == (4, 0)
+    ds = zstore.open_coefficients(out)
+    assert ds.coverage.dims == ("path", "pixel") and ds.attrs["mask"] == str(WMAP_MASK)
+    mask = read_mask(str(WMAP_MASK), 32)
+    np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ds.sky_fraction.values, mask.mean(), rtol=1e-6)
+    maps = np.stack([parse_sim_spec(text).generate(i) for i in range(4)])
+    np.testing.assert_allclose(ds.coefficients.values[:, 0], sc(maps, mask=mask).astype(np.float32),
+                               rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(ds.coefficients.values)))
