@@ -27,30 +27,40 @@ from data. For a stationary signal ``g`` filtered by a wavelet ``Psi`` with kern
 
 ``K_j^2`` is the wavelet's squared real-space profile (an axisymmetric, positive kernel;
 its multipliers come from healpy's ``bl2beam``/``beam2bl``). This is a soft erosion of
-the mask by each wavelet's support: wide wavelets erode more.
+the mask by each wavelet's support: the wider the wavelet, the wider the transition.
 
-Before each wavelet, the signal that it filters is **filled** outside its valid region
-with its mean, so that it has no step at the edge (points 2 and 3):
+Before each wavelet, the signal that it filters is **filled** outside its valid region,
+so that it has no step at the edge (points 2 and 3):
 
-    x_p  ->  x_p + (1 - s_p) * mu_p,      mu_p = sum(x_p) / sum(s_p)   (per map)
+    x_p  ->  x_p + (1 - s_p) * m_p
 
 where ``x_()`` is ``w_a f`` and ``x_(p, j) = |Psi_j * filled x_p|`` the modulus map on its
-grid. Since ``x_p ~ s_p g_p``, the filled map is ``mu_p + s_p (g_p - mu_p)``: a constant
-(which every wavelet annihilates) plus a tapered zero-mean fluctuation, exactly the
-situation of order 1, which the through-masks describe.
+grid. For modulus maps ``m_p = mu_p = sum(x_p) / sum(s_p)``, the global mean (per map).
+Since ``x_p ~ s_p g_p``, the filled map is ``mu_p + s_p (g_p - mu_p)``: a constant (which
+every wavelet annihilates) plus a tapered zero-mean fluctuation, exactly the situation of
+order 1, which the through-masks describe. For the input, ``m_()`` is the *local* mean by a
+normalised smoothing at the output scale, ``(Phi * x + P mu) / (Phi * w_a + P)`` with
+``P = LOCAL_MEAN_PRIOR = 0.3`` (the global mean takes over where little data is near):
+small holes are filled with the large-scale field around them instead of a constant, which
+the wide wavelets would see as structure. Against the global mean everywhere
+(``scripts/masked_bias.py`` with and without ``--global-fill``, figures in
+``docs/cut-sky.md``) this lowers the biases, most for masks with holes. A local mean for
+the modulus maps as well, and other through-mask powers (``(K^2 * s^q)^(1/q)``, q = 1,
+1.5, 3, 4), measured worse on the same skies.
 
 Each output is a **normalised convolution** (point 1): with ``X_p = Phi * (filled x_p)``
 the smoothed output map and the path's **coverage** ``c_p = Phi * s_p`` (in [0, 1]: the
 fraction of what the path's filters reach that is data),
 
-    S_p = (X_p - mu_p (1 - c_p)) / c_p    (= Phi * x_p / Phi * s_p)
+    S_p = (X_p - Phi * ((1 - s_p) m_p)) / c_p    (= Phi * x_p / Phi * s_p)
 
 and ``S_p`` is NaN wherever ``c_p < min_coverage``. Invariants average covered pixels.
 
 Only the maps (not the masks) go through the backend: mask geometry (apodisation,
 through-masks, coverage) is computed once per distinct mask in numpy/ducc0 and cached;
-the data path adds an O(npix) fill per signal and an O(npix_out) normalisation, and is
-written once for both backends (operations common to numpy arrays and torch tensors).
+the data path adds an O(npix) fill per signal, two SHTs at the output bandlimit L0 for the
+input's local mean, and an O(npix_out) normalisation, and is written once for both backends
+(operations common to numpy arrays and torch tensors).
 
 Measured (``python scripts/masked_bias.py``, see ``docs/cut-sky.md``): bias of the
 invariants and per-pixel differences against the full-sky transform for a Galactic cut
@@ -72,6 +82,10 @@ from scatterdist.sphere.mask import apodize as apodize_mask
 
 #: Masks whose geometry a transform keeps cached between calls.
 GEOMETRY_CACHE_SIZE = 4
+#: Weight of the global mean in the input's local-mean fill, in units of full coverage:
+#: ``loc = (Phi * x + PRIOR mu) / (Phi * s + PRIOR)``. None: the global mean (for comparisons,
+#: ``scripts/masked_bias.py --global-fill``).
+LOCAL_MEAN_PRIOR: float | None = 0.3
 
 
 def squared_kernel_multipliers(kernel: np.ndarray, lmax: int) -> np.ndarray:
@@ -143,6 +157,9 @@ class MaskGeometry:
             cov[idx] = synthesis(a, bank.nside_out, L0 - 1, nthreads=nthreads)
         self.coverage = np.clip(cov, 0.0, 1.0)
         self.paths = paths
+        # Phi * w_a on the input grid (clipped at 0), for the input's local-mean fill.
+        a = analysis(through[()], L0 - 1, nthreads=nthreads) * eta
+        self.input_smooth = np.maximum(synthesis(a, npix_to_nside(apodized.size), L0 - 1, nthreads=nthreads), 0.0)
 
 
 def squared_kernels(bank: FilterBank) -> dict[int, np.ndarray]:
@@ -165,6 +182,8 @@ class _Entry:
         self.rest = {p: backend.from_numpy(1.0 - t[None]) for p, t in fill.items()}
         self.total = {p: float(t.sum()) for p, t in fill.items()}
         self.coverage = backend.from_numpy(geo.coverage)
+        self.input_pos = backend.from_numpy((geo.input_smooth > 0).astype(np.float64)[None])
+        self.input_den = backend.from_numpy(geo.input_smooth[None] + (LOCAL_MEAN_PRIOR or 0.0))
 
 
 def _quick_key(row: np.ndarray) -> tuple[float, bytes]:
@@ -179,6 +198,7 @@ class GeometryCache:
         self.bank, self.backend, self.paths = bank, backend, paths
         self.apodize, self.nthreads, self.size = apodize, nthreads, size
         self._items: OrderedDict[tuple[float, bytes], list[_Entry]] = OrderedDict()
+        self.eta = backend.from_numpy(bank.scaling_alm_kernel())
         self._squared: dict[int, np.ndarray] | None = None
 
     def get(self, mask_row: np.ndarray) -> _Entry:
@@ -208,9 +228,11 @@ class MaskedCall:
     filled signal's mean ``(B,)`` during the transform.
     """
 
-    def __init__(self, backend: Backend, paths: list[tuple[int, ...]], entries: list[_Entry], rows: np.ndarray, bad_index: np.ndarray | None) -> None:
+    def __init__(self, backend: Backend, bank: FilterBank, eta: Array, paths: list[tuple[int, ...]],
+                 entries: list[_Entry], rows: np.ndarray, bad_index: np.ndarray | None) -> None:
         be = self.backend = backend
         self.paths = paths
+        self.L0, self.nside_out, self.eta = bank.L0, bank.nside_out, eta
         self.B = int(rows.size)
         self.geometries = [e.geo for e in entries]
         sel = be.from_numpy(rows.astype(np.int64))
@@ -219,14 +241,23 @@ class MaskedCall:
             self.through, self.rest = e.through, e.rest
             self.total = {p: be.from_numpy(np.full(1, t)) for p, t in e.total.items()}
             self.coverage = e.coverage[None][sel]
+            self.input_pos, self.input_den = e.input_pos, e.input_den
         else:
             keys = list(entries[0].through)
             self.through = {p: be.concatenate([e.through[p] for e in entries], axis=0)[sel] for p in keys}
             self.rest = {p: be.concatenate([e.rest[p] for e in entries], axis=0)[sel] for p in keys}
             self.total = {p: be.from_numpy(np.array([e.total[p] for e in entries]))[sel] for p in keys}
             self.coverage = be.stack([e.coverage for e in entries], axis=0)[sel]
+            self.input_pos = be.concatenate([e.input_pos for e in entries], axis=0)[sel]
+            self.input_den = be.concatenate([e.input_den for e in entries], axis=0)[sel]
         self.bad_index = None if bad_index is None else be.from_numpy(bad_index.astype(np.int64))
         self.mu: dict[tuple[int, ...], Array] = {}
+        self.input_fill: Array | None = None
+
+    def _smooth(self, x: Array, nside: int) -> Array:
+        """``Phi * x`` of maps ``(B, npix)``, synthesised at ``nside`` (bandlimit L0: cheap)."""
+        be = self.backend
+        return be.synthesis(be.analysis(x, self.L0 - 1) * self.eta, nside, self.L0 - 1)
 
     def _fill(self, path: tuple[int, ...], x: Array) -> None:
         """``x += (1 - s_p) mu_p`` in place (x is a temporary of the transform)."""
@@ -235,11 +266,21 @@ class MaskedCall:
         x += self.rest[path] * mu[:, None]
 
     def fill_input(self, maps: Array) -> Array:
-        """``w_a f + (1 - w_a) mu`` for maps ``(B, npix)``; masked pixels' values never enter."""
+        """``w_a f + (1 - w_a) loc`` for maps ``(B, npix)``, ``loc`` the local mean of ``w_a f`` by a
+        normalised smoothing at the output scale, blended with the global mean where little data
+        is near (``LOCAL_MEAN_PRIOR``). Masked pixels' values never enter."""
         x = maps * self.through[()]  # a new array: safe to write into
         if self.bad_index is not None:  # UNSEEN * 0 is 0, but NaN * 0 is NaN
             x.reshape(-1)[self.bad_index] = 0.0
-        self._fill((), x)
+        if LOCAL_MEAN_PRIOR is None:
+            self._fill((), x)
+            return x
+        mu = x.sum(-1) / self.total[()]
+        nside = npix_to_nside(x.shape[-1])
+        loc = (self._smooth(x, nside) * self.input_pos + LOCAL_MEAN_PRIOR * mu[:, None]) / self.input_den
+        fill = self.rest[()] * loc
+        x += fill
+        self.input_fill = self._smooth(fill, self.nside_out)  # what the fill adds to S0
         return x
 
     def fill_modulus(self, children: list[tuple[int, ...]], u: Array, depth: int) -> Array:
@@ -258,7 +299,9 @@ class MaskedCall:
         cols = []
         for i, p in enumerate(self.paths):
             x = out[:, i]
-            if p in self.mu:
+            if len(p) == 0 and self.input_fill is not None:
+                x = x - self.input_fill
+            elif p in self.mu:
                 x = x - self.mu[p][:, None] * (1.0 - cov[:, i])
             cols.append(x)
         res = self.backend.stack(cols, axis=1)
@@ -294,7 +337,7 @@ def masked_call(cache: GeometryCache, weights: np.ndarray, bad: np.ndarray | Non
                 f"map {b} is entirely masked (no pixel with weight > 0 after {cache.apodize:g} deg apodisation); "
                 "nothing to transform", index=b)
     bad_index = None if bad is None or not bad.any() else np.flatnonzero(bad.reshape(-1))
-    return MaskedCall(cache.backend, cache.paths, entries, rows, bad_index)
+    return MaskedCall(cache.backend, cache.bank, cache.eta, cache.paths, entries, rows, bad_index)
 
 
 def masked_bias(
