@@ -58,16 +58,21 @@ def _du(path: str) -> int:
     return total
 
 
+def _load(ref, nside: int) -> np.ndarray:
+    """One full-sky map (field I) as the pipeline's loader reads it."""
+    [m] = load_maps([ref], nside, fields=("I",))
+    return m.data[0]
+
+
 def _transform_one(ref, config):
     """Alternative design, step 1: one map -> its coefficients (returned to the cluster)."""
     sc = pipeline._scattering(config)
-    [m] = load_maps([ref], sc.nside)
-    return np.asarray(sc(m), dtype=np.float32)
+    return np.asarray(sc(_load(ref, sc.nside)), dtype=np.float32)
 
 
 def _write_one_shard(path, shard, *coeffs):
     """Alternative design, step 2: a writer task per shard gathers and writes it."""
-    zstore.write_shard(path, shard, np.stack(coeffs), np.ones(len(coeffs), np.int8), [""] * len(coeffs))
+    zstore.write_shard(path, shard, np.stack(coeffs)[:, None], np.ones(len(coeffs), np.int8), [""] * len(coeffs))
     return len(coeffs)
 
 
@@ -77,7 +82,7 @@ def bench_loop(cat: Catalog, config: dict, outdir: str) -> float:
     os.makedirs(outdir, exist_ok=True)
     t0 = time.perf_counter()
     for i, ref in enumerate(cat.refs):
-        [m] = load_maps([ref], sc.nside)
+        m = _load(ref, sc.nside)
         np.save(os.path.join(outdir, f"{i:06d}.npy"), sc(m).astype(np.float32))
     return len(cat) / (time.perf_counter() - t0)
 
@@ -90,7 +95,7 @@ def _loop_part(args: tuple) -> float:
     refs = cat.refs[part::2]
     t0 = time.perf_counter()
     for i, ref in enumerate(refs):
-        [m] = load_maps([ref], sc.nside)
+        m = _load(ref, sc.nside)
         np.save(os.path.join(outdir, f"p{part}-{i:06d}.npy"), sc(m).astype(np.float32))
     return time.perf_counter() - t0
 
@@ -136,7 +141,7 @@ def bench_writer_design(cat: Catalog, config: dict, path: str, workers: int, sha
     try:
         client.run(pipeline._scattering, config)
         shutil.rmtree(path, ignore_errors=True)
-        zstore.create(path, cat, Scattering(**config), shard_size)
+        zstore.create(path, cat, Scattering(**config), shard_size, fields=("I",))
         lay = zstore.layout(path)
         t0 = time.perf_counter()
         writes = []
