@@ -49,7 +49,8 @@ from scatterdist.feed import BatchFeeder, DeviceStager, split_batches
 
 __all__ = ["ScatterSummary", "ShardResult", "ShardTask", "TaskResult", "DataOptions", "scatter",
            "default_shard_size", "default_batch_size", "run_shard", "run_shards",
-           "resolve_device", "worker_devices", "check_data_options", "DEVICES"]
+           "resolve_device", "worker_devices", "plan_gpus", "spread_gpus", "check_data_options",
+           "DEVICES"]
 
 #: Maps per transform call on the numpy backend (bounds worker memory).
 TRANSFORM_BATCH = 8
@@ -165,12 +166,57 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     if torch.cuda.is_available():
-        return device if device.startswith("cuda") else "cuda"
+        if device.startswith("cuda:"):
+            return device
+        return f"cuda:{_WORKER_GPU}" if _WORKER_GPU is not None else "cuda"
     if device == "auto":
         return "cpu"
     raise ValueError(f"--device {device}: torch on worker pid {os.getpid()} sees no CUDA device "
                      "(CUDA_VISIBLE_DEVICES={!r}); use --device auto or cpu, or GPU workers"
                      .format(os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
+#: The GPU this worker process was given by :func:`spread_gpus` (None: ``cuda`` = its current device).
+_WORKER_GPU: int | None = None
+
+
+def _set_worker_gpu(index: int) -> int:
+    global _WORKER_GPU
+    _WORKER_GPU = int(index)
+    return os.getpid()
+
+
+def plan_gpus(infos: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Which GPU each worker should use, when several workers of one host see the same GPUs.
+
+    ``infos``: :func:`worker_devices` of every worker, keyed by worker address. Workers that
+    see several GPUs through the same ``CUDA_VISIBLE_DEVICES`` (e.g. a plain LocalCluster on a
+    4-GPU node) would all use GPU 0: they get GPUs round-robin per host. Workers whose
+    ``CUDA_VISIBLE_DEVICES`` differ (dask-cuda rotates it so that each worker's GPU 0 is its
+    own) or that see one GPU are left alone. Returns ``{address: gpu index}`` for those to move.
+    """
+    groups: dict[tuple[str, Any], list[str]] = {}
+    for addr, info in infos.items():
+        if info.get("cuda", 0) > 1:
+            host = addr.rsplit(":", 1)[0]
+            groups.setdefault((host, info.get("CUDA_VISIBLE_DEVICES")), []).append(addr)
+    plan = {}
+    for (_, _), addrs in groups.items():
+        if len(addrs) < 2:
+            continue
+        n = infos[addrs[0]]["cuda"]
+        for k, addr in enumerate(sorted(addrs)):
+            plan[addr] = k % n
+    return plan
+
+
+def spread_gpus(client: Client) -> dict[str, int]:
+    """Give each worker its own GPU where several share a host's GPUs (see :func:`plan_gpus`)."""
+    infos = client.run(worker_devices)
+    plan = plan_gpus(infos)
+    for addr, index in plan.items():
+        client.run(_set_worker_gpu, index, workers=[addr])
+    return plan
 
 
 def worker_devices() -> dict[str, Any]:
@@ -676,6 +722,8 @@ def scatter(
         if not plan:
             return summary
         ids, refs = catalog.ids, catalog.refs
+        if config.get("backend", "numpy") == "torch" and config.get("device", "auto") in ("auto", "cuda"):
+            spread_gpus(client)  # one GPU per worker where a host's workers see the same GPUs
         nthreads = client.nthreads()
         group = shards_per_task or _shards_per_task(config, batch_size, lay.shard_size,
                                                     len(plan), len(nthreads))

@@ -159,6 +159,26 @@ def test_stager_cpu_paths_and_device_auto():
         resolve_device("tpu")
 
 
+def test_workers_sharing_a_hosts_gpus_get_one_each():
+    from scatterdist.pipeline import plan_gpus
+
+    def info(n, cvd=None):
+        return {"cuda": n, "CUDA_VISIBLE_DEVICES": cvd, "names": ["GPU"] * n, "pid": 1}
+
+    # A plain LocalCluster of 6 workers on a 4-GPU host (all see the same 4 GPUs): round-robin.
+    local = {f"tcp://10.0.0.1:{4000 + k}": info(4) for k in range(6)}
+    assert sorted(plan_gpus(local).values()) == [0, 0, 1, 1, 2, 3]
+    # dask-cuda rotates CUDA_VISIBLE_DEVICES (each worker's GPU 0 is its own): left alone, as are
+    # single-GPU workers, CPU-only workers and workers alone on their host.
+    cuda = {f"tcp://10.0.0.2:{4000 + k}": info(2, ",".join(map(str, [k, 1 - k]))) for k in range(2)}
+    single = {f"tcp://10.0.0.3:{4000 + k}": info(1, str(k)) for k in range(2)}
+    alone = {"tcp://10.0.0.4:4000": info(8), "tcp://10.0.0.5:4000": info(0)}
+    assert plan_gpus({**cuda, **single, **alone}) == {}
+    # Two hosts are planned separately.
+    two = {**{f"tcp://10.0.0.6:{k}": info(2) for k in (1, 2)}, **{f"tcp://10.0.0.7:{k}": info(2) for k in (1, 2)}}
+    assert plan_gpus(two) == {"tcp://10.0.0.6:1": 0, "tcp://10.0.0.6:2": 1, "tcp://10.0.0.7:1": 0, "tcp://10.0.0.7:2": 1}
+
+
 # ---------------------------------------------------------------------- through Dask
 
 
