@@ -19,7 +19,8 @@ Cluster specifications (the ``cluster`` argument, ``--cluster`` on the command l
   generates (section ``jobqueue.local``) run as local processes instead of batch jobs; a
   dry run of the login-node workflow on one machine.
 - ``"cuda"``: ``dask_cuda.LocalCUDACluster``, one worker per GPU, every worker advertising
-  ``resources={"GPU": 1}`` (use the torch backend on ``cuda`` there).
+  ``resources={"GPU": 1}``. The torch backend (``--backend torch``, ``--device auto``) runs on
+  each worker's GPU on this and every other kind of cluster (see :mod:`scatterdist.pipeline`).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="where tasks run: local (default, loopback LocalCluster), a scheduler address "
              "tcp://HOST:PORT or tls://..., a scheduler file, slurm/pbs (dask-jobqueue, "
              "jobqueue.yaml), jobqueue-local (dask-jobqueue's job scripts as local processes), "
-             "cuda (dask-cuda, one GPU per worker)",
+             "cuda (dask-cuda, one worker per GPU). --backend torch uses each worker's GPU on any of them",
     )
     group.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes (local, cuda) or jobs (slurm, pbs)")
