@@ -219,7 +219,8 @@ def test_cli_device_flags(client: Client, small, tmp_path: Path):
         refusal = [ln for ln in cuda.stderr.splitlines() if "refused" in ln]
         assert len(refusal) == 1 and "2 of 2 worker(s) see no CUDA device" in refusal[0]
         assert not out.exists()  # refused before anything was written
-    auto = subprocess.run([*base, "--backend", "torch", "--gpu-batch", "3"], capture_output=True,
+    # No --no-progress: stderr is a pipe here, so no bar is drawn (no "scatter:   0%|" fragments).
+    auto = subprocess.run([*base[:-1], "--backend", "torch", "--gpu-batch", "3"], capture_output=True,
                           text=True, timeout=240)
     assert auto.returncode == 0, auto.stderr
     seen = "2 of 2 worker(s) see a GPU" if _cuda() else "none of 2 worker(s) sees a GPU; transforms run on CPU"
