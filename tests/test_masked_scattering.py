@@ -122,7 +122,7 @@ def test_galactic_cut_bias_bounds():
     """Issue 12 bounds (|b| > 20 deg, apodised 2 deg, nside 128, coverage >= 0.9): ensemble mean of
     the masked invariants within 3% (order 1) and 6% (order 2) of the full-sky ones, per-pixel
     median relative difference <= 5% at order 1. 12 skies here (scripts/masked_bias.py runs 32:
-    max deviations 1.1% and 2.0%, medians <= 3.5%); the simplest method (divide by the order-0
+    max deviations 0.9% and 2.0%, medians <= 3.3%); the simplest method (divide by the order-0
     output of the mask) fails the order-2 bound on the same skies."""
     nside = 128
     sc = Scattering(nside, apodize=2.0, min_coverage=0.9)
