@@ -49,7 +49,8 @@ def test_full_sky_is_exactly_the_old_path(red_maps):
     out, cov = sc(maps, return_coverage=True)
     np.testing.assert_array_equal(out, full)
     assert cov.shape == full.shape and np.all(cov == 1)
-    assert np.all(sc.coverage(np.ones(sc.npix)) == 1)
+    assert np.all(sc.coverage(np.ones(sc.npix)) == 1) and np.all(sc.coverage(None) == 1)
+    assert sc.coverage(None).shape == (sc.n_paths, sc.npix_out)
     np.testing.assert_array_equal(sc.invariants(maps, mask=np.ones((4, sc.npix))), sc.invariants(maps))
 
 

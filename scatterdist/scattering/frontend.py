@@ -251,9 +251,11 @@ class Scattering:
         return (out[0], cov[0]) if was_1d else (out, cov)
 
     def coverage(self, mask: Any) -> Any:
-        """Coverage of every path for a mask ``(npix,)`` -> ``(n_paths, npix_out)``, or ``(B, npix)``
+        """Coverage of every path for a mask ``(npix,)`` (or None: full sky) -> ``(n_paths, npix_out)``, or ``(B, npix)``
         -> ``(B, n_paths, npix_out)``: the fraction of what each path's filters reach that is data
         (after apodisation by ``apodize`` degrees), in [0, 1]."""
+        if mask is None:  # full sky
+            return np.ones((self.n_paths, self.npix_out))
         w = check_mask(mask, self.npix)
         rows = w.reshape(-1, self.npix)
         ones = np.ones((self.n_paths, self.npix_out))  # full sky: exactly 1, as sc(maps) reports it
