@@ -691,9 +691,11 @@ def scatter(
         from scatterdist.cluster import connect
 
         with connect("local") as own:
-            return scatter(catalog, store, config, own, shard_size, retries, retry_failed,
-                           progress, overwrite, window, resources, batch_size, shards_per_task,
-                           prefetch)
+            return scatter(catalog, store, config, own, shard_size=shard_size, retries=retries,
+                           retry_failed=retry_failed, progress=progress, overwrite=overwrite,
+                           window=window, resources=resources, batch_size=batch_size,
+                           shards_per_task=shards_per_task, prefetch=prefetch, fields=fields,
+                           mask=mask, min_fsky=min_fsky)
     _check_device(config)
     sc = build_transform(_client_config(config))
     if catalog.nside is not None and catalog.nside != sc.nside:
@@ -711,15 +713,15 @@ def scatter(
             zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=data.fields,
                           mask=data.mask, min_fsky=data.min_fsky)
         lay = zstore.layout(store)
-        if lay.coverage_layout == "shared" and data.fields is not None:
-            data.shared_coverage = _shared_coverage(catalog, sc, data)
         status = zstore.read_status(store)
         plan = _plan(status, lay, retry_failed)
-        n_todo = sum(sum(mask) for _, mask in plan)
+        n_todo = sum(sum(todo) for _, todo in plan)
         summary = ScatterSummary(skipped=len(catalog) - n_todo, shards_computed=len(plan),
                                  shards_skipped=lay.n_shards - len(plan), store=store)
         if not plan:
             return summary
+        if lay.coverage_layout == "shared" and data.fields is not None:
+            data.shared_coverage = _shared_coverage(catalog, sc, data)
         ids, refs = catalog.ids, catalog.refs
         if config.get("backend", "numpy") == "torch" and config.get("device", "auto") in ("auto", "cuda"):
             spread_gpus(client)  # one GPU per worker where a host's workers see the same GPUs
