@@ -779,7 +779,7 @@ def _load_one(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarra
 def load_maps(
     refs: Sequence[MapRef],
     nside: int,
-    fields: Sequence[str] | str | None = None,
+    fields: Sequence[str] | str | None = ("I",),
     mask: str | os.PathLike | np.ndarray | None = None,
     *,
     min_fsky: float = DEFAULT_MIN_FSKY,
@@ -796,9 +796,9 @@ def load_maps(
     Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
     store are read in one call.
 
-    Legacy form (transition, while callers move over): with ``fields=None`` and ``mask=None``
-    the result is a float64 ``(npix,)`` array or a :class:`BadMapError` per map, and NaN or
-    UNSEEN pixels are errors, exactly as before masks existed.
+    Legacy form (for stores made before fields existed): with an explicit ``fields=None`` and
+    ``mask=None`` the result is a float64 ``(npix,)`` array or a :class:`BadMapError` per map,
+    and NaN or UNSEEN pixels are errors, exactly as before masks existed.
     """
     legacy = fields is None and mask is None
     if not legacy:

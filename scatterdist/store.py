@@ -454,7 +454,7 @@ def create(
     shard_size: int,
     overwrite: bool = False,
     *,
-    fields: Sequence[str] | None = None,
+    fields: Sequence[str] | None = ("I",),
     mask: str | os.PathLike | None = None,
     min_fsky: float = DEFAULT_MIN_FSKY,
     per_map_coverage: bool | None = None,
@@ -466,8 +466,8 @@ def create(
     ``path_coords()``). ``fields``: field names (``("I",)``, ``("I", "E", "B")``); ``mask``: the
     global mask file (its sha256 is recorded and hashed); ``min_fsky``: recorded and hashed;
     ``per_map_coverage``: force the coverage layout (default: :func:`coverage_layout`).
-    ``fields=None`` and ``mask=None`` write the legacy schema (no ``field`` dimension, no
-    ``coverage``/``sky_fraction``) for callers that have not moved to fields yet.
+    An explicit ``fields=None`` with ``mask=None`` writes the legacy schema (no ``field``
+    dimension, no ``coverage``/``sky_fraction``), as stores made before fields existed.
 
     When a store already exists at ``path`` and ``overwrite`` is False it is validated for
     resuming instead (same config hash — transform and data settings —, same catalog, same

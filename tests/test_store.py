@@ -95,7 +95,7 @@ def test_schema_and_sharding(tmp_path: Path, sc: Scattering) -> None:
 def test_legacy_schema_without_fields(tmp_path: Path, sc: Scattering) -> None:
     # fields=None and mask=None: the schema before fields existed (what old stores hold).
     path = tmp_path / "old.zarr"
-    zstore.create(path, _catalog(5), sc, shard_size=2)
+    zstore.create(path, _catalog(5), sc, shard_size=2, fields=None)
     ds = xr.open_zarr(path)
     assert ds.coefficients.dims == ("map", "path", "pixel")
     assert "field" not in ds.dims and "coverage" not in ds and "sky_fraction" not in ds
@@ -203,6 +203,7 @@ def test_resume_checks(tmp_path: Path, sc: Scattering) -> None:
     zstore.create(path, _catalog(6), sc, shard_size=2)
     zstore.write_shard(path, 0, np.ones((2, sc.n_paths, sc.npix_out), np.float32),
                        np.ones(2, np.int8), ["", ""])
+    assert zstore.layout(path).fields == ("I",)  # the default: one field, I
     # Same configuration: the existing store is kept for resuming.
     assert zstore.create(path, _catalog(6), sc, shard_size=2) is False
     assert zstore.read_status(path).tolist() == [1, 1, 0, 0, 0, 0]
@@ -347,5 +348,5 @@ def test_mask_summary(tmp_path: Path, sc: Scattering) -> None:
     assert c["covered"] == pytest.approx(1 - 0.25 / 2 / sc.n_paths)
     assert c["mean"] == pytest.approx(1 - 0.5 * 0.25 / 2 / sc.n_paths)
     assert zstore.mask_summary(path, min_coverage=0.4)["coverage"]["covered"] == 1.0
-    zstore.create(tmp_path / "old.zarr", _catalog(2), sc, shard_size=2)
+    zstore.create(tmp_path / "old.zarr", _catalog(2), sc, shard_size=2, fields=None)
     assert zstore.mask_summary(tmp_path / "old.zarr")["fields"] == ["I"]
