@@ -27,7 +27,7 @@ def test_defaults_and_attributes():
 
 def test_output_shapes_and_batch_consistency(red_maps):
     maps, _ = red_maps
-    sc = Scattering(32)
+    sc = Scattering(32, nthreads=1)  # bitwise comparison: ducc0's threaded sums vary in the last bit
     out = sc(maps)
     assert out.shape == (4, 7, 768) and out.dtype == np.float64
     np.testing.assert_array_equal(sc(maps[2]), out[2])
