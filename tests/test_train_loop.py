@@ -234,3 +234,31 @@ def test_masked_and_multi_field_stores_train_without_nan_and_learn(tmp_path, fie
     result = evaluate(tmp_path / "run", store, progress=False)
     assert result["split"] == "test" and math.isfinite(result["loss"]) and result["n_maps"] >= 6
     assert result["accuracy"] >= 0.8  # the class signal survives the cut and the NaN fill
+
+
+def test_trains_on_a_cut_sky_store_written_by_the_pipeline(tmp_path):
+    """The real chain: simulated skies with a Galactic cut -> pipeline (masked transform) -> trainer."""
+    from scatterdist import Scattering
+    from scatterdist.catalog import Catalog
+    from distributed import Client, LocalCluster
+
+    from scatterdist.pipeline import scatter
+    from scatterdist.sims import SimulationSpec
+    from scatterdist.train import TrainConfig, evaluate, train
+    from scatterdist.train.loop import load_run
+
+    store = tmp_path / "cut.zarr"
+    spec = SimulationSpec(kind="mixed", nside=32, n=16, seed=0, alpha=0.5, galactic_cut=20)
+    # a real Dask cluster on loopback, its worker in this process (no interpreter start-up)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        summary = scatter(Catalog.from_simulation(spec), str(store), Scattering(32).config(), client=client,
+                          shard_size=4, progress=False)
+    assert summary.failed == 0
+    torch.set_num_threads(1)
+    history = train(TrainConfig(store=store, out=tmp_path / "run", epochs=2, batch_size=4, hidden=8, progress=False))
+    assert all(math.isfinite(row[k]) for row in history for k in ("train_loss", "val_loss"))
+    _, state = load_run(tmp_path / "run")
+    assert state["store"]["coverage_channels"] and state["model_config"]["in_channels"] == 2 * 7
+    result = evaluate(tmp_path / "run", store, progress=False)
+    assert math.isfinite(result["loss"]) and sum(result["class_counts"].values()) == result["n_maps"]
