@@ -86,7 +86,6 @@ def polarisation(nside: int, mask: np.ndarray, n: int, threads: int) -> None:
         e_alm = hp.synalm(cl, lmax=lmax)
         qu.append(hp.alm2map([e_alm * 0, e_alm, e_alm * 0], nside, lmax=lmax, pol=True)[1:])
     q, u = np.array(qu)[:, 0], np.array(qu)[:, 1]
-    order = None
 
     def leak(e, b, sc, m):
         ib = sc.invariants(b, mask=m)

@@ -69,7 +69,6 @@ and the WMAP temperature mask.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -77,7 +76,7 @@ import numpy as np
 
 from scatterdist.scattering.backend.base import Array, Backend
 from scatterdist.scattering.filters import FilterBank, KindPath, path_exponent, scattering_paths
-from scatterdist.sphere import alm_l_index, alm_truncate_index, analysis, synthesis
+from scatterdist.sphere import alm_l_index, alm_truncate_index, analysis, npix2nside, synthesis
 from scatterdist.sphere.mask import apodize as apodize_mask
 
 #: Masks whose geometry a transform keeps cached between calls.
@@ -120,7 +119,7 @@ class MaskGeometry:
             paths = base
         through: dict[tuple[int, ...], np.ndarray] = {(): np.asarray(apodized, dtype=np.float64)}
         sq = squared_kernels(bank) if squared is None else squared
-        nside_of = lambda p: bank.nside(p[-1]) if p else npix_to_nside(apodized.size)  # noqa: E731
+        nside_of = lambda p: bank.nside(p[-1]) if p else npix2nside(apodized.size)  # noqa: E731
         for order in range(1, bank.depth + 1):
             parents = [p for p in base if len(p) == order - 1]
             for p in parents:
@@ -159,16 +158,12 @@ class MaskGeometry:
         self.paths = paths
         # Phi * w_a on the input grid (clipped at 0), for the input's local-mean fill.
         a = analysis(through[()], L0 - 1, nthreads=nthreads) * eta
-        self.input_smooth = np.maximum(synthesis(a, npix_to_nside(apodized.size), L0 - 1, nthreads=nthreads), 0.0)
+        self.input_smooth = np.maximum(synthesis(a, npix2nside(apodized.size), L0 - 1, nthreads=nthreads), 0.0)
 
 
 def squared_kernels(bank: FilterBank) -> dict[int, np.ndarray]:
     """``{j: b_l / b_0}`` of every wavelet's squared profile, up to ``l = 2 L_j - 2``."""
     return {j: squared_kernel_multipliers(bank.psi[j - bank.J0], 2 * bank.bandlimit(j) - 2) for j in bank.scales}
-
-
-def npix_to_nside(npix: int) -> int:
-    return int(round(math.sqrt(npix / 12)))
 
 
 class _Entry:
@@ -276,7 +271,7 @@ class MaskedCall:
             self._fill((), x)
             return x
         mu = x.sum(-1) / self.total[()]
-        nside = npix_to_nside(x.shape[-1])
+        nside = npix2nside(x.shape[-1])
         loc = (self._smooth(x, nside) * self.input_pos + LOCAL_MEAN_PRIOR * mu[:, None]) / self.input_den
         fill = self.rest[()] * loc
         x += fill
