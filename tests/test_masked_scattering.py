@@ -190,3 +190,21 @@ def test_other_configurations_with_a_mask(red_maps, kw):
     ok = cov >= 0.9
     assert ok.any(axis=(0, 2)).all()  # every path keeps some pixels
     assert np.median(np.abs(out - full)[ok] / np.abs(full)[ok]) < 0.1
+
+
+def test_pickles_and_threads_share_one_transform(red_maps):
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    maps, _ = red_maps
+    sc = Scattering(32, nthreads=1)
+    masks = [galactic_cut(32, b) for b in (10, 20, 30)]
+    ref = [sc(maps[:1], mask=m) for m in masks]
+    clone = pickle.loads(pickle.dumps(sc))
+    np.testing.assert_array_equal(clone(maps[:1], mask=masks[1]), ref[1])
+    fresh = Scattering(32, nthreads=1)
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda k: fresh(maps[:1], mask=masks[k % 3]), range(6)))
+    for k, out in enumerate(outs):  # concurrent calls agree to round-off (not bitwise: summation order)
+        np.testing.assert_allclose(out, ref[k % 3], rtol=1e-12, atol=1e-12 * np.nanmax(np.abs(ref[k % 3])))
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref[k % 3]))

@@ -69,6 +69,7 @@ and the WMAP temperature mask.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -187,7 +188,10 @@ def _quick_key(row: np.ndarray) -> tuple[float, bytes]:
 
 
 class GeometryCache:
-    """Per-transform LRU cache: raw mask row -> its :class:`_Entry` (geometry built once)."""
+    """Per-transform LRU cache: raw mask row -> its :class:`_Entry` (geometry built once).
+
+    Thread-safe (a Dask worker's threads may share one transform); pickles without its
+    entries (they are rebuilt on demand where the transform lands)."""
 
     def __init__(self, bank: FilterBank, backend: Backend, paths: list[tuple[int, ...]], apodize: float, nthreads: int, size: int = GEOMETRY_CACHE_SIZE) -> None:
         self.bank, self.backend, self.paths = bank, backend, paths
@@ -195,9 +199,24 @@ class GeometryCache:
         self._items: OrderedDict[tuple[float, bytes], list[_Entry]] = OrderedDict()
         self.eta = backend.from_numpy(bank.scaling_alm_kernel())
         self._squared: dict[int, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_items"] = OrderedDict()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def get(self, mask_row: np.ndarray) -> _Entry:
         """The entry of a raw mask row ``(npix,)`` float64 (built on a miss)."""
+        with self._lock:
+            return self._get(mask_row)
+
+    def _get(self, mask_row: np.ndarray) -> _Entry:
         key = _quick_key(mask_row)
         for entry in self._items.get(key, []):
             if np.array_equal(entry.raw, mask_row):
