@@ -486,11 +486,15 @@ def run_shards(
 
     def load(batch: Sequence[tuple[int, int]]) -> _Loaded:
         refs = [shards[s].refs[i] for s, i in batch]
-        if legacy:
-            loaded = load_maps(refs, sc.nside)
+        loaded = load_maps(refs, sc.nside, fields=data.fields or ("I",), mask=data.mask,
+                           min_fsky=data.min_fsky, apodize=getattr(sc, "apodize", None))
+        if legacy:  # a store made before fields and masks: full-sky field I only, as then
+            loaded = [m if isinstance(m, BadMapError) else
+                      BadMapError(f"{refs[j].where}: a partial-sky map ({100 * (1 - m.sky_fraction):.1f}% "
+                                  "of the sky masked) in a store made before masks existed: "
+                                  "scatter it into a new store") if m.mask is not None else m.data[0]
+                      for j, m in enumerate(loaded)]
         else:
-            loaded = load_maps(refs, sc.nside, fields=data.fields, mask=data.mask,
-                               min_fsky=data.min_fsky, apodize=getattr(sc, "apodize", None))
             if not masked_ok:
                 loaded = [BadMapError(f"{refs[j].where}: the {type(sc).__name__} transform takes no "
                                       "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
@@ -703,12 +707,15 @@ def scatter(
                          f"{sc.nside}: pass nside={catalog.nside}")
     data = check_data_options(sc.nside, fields, mask, min_fsky)
     with zstore.StoreLock(store):
-        if shard_size is None and os.path.exists(store) and not overwrite:
-            shard_size = zstore.layout(store).shard_size
+        if os.path.exists(store) and not overwrite:
+            old = zstore.layout(store)
+            shard_size = old.shard_size if shard_size is None else shard_size
+            if not old.has_field_dim and data.fields == ("I",) and data.mask is None:
+                data = DataOptions(None, None, data.min_fsky)  # resume a store made before fields
         if shard_size is None:
             shard_size = default_shard_size(len(catalog))
         if data.fields is None and data.mask is None:
-            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite)
+            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=None)
         else:
             zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=data.fields,
                           mask=data.mask, min_fsky=data.min_fsky)
