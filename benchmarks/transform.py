@@ -95,8 +95,16 @@ def masked_vs_full(args) -> None:
     theta, _ = hp.pix2ang(nside, np.arange(12 * nside**2))
     mask = (np.abs(90 - np.degrees(theta)) > 20).astype(np.float64)
     sc = Scattering(nside, depth=2, oversample=args.oversample, nthreads=args.threads)
-    full = best_time(lambda: sc(maps), args.repeat) / args.batch
-    masked = best_time(lambda: sc(maps, mask=mask), args.repeat) / args.batch
+    # Interleaved (full, masked, full, masked, ...) so that a change in the machine's load
+    # hits both alike; best of each.
+    sc(maps), sc(maps, mask=mask)  # warm-up: plans, caches, the mask's geometry
+    full_t, masked_t = [], []
+    for _ in range(max(args.repeat, 5)):
+        for fn, out in ((lambda: sc(maps), full_t), (lambda: sc(maps, mask=mask), masked_t)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    full, masked = min(full_t) / args.batch, min(masked_t) / args.batch
     rng = np.random.default_rng(3)
 
     def cold():

@@ -266,12 +266,7 @@ class MaskedCall:
             self.input_den = be.concatenate([e.input_den for e in entries], axis=0)[sel]
         self.bad_index = None if bad_index is None else be.from_numpy(bad_index.astype(np.int64))
         self.mu: dict[tuple[int, ...], Array] = {}
-        self.input_fill: Array | None = None
-
-    def _smooth(self, x: Array, nside: int) -> Array:
-        """``Phi * x`` of maps ``(B, npix)``, synthesised at ``nside`` (bandlimit L0: cheap)."""
-        be = self.backend
-        return be.synthesis(be.analysis(x, self.L0 - 1) * self.eta, nside, self.L0 - 1)
+        self.input_s0: Array | None = None
 
     def _fill(self, path: tuple[int, ...], x: Array) -> None:
         """``x += (1 - s_p) mu_p`` in place (x is a temporary of the transform)."""
@@ -289,12 +284,14 @@ class MaskedCall:
         if LOCAL_MEAN_PRIOR is None:
             self._fill((), x)
             return x
+        be = self.backend
         mu = x.sum(-1) / self.total[()]
-        nside = npix2nside(x.shape[-1])
-        loc = (self._smooth(x, nside) * self.input_pos + LOCAL_MEAN_PRIOR * mu[:, None]) / self.input_den
-        fill = self.rest[()] * loc
-        x += fill
-        self.input_fill = self._smooth(fill, self.nside_out)  # what the fill adds to S0
+        smooth = be.analysis(x, self.L0 - 1) * self.eta  # Phi * (w_a f): cheap, bandlimit L0
+        local = be.synthesis(smooth, npix2nside(x.shape[-1]), self.L0 - 1)
+        x += self.rest[()] * ((local * self.input_pos + LOCAL_MEAN_PRIOR * mu[:, None]) / self.input_den)
+        # S0 is Phi * (w_a f) / coverage: keep its numerator (the fill only serves the wavelets;
+        # quadrature at L0 whatever the input analysis mode: a masked map is not bandlimited)
+        self.input_s0 = be.synthesis(smooth, self.nside_out, self.L0 - 1)
         return x
 
     def fill_modulus(self, children: list[tuple[int, ...]], u: Array, depth: int) -> Array:
@@ -313,8 +310,8 @@ class MaskedCall:
         cols = []
         for i, p in enumerate(self.paths):
             x = out[:, i]
-            if len(p) == 0 and self.input_fill is not None:
-                x = x - self.input_fill
+            if len(p) == 0 and self.input_s0 is not None:
+                x = self.input_s0
             elif p in self.mu:
                 x = x - self.mu[p][:, None] * (1.0 - cov[:, i])
             cols.append(x)
