@@ -32,7 +32,7 @@ def _dataset(store: str) -> CoefficientDataset:
     info = read_store_info(store)
     idx = np.flatnonzero(info.status == 1)
     return CoefficientDataset(store, idx, info.labels[idx].astype(np.int64), info.shard_size,
-                              np.full(info.n_paths, 3.0), np.full(info.n_paths, 1.5))
+                              np.full(info.n_inputs(False), 3.0), np.full(info.n_inputs(False), 1.5))
 
 
 def _steps(model: torch.nn.Module, loader, optimizer) -> int:
@@ -65,7 +65,7 @@ def streaming_vs_memory(store: str, batch_size: int, epochs: int, repeats: int =
     ds = _dataset(store)
     sampler = ShardDistributedSampler(ds.shard_ids, 1, 0, shuffle=True, seed=0)
     torch.manual_seed(0)
-    model = HybridCNN(info.n_paths, info.nside_out, n_classes=2)
+    model = HybridCNN(info.n_inputs(False), info.nside_out, n_classes=2)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     tensors = TensorDataset(torch.stack(xs), torch.stack(ys))
     stream, memory = [], []
@@ -85,7 +85,7 @@ def ddp_worker(store: str, batch_size: int, epochs: int, result: str) -> None:
     ds = _dataset(store)
     sampler = ShardDistributedSampler(ds.shard_ids, ctx.world_size, ctx.rank, shuffle=True, seed=0)
     torch.manual_seed(0)
-    model = HybridCNN(info.n_paths, info.nside_out, n_classes=2)
+    model = HybridCNN(info.n_inputs(False), info.nside_out, n_classes=2)
     net = wrap_ddp(model, ctx)
     barrier(ctx)
     per_rank = _throughput(lambda: DataLoader(ds, batch_size=batch_size, sampler=sampler), sampler.set_epoch, net, epochs)
