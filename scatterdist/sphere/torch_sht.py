@@ -17,7 +17,7 @@ same steps backwards):
    southern rings follow by symmetry (``lambda_lm(-x) = (-1)^(l+m) lambda_lm(x)``). Three
    engines, chosen per call from the memory budget:
 
-   - *tables* (the whole table of the key fits ``memory_budget``): the (m, l) triangle is
+   - *tables* (the whole table of the key fits TABLE_SHARE of ``memory_budget``): the (m, l) triangle is
      cut into ``G`` (2, 4 or 8) groups of orders, each stored padded to its longest
      column as ``(nm, 2, rows, nnorth)``; one gather of the coefficients and one ``bmm``
      per group;
@@ -65,8 +65,8 @@ from scatterdist.sphere.alm import alm_size, lmax_from_size
 from scatterdist.sphere.healpix import check_nside, npix2nside, ring_geometry
 from scatterdist.sphere.sht import ANALYSIS_MODES, LSQ_EPSILON, LSQ_MAXITER, _check_lmax
 
-#: Default Legendre cache budget (bytes) when the call runs on the CPU.
-DEFAULT_MEMORY_BUDGET_CPU = 1 << 30
+#: Default Legendre cache budget (bytes) on the CPU: a quarter of the physical memory, at most this.
+DEFAULT_MEMORY_BUDGET_CPU = 4 << 30
 #: Fraction of the device's total memory used as default cache budget on CUDA.
 DEFAULT_MEMORY_BUDGET_CUDA_FRACTION = 0.25
 #: Target size (bytes) of one chunk of Legendre values of the *stream* engine.
@@ -77,6 +77,9 @@ SCALE_BITS = triton_legendre.SCALE_BITS
 RENORM_EVERY = 8
 #: Numbers of m groups tried, in order, for the *tables* engine (more groups: less padding, more calls).
 TABLE_GROUPS = (2, 4, 8)
+#: A key uses the *tables* engine only if its whole table fits this fraction of the budget
+#: (so that the few keys of one scattering call do not evict each other call after call).
+TABLE_SHARE = 0.6
 #: Groups of polar-ring lengths, one chirp-z FFT length each (more groups: less padding, more calls).
 POLAR_GROUPS = 1
 #: Legendre engine: "auto" (tables within the budget, else fused when usable, else stream),
@@ -411,6 +414,13 @@ def _get_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -
 # ----------------------------------------------------------------- Legendre values
 
 
+def _scale_factor(scale: torch.Tensor) -> torch.Tensor:
+    """``2**(SCALE_BITS*k)`` for exponents k = 0 and -1, exactly 0 below (values < 2**-SCALE_BITS:
+    zero in any float format; never a subnormal, which would slow every later operation)."""
+    one = torch.ones_like(scale, dtype=torch.float64)
+    return torch.where(scale == 0, one, torch.where(scale == -1, one * 2.0**-SCALE_BITS, one * 0.0))
+
+
 def _legendre_unit(plan: _Plan, m0: int, m1: int, rows: int) -> torch.Tensor:
     """Normalised Legendre values of orders ``m0 <= m < m1`` on the northern rings, in ``plan.dtype``.
 
@@ -422,10 +432,13 @@ def _legendre_unit(plan: _Plan, m0: int, m1: int, rows: int) -> torch.Tensor:
     """
     dev, f64 = plan.device, torch.float64
     nr, lmax = plan.nnorth, plan.lmax
+    flush = 2.0 ** (-100 if plan.dtype == torch.float32 else -900)  # << eps * smallest normal
     out = torch.empty((m1 - m0, 2, rows, nr), dtype=plan.dtype, device=dev)
     big = 2.0**SCALE_BITS
     x = plan.cos_theta[None, :]
-    sub = max(1, (1 << 17) // nr)  # orders per sub-chunk: a state of ~1 MiB
+    # orders per sub-chunk: on CPU a state of 2**15 values (cache-sized, and under torch's
+    # grain size: no thread synchronisation per step); on a GPU all orders of the unit at once
+    sub = m1 - m0 if dev.type == "cuda" else max(1, (1 << 15) // nr)
     for s0 in range(m0, m1, sub):
         s1 = min(m1, s0 + sub)
         a, b = _recurrence_coefficients(2 * rows, np.arange(s0, s1))
@@ -437,11 +450,15 @@ def _legendre_unit(plan: _Plan, m0: int, m1: int, rows: int) -> torch.Tensor:
         nxt = torch.empty_like(p1)
         dest = out[s0 - m0 : s1 - m0]
         scaled = bool((scale < 0).any())
-        factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
+        factor = _scale_factor(scale)
 
         def store(i: int) -> None:
             target = dest[:, i % 2, i // 2]
-            target.copy_(torch.mul(p1, factor) if scaled else p1)
+            if not scaled:
+                target.copy_(p1)
+            else:  # values far below the format's normal range become 0, never subnormals
+                value = torch.mul(p1, factor)
+                target.copy_(value.masked_fill_(value.abs() < flush, 0.0))
             if s1 - 1 + i > lmax:  # l > lmax for the largest orders: 0 (padding)
                 target[max(0, lmax + 1 - i - s0) :] = 0.0
 
@@ -457,7 +474,7 @@ def _legendre_unit(plan: _Plan, m0: int, m1: int, rows: int) -> torch.Tensor:
                 p1.mul_(shrink)
                 p2.mul_(shrink)
                 scale = scale + grow
-                factor = torch.exp2(SCALE_BITS * torch.clamp(scale, min=-3.0))
+                factor = _scale_factor(scale)
                 scaled = bool((scale < 0).any())
             store(i)
     return out
@@ -509,12 +526,14 @@ class _LegendreCache:
         self.entries.move_to_end(key)
         return list(chunks)
 
-    def offer(self, key: tuple, index: int, table: torch.Tensor, budget: int) -> None:
-        """Keep chunk ``index`` of ``key`` if it extends the cached prefix and fits the budget."""
+    def offer(self, key: tuple, index: int, table: torch.Tensor, budget: int, evict: bool = True) -> None:
+        """Keep chunk ``index`` of ``key`` if it extends the cached prefix and fits the budget
+        (evicting least recently used entries of other keys first when ``evict``)."""
         size = self.size([table])
         if size > budget or len(self.entries.get(key, ())) != index:
             return
-        self.shrink_to(budget - size, key)
+        if evict:
+            self.shrink_to(budget - size, key)
         chunks = self.entries.setdefault(key, [])
         self.entries.move_to_end(key)
         used = self.nbytes.get(key[3], 0)
@@ -548,12 +567,18 @@ def clear_legendre_cache() -> None:
 
 
 def default_memory_budget(device: torch.device | str | None = None) -> int:
-    """Default Legendre cache budget in bytes: 1 GiB on CPU, a quarter of a CUDA device's memory."""
+    """Default Legendre cache budget in bytes: a quarter of a CUDA device's memory; on the CPU a
+    quarter of the physical memory, at most DEFAULT_MEMORY_BUDGET_CPU (4 GiB: all tables of an
+    nside-512 scattering transform in float32)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         return int(total * DEFAULT_MEMORY_BUDGET_CUDA_FRACTION)
-    return DEFAULT_MEMORY_BUDGET_CPU
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return DEFAULT_MEMORY_BUDGET_CPU // 4
+    return int(min(DEFAULT_MEMORY_BUDGET_CPU, ram // 4))
 
 
 def _check_budget(memory_budget: int | None, device: torch.device) -> int:
@@ -577,7 +602,7 @@ def _choose(plan: _Plan, budget: int) -> str:
         raise ValueError(f"LEGENDRE_ENGINE / $SCATTERDIST_LEGENDRE must be one of {_ENGINES}, got {engine!r}")
     if engine in ("auto", "tables"):
         for groups in TABLE_GROUPS:
-            if _tables_bytes(plan, groups) <= budget:
+            if _tables_bytes(plan, groups) <= budget * TABLE_SHARE:
                 return f"G{groups}"
         if engine == "tables":
             return f"G{TABLE_GROUPS[-1]}"
@@ -614,9 +639,9 @@ def _unit_tables(plan: _Plan, layout: _Layout, budget: int) -> Iterator[tuple[in
             table = cached[index]
         else:
             table = _legendre_unit(plan, *unit)
-            if budget > 0:
+            if budget > 0:  # whole tables may evict other keys; stream chunks only use free room
                 with _LOCK:
-                    _CACHE.offer(key, index, table, budget)
+                    _CACHE.offer(key, index, table, budget, evict=layout.name != "stream")
         yield index, table
 
 
