@@ -124,6 +124,14 @@ class ScatterSummary:
     store: str = ""
     devices: dict[str, int] = field(default_factory=dict)
     timings: list[list[tuple[int, int, float, float, float, float]]] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def device_busy(self) -> float:
+        """Fraction of the tasks' time their device spent transforming (NaN before any task)."""
+        total = sum(self.task_seconds)
+        busy = sum(t[5] - t[4] for task in self.timings for t in task)
+        return busy / total if total > 0 else math.nan
 
     @property
     def all_ok(self) -> bool:
@@ -773,6 +781,7 @@ def scatter(
                     shard_results = res.shards
                     summary.devices[res.device] = summary.devices.get(res.device, 0) + 1
                     summary.timings.append(res.timings)
+                    summary.task_seconds.append(res.seconds)
                 except KilledWorker as exc:
                     shard_results = _mark_shards_failed(
                         store, lay, items, ids, status,

@@ -193,6 +193,7 @@ def test_device_auto_falls_back_to_cpu_and_prefetch_overlaps(client: Client, sma
     # Batches span shards (2 maps per batch, 3 shards of 2 per task: 3 batches per task), and in
     # every task the load of batch n+1 started before the transform of batch n ended.
     assert len(summary.timings) == 4 and all(len(t) == 3 for t in summary.timings)
+    assert 0 < summary.device_busy <= 1
     for task in summary.timings:
         rows = sorted(task)
         assert all(b[2] < a[5] for a, b in zip(rows[:-1], rows[1:])), rows

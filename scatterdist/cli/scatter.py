@@ -196,7 +196,8 @@ def run_scatter(args: argparse.Namespace) -> int:
     print(f"computed {summary.shards_computed} shard(s), skipped {summary.shards_skipped}; "
           f"maps ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"{summary.maps_per_s:.2f} maps/s over {summary.seconds:.1f} s"
-          + (f"; tasks per device {summary.devices}" if summary.devices else ""), flush=True)
+          + (f"; tasks per device {summary.devices}, devices busy {100 * summary.device_busy:.0f}% "
+             "of their tasks' time" if summary.devices and args.backend == "torch" else ""), flush=True)
     ds = zstore.open_coefficients(args.output)
     status = ds["status"].values
     if (status == zstore.STATUS_OK).all():
