@@ -714,6 +714,10 @@ def scatter(
         raise ValueError(f"the inputs are at nside {catalog.nside} but the transform is at nside "
                          f"{sc.nside}: pass nside={catalog.nside}")
     data = check_data_options(sc.nside, fields, mask, min_fsky)
+    if data.fields is not None and zstore.coverage_layout(catalog) == "shared":
+        # Every map shares one mask: its coverage once, before anything is written (a
+        # simulation mask that cannot be used refuses the run here, like a bad --mask).
+        data.shared_coverage = _shared_coverage(catalog, sc, data)
     with zstore.StoreLock(store):
         if os.path.exists(store) and not overwrite:
             old = zstore.layout(store)
@@ -735,8 +739,6 @@ def scatter(
                                  shards_skipped=lay.n_shards - len(plan), store=store)
         if not plan:
             return summary
-        if lay.coverage_layout == "shared" and data.fields is not None:
-            data.shared_coverage = _shared_coverage(catalog, sc, data)
         ids, refs = catalog.ids, catalog.refs
         if config.get("backend", "numpy") == "torch" and config.get("device", "auto") in ("auto", "cuda"):
             spread_gpus(client)  # one GPU per worker where a host's workers see the same GPUs

@@ -451,6 +451,15 @@ def test_global_mask_on_simulations_shares_one_coverage(client: Client, tmp_path
     maps = np.stack([parse_sim_spec(text).generate(i) for i in range(4)])
     np.testing.assert_allclose(ds.coefficients.values[:, 0], sc(maps, mask=mask).astype(np.float32),
                                rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(ds.coefficients.values)))
+    # A simulation mask that cannot be used fails every map alike: refused before anything is written.
+    from scatterdist.sphere.mask import MaskError
+
+    bad = tmp_path / "bad.fits"
+    hp.write_map(str(bad), np.full(12 * 32**2, 2.0), dtype=np.float64)
+    with pytest.raises(MaskError, match="values in"):
+        scatter(Catalog.from_inputs([f"{text},mask={bad}"]), tmp_path / "bad.zarr", sc.config(),
+                client=client, progress=False)
+    assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_store_made_before_fields_resumes_as_it_was(client: Client, small, tmp_path: Path) -> None:
