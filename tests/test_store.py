@@ -350,3 +350,20 @@ def test_mask_summary(tmp_path: Path, sc: Scattering) -> None:
     assert zstore.mask_summary(path, min_coverage=0.4)["coverage"]["covered"] == 1.0
     zstore.create(tmp_path / "old.zarr", _catalog(2), sc, shard_size=2, fields=None)
     assert zstore.mask_summary(tmp_path / "old.zarr")["fields"] == ["I"]
+
+
+def test_extra_path_coords_of_the_transform(tmp_path: Path) -> None:
+    signed = Scattering(nside=NSIDE, signed=True)
+    zstore.create(tmp_path / "s.zarr", _catalog(2), signed, shard_size=2)
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    coords = signed.path_coords()
+    assert ds.path.values.tolist() == list(coords["label"])
+    assert ds.kind.values.tolist() == list(coords["kind"]) and "signed" in ds.kind.values
+    np.testing.assert_array_equal(ds.exponent.values, coords["exponent"])
+    np.testing.assert_array_equal(ds.order.values, coords["order"])
+    # A transform without kind/exponent (LowPass) still gets them: plain modulus-like paths.
+    from scatterdist.transforms import LowPass
+
+    zstore.create(tmp_path / "low.zarr", _catalog(2), LowPass(NSIDE), shard_size=2)
+    low = xr.open_zarr(tmp_path / "low.zarr")
+    assert low.kind.values.tolist() == ["modulus"] and low.exponent.values.tolist() == [1.0]
