@@ -660,14 +660,14 @@ _APO_CACHE: dict[tuple[bytes, float], np.ndarray] = {}
 _APO_CACHE_SIZE = 4
 
 
-def _apodized(mask: np.ndarray, deg: float | None) -> np.ndarray:
+def _apodized(mask: np.ndarray, deg: float) -> np.ndarray:
     """``scatterdist.sphere.mask.apodize(mask, deg)``, cached by the mask's bytes: maps sharing
     a mask (a global ``--mask``, the same UNSEEN pattern) apodise it once per process."""
     import hashlib
 
-    from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, apodize
+    from scatterdist.sphere.mask import apodize
 
-    deg = DEFAULT_APODIZE_DEG if deg is None else float(deg)
+    deg = float(deg)
     key = (hashlib.sha1(np.ascontiguousarray(mask).view(np.uint8)).digest(), deg)
     with _MASK_LOCK:
         hit = _APO_CACHE.get(key)
@@ -736,7 +736,9 @@ def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fiel
         if eb is None:
             from scatterdist.sphere.spin import qu_to_eb
 
-            weights = None if mask is None else _apodized(mask, apodize_deg)
+            weights = mask
+            if mask is not None and apodize_deg:  # raw weights unless asked (see load_maps)
+                weights = _apodized(mask, apodize_deg)
             e, b = qu_to_eb(col[1], col[2], mask=weights)
             eb = (np.where(w > 0, np.asarray(e, dtype=np.float64), 0.0),
                   np.where(w > 0, np.asarray(b, dtype=np.float64), 0.0))
@@ -790,8 +792,10 @@ def load_maps(
     ``fields``: names from :data:`FIELDS` (e.g. ``("I",)``, ``("I", "E", "B")``); ``mask``: the
     global mask (path or ``(npix,)`` weights, see :func:`read_global_mask`; a bad one raises
     ``MaskError`` for the whole call); ``min_fsky``: smallest usable sky fraction of a map;
-    ``apodize``: degrees of cosine apodisation of the mask applied to Q, U before E/B are made
-    (pass the transform's ``apodize``; default ``scatterdist.sphere.mask.DEFAULT_APODIZE_DEG``).
+    ``apodize``: degrees of cosine apodisation of the weights applied to Q, U before E/B are
+    made; None or 0 (default, recommended) uses the raw weights: the transform's own
+    apodisation is what limits the E/B leakage, and apodising Q/U's weights as well only spreads
+    it over the taper (measured in docs/cut-sky.md, ``scripts/masked_bias.py --polarisation``).
     The returned ``mask`` is never apodised (the transform apodises it).
     Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
     store are read in one call.

@@ -304,6 +304,16 @@ def test_fields_iqu_and_eb_from_the_real_wmap_maps() -> None:
     [lm] = load_maps(Catalog.from_fits(str(WMAP_MASKED)).refs, NSIDE, fields=("I", "E", "B"))
     assert lm.sky_fraction == pytest.approx(1 - 4686 / NPIX)
     assert (lm.data[:, lm.mask == 0] == 0).all() and np.isfinite(lm.data).all()
+    # E/B of the cut sky: the spin-2 transform of the masked Q, U with the raw weights (default)
+    # or, when asked, with weights apodised by `apodize` degrees.
+    from scatterdist.sphere.mask import apodize
+
+    _, q, u = np.where(lm.mask > 0, hp.read_map(str(WMAP_MASKED), field=(0, 1, 2), dtype=np.float64), 0.0)
+    for deg, weights in ((None, lm.mask), (3.0, apodize(lm.mask, 3.0))):
+        [got] = load_maps(Catalog.from_fits(str(WMAP_MASKED)).refs, NSIDE, fields=("E", "B"), apodize=deg)
+        e, b = qu_to_eb(q, u, mask=weights)
+        np.testing.assert_allclose(got.data, np.where(lm.mask > 0, np.stack([e, b]), 0.0), rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(got.mask, lm.mask)  # the mask handed on stays raw
 
 
 def test_bad_fields_and_masks_are_per_map_errors(tmp_path: Path) -> None:
