@@ -119,6 +119,7 @@ def test_memory_budget_bounds_cache_and_keeps_results(monkeypatch, rng) -> None:
     # small stream chunks so that the table of this size spans many of them
     monkeypatch.setattr(torch_sht, "CHUNK_BYTES", 64 << 10)
     monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "auto")
+    monkeypatch.setattr(torch_sht, "ONE_GROUP_SHARE", 0.0)  # small keys in one group: checked at the end
     torch_sht.clear_legendre_cache()
     try:
         assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=0) == "stream"
@@ -154,6 +155,11 @@ def test_memory_budget_bounds_cache_and_keeps_results(monkeypatch, rng) -> None:
         assert rel(synth, ref.numpy()) <= 1e-14
         assert rel(tables, ref.numpy()) <= 1e-13
         assert torch_sht.legendre_cache_nbytes() <= 1 << 30
+        # one group (a padded rectangle) for a key far below the budget: same numbers
+        monkeypatch.setattr(torch_sht, "ONE_GROUP_SHARE", 1 / 16)
+        assert torch_sht.legendre_engine(nside, lmax, torch.float64, memory_budget=1 << 30) == "tables (1 group)"
+        assert rel(torch_sht.analysis(maps, lmax, memory_budget=1 << 30), uncached.numpy()) <= 1e-14
+        assert rel(torch_sht.synthesis(full, nside, lmax, memory_budget=1 << 30), ref.numpy()) <= 1e-13
     finally:
         torch_sht.clear_legendre_cache()
 
