@@ -31,14 +31,15 @@ same steps backwards):
    Legendre values come from the standard recurrence in float64 (m-diagonal start in log2
    space, a 2^300 scale exponent so that nothing underflows near the poles), cast to the
    transform dtype.
-2. **Phase and fold**: ``exp(i m phi0_r)`` (cached table) and the folding of m modulo each
-   ring's length into a packed half spectrum (polar rings alias high m exactly as
-   ducc0/healpy do), in one ``index_add_``.
-3. **Ring FFTs in O(1) calls**: all equatorial rings (length 4*nside) in one ``irfft``; all
-   polar-cap rings, whatever their length, through one chirp-z (Bluestein) transform per
-   group of lengths (POLAR_GROUPS groups, each padded to one FFT length ``P >= 1.5 n``):
-   pre-chirp, one FFT, one product with the cached FFT of each ring's chirp, one inverse
-   FFT, post-chirp. Pixels are put in RING order by one gather.
+2. **North/south**: ``even + odd`` on the northern rings, ``even - odd`` on their southern
+   mirrors, by one small matmul.
+3. **Ring FFTs in O(1) calls** (batch last, transforms along m): when lmax < 2*nside (no
+   aliasing on them) all equatorial rings (length 4*nside) take the phase
+   ``exp(i m phi0_r)`` and one ``irfft``; every other ring, whatever its length, goes
+   through one chirp-z (Bluestein) transform of one padded length ``P >= M + nmax - 1``:
+   pre-chirp (phase and weight included), FFT, product with the cached FFT of each ring's
+   chirp, inverse FFT, post-chirp, real part. The DFT is evaluated for every m, so polar
+   rings alias high m exactly as ducc0/healpy do. Pixels are put in RING order by one gather.
 
 ``analysis(mode="quadrature")`` is the adjoint synthesis times 4*pi/npix, exactly as the
 ducc0 path. ``mode="lsq"`` refines it with conjugate-gradient least squares (CGLS) on

@@ -204,4 +204,5 @@ def adjoint_legendre(
 
 
 def triton_cdiv(a: int, b: int) -> int:
+    """Ceiling division (grid sizes)."""
     return -(-a // b)
