@@ -100,6 +100,7 @@ def write_markdown(
     alphas = sorted({r["alpha"] for r in rows})
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     n_seeds = max((r["n_seeds"] for r in rows), default=0)
+    has_low = "lowpass" in models
     lines = [
         "# CMB experiment: Gaussian vs non-Gaussian skies",
         "",
@@ -114,16 +115,18 @@ def write_markdown(
         f"nside = {settings['nside']} (L = {2 * settings['nside']}), N = {settings['n_per_class']} skies per class, "
         f"~{rows[0]['n_test']:.0f} test skies per seed." if rows else "No results.",
         "",
-        "| alpha | " + " | ".join(MODELS[m][0] for m in models) + " | low-res <= 60% |",
-        "|---|" + "---|" * len(models) + "---|",
+        "| alpha | " + " | ".join(MODELS[m][0] for m in models) + (" | low-res <= 60% |" if has_low else " |"),
+        "|---|" + "---|" * len(models) + ("---|" if has_low else ""),
     ]
     for a in alphas:
         cells = [_pct(by[(a, m)]["mean"], by[(a, m)]["se"]) if (a, m) in by else "-" for m in models]
         low = by.get((a, "lowpass"))
         ok = "-" if low is None else ("yes" if low["mean"] <= LOWRES_CEILING else "no")
-        lines.append(f"| {a:g} | " + " | ".join(cells) + f" | {ok} |")
-    paper = [f"{PAPER[m]}%" if m in PAPER else "-" for m in models]
-    lines += [f"| paper (L = 1024) | " + " | ".join(paper) + " | - |", ""]
+        lines.append(f"| {a:g} | " + " | ".join(cells) + (f" | {ok} |" if has_low else " |"))
+    if any(m in PAPER for m in models):
+        paper = [f"{PAPER[m]}%" if m in PAPER else "-" for m in models]
+        lines.append(f"| paper (L = 1024) | " + " | ".join(paper) + (" | - |" if has_low else " |"))
+    lines.append("")
     lines += _findings(by, alphas)
     eligible = [a for a in alphas if (a, "lowpass") in by and by[(a, "lowpass")]["mean"] <= LOWRES_CEILING]
     if eligible and (eligible[0], "scattering") in by:
