@@ -148,9 +148,10 @@ QUICK = CMBConfig(nside=64, n_per_class=150, alphas=(0.05,), seeds=3, epochs=4, 
                   models=tuple(m for m in ALL_MODELS if m != "scattering_signed"))
 
 #: ``make cmb``: the full study at L = 1024: 2 alphas x 3 seeds x 400 skies. Measured on the
-#: 2-core development machine: one (alpha, seed) cell of 400 skies took 9.5 min to simulate,
-#: scatter, low-pass, take C_l of and train both CNNs on (results/cmb.md: 3 cells, 28.5 min),
-#: so about an hour in all.
+#: 2-core development machine before issue 13: one (alpha, seed) cell of 400 skies took 9.5 min
+#: to simulate, scatter, low-pass, take C_l of and train both CNNs on (3 cells, 28.5 min). Every
+#: model now adds the signed store, a third CNN and the moment baselines; not re-measured at
+#: L = 1024 (``scripts/cmb_cost.py --nside 512`` gives the per-sky cost of each step).
 FULL = CMBConfig(nside=512, n_per_class=200, alphas=(0.005, 0.01), seeds=3, epochs=10)
 
 
