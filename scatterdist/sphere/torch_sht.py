@@ -896,7 +896,7 @@ def synthesis(
     with _threads(nthreads, alm.device):
         flat = alm.reshape(-1, alm.shape[-1]).resolve_conj().contiguous()
         maps = _SynthesisFn.apply(flat, nside, lmax, budget)
-    return maps.reshape(lead + (maps.shape[-1],))
+    return maps.reshape(lead + (maps.shape[-1],)).contiguous()
 
 
 def _cgls(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
