@@ -9,17 +9,27 @@
 __version__ = "0.1.0"
 
 from scatterdist.equivariance import equivariance_error
+from scatterdist.sphere.mask import MaskError, apodize, mask_from_map, read_mask, sky_fraction
+from scatterdist.sphere.spin import qu_to_eb
+from scatterdist.stability import deformation_stability
 from scatterdist.scattering import InvalidMapError, Scattering
 from scatterdist.wavelet_transform import WaveletMaps, inverse_wavelet_transform, wavelet_transform
 from scatterdist.wavelets import axisym_kernels
 
 __all__ = [
     "InvalidMapError",
+    "MaskError",
     "Scattering",
     "WaveletMaps",
     "__version__",
+    "apodize",
     "axisym_kernels",
+    "deformation_stability",
     "equivariance_error",
     "inverse_wavelet_transform",
+    "mask_from_map",
+    "qu_to_eb",
+    "read_mask",
+    "sky_fraction",
     "wavelet_transform",
 ]

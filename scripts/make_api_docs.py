@@ -20,18 +20,23 @@ MODULES = [
     "scatterdist.wavelets",
     "scatterdist.sphere",
     "scatterdist.sphere.torch_sht",
+    "scatterdist.sphere.mask",
+    "scatterdist.sphere.spin",
     "scatterdist.scattering",
     "scatterdist.scattering.backend",
     "scatterdist.wavelet_transform",
     "scatterdist.equivariance",
+    "scatterdist.stability",
     "scatterdist.sims",
     "scatterdist.catalog",
     "scatterdist.store",
     "scatterdist.pipeline",
+    "scatterdist.feed",
     "scatterdist.cluster",
     "scatterdist.tls",
     "scatterdist.train",
     "scatterdist.experiments",
+    "scatterdist.testing",
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
