@@ -19,6 +19,12 @@ from scatterdist.sphere import torch_sht
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
+
+@pytest.fixture(autouse=True)
+def torch_engines(monkeypatch) -> None:
+    """Count the torch engines' ops (what a GPU launches): CPU tensors would otherwise go to ducc0."""
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "torch")
+
 #: Issue 11: aten ops per scattering call at nside 256, batch 8, depth 2, default budget.
 OPS_BUDGET_NSIDE256 = 1500
 

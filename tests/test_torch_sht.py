@@ -29,13 +29,20 @@ def real_m0(alm: np.ndarray, lmax: int) -> np.ndarray:
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
+@pytest.fixture(params=["auto", "torch"])
+def engine(request, monkeypatch) -> str:
+    """Run a test with the default engine ("auto": ducc0 on CPU tensors) and with the torch engines."""
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", request.param)
+    return request.param
+
+
 # nside 4..128; lmax from tiny to 3*nside-1 (aliased in the polar caps, and deep
 # underflow of lambda_mm near the poles at nside 64, lmax 191)
 CASES = [(4, 0), (4, 7), (4, 11), (8, 3), (8, 23), (16, 31), (16, 47), (32, 20), (32, 63), (64, 127), (64, 191), (128, 255)]
 
 
 @pytest.mark.parametrize("nside,lmax", CASES)
-def test_matches_ducc0(nside: int, lmax: int, rng) -> None:
+def test_matches_ducc0(nside: int, lmax: int, rng, engine: str) -> None:
     batch = 2 if nside < 128 else 1
     maps = rng.standard_normal((batch, 12 * nside**2))
     ref = sphere.analysis(maps, lmax, nthreads=1)
@@ -71,7 +78,7 @@ def test_leading_axes_numpy_input_and_lmax_default(rng) -> None:
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_adjoint_identity(dtype: torch.dtype, tol: float, rng) -> None:
+def test_adjoint_identity(dtype: torch.dtype, tol: float, rng, engine: str) -> None:
     """<S a, f> = sum_lm w_m Re(conj(a_lm) (S^T f)_lm) with w_0 = 1, w_m>0 = 2."""
     nside, lmax = 16, 40
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
@@ -87,7 +94,7 @@ def test_adjoint_identity(dtype: torch.dtype, tol: float, rng) -> None:
     assert torch.allclose(quad, at * (4 * math.pi / f.shape[-1]), rtol=tol, atol=tol * float(quad.abs().max()))
 
 
-def test_gradcheck_tiny() -> None:
+def test_gradcheck_tiny(engine: str) -> None:
     gen = torch.Generator().manual_seed(0)
     nside, lmax = 2, 5
     maps = torch.randn(2, 48, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -99,7 +106,7 @@ def test_gradcheck_tiny() -> None:
     assert torch.autograd.gradcheck(lambda m: torch_sht.analysis(m, 3, mode="lsq"), (small,), fast_mode=True)
 
 
-def test_lsq_matches_ducc0_on_bandlimited_maps(rng) -> None:
+def test_lsq_matches_ducc0_on_bandlimited_maps(rng, engine: str) -> None:
     nside, lmax = 16, 32
     alm = real_m0(sphere.analysis(rng.standard_normal((2, 12 * nside**2)), lmax), lmax)
     maps = sphere.synthesis(alm, nside, lmax)
@@ -118,7 +125,7 @@ def test_memory_budget_bounds_cache_and_keeps_results(monkeypatch, rng) -> None:
     maps = torch.from_numpy(rng.standard_normal((2, 12 * nside**2)))
     # small stream chunks so that the table of this size spans many of them
     monkeypatch.setattr(torch_sht, "CHUNK_BYTES", 64 << 10)
-    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "auto")
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "torch")  # the budget-driven torch engines
     monkeypatch.setattr(torch_sht, "ONE_GROUP_SHARE", 0.0)  # small keys in one group: checked at the end
     torch_sht.clear_legendre_cache()
     try:
@@ -168,10 +175,59 @@ def test_engine_choice_errors(monkeypatch) -> None:
     monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "magic")
     with pytest.raises(ValueError, match="LEGENDRE_ENGINE"):
         torch_sht.analysis(torch.zeros(48), 3)
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "ducc0")  # ducc0 only takes CPU tensors
+    with pytest.raises(RuntimeError, match="ducc0 only runs on CPU"):
+        torch_sht.legendre_engine(8, 15, device="meta")
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "auto")  # auto: never ducc0 off the CPU
+    assert torch_sht.legendre_engine(8, 15, device="meta") != "ducc0"
     if not triton_legendre.usable(torch.device("cpu")):
         monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "fused")
         with pytest.raises(RuntimeError, match="fused"):
             torch_sht.analysis(torch.zeros(48), 3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_default_cpu_engine_is_ducc0_and_agrees_with_tables(monkeypatch, dtype: torch.dtype, tol: float, rng) -> None:
+    """CPU tensors go through ducc0 by default (no tables, no torch ops), in the tensor's
+    precision; the forced tables engine gives the same transforms and gradients."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    nside, lmax = 32, 63
+    maps = torch.from_numpy(rng.standard_normal((3, 12 * nside**2))).to(dtype).requires_grad_()
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "auto")
+    assert torch_sht.legendre_engine(nside, lmax, dtype, "cpu") == "ducc0"
+    torch_sht.clear_legendre_cache()
+    alm = torch_sht.analysis(maps, lmax, nthreads=2)
+    back = torch_sht.synthesis(alm, nside, lmax)
+    (grad,) = torch.autograd.grad((back**2).sum(), maps)
+    assert alm.dtype == (torch.complex64 if dtype == torch.float32 else torch.complex128)
+    assert back.dtype == dtype and grad.dtype == dtype
+    assert torch_sht.legendre_cache_nbytes() == 0  # ducc0 computes its Legendre values on the fly
+
+    class Count(TorchDispatchMode):
+        ffts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ffts += "fft" in str(func) or "bmm" in str(func)
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        torch_sht.synthesis(torch_sht.analysis(maps.detach(), lmax), nside, lmax)
+    assert Count.ffts == 0  # no torch FFT nor table product: the transform ran in ducc0
+
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "tables")
+    assert torch_sht.legendre_engine(nside, lmax, dtype, "cpu").startswith("tables")
+    ref_alm = torch_sht.analysis(maps, lmax)
+    ref_back = torch_sht.synthesis(ref_alm, nside, lmax)
+    (ref_grad,) = torch.autograd.grad((ref_back**2).sum(), maps)
+    assert rel(alm, ref_alm.detach().numpy()) <= tol
+    assert rel(back, ref_back.detach().numpy()) <= tol
+    assert rel(grad, ref_grad.numpy()) <= tol
+    # forcing ducc0 on a CPU tensor is the default path (one thread here, two above: ducc0's
+    # multithreaded sums may differ in the last bits)
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "ducc0")
+    assert torch_sht.legendre_engine(nside, lmax, dtype, "cpu") == "ducc0"
+    assert rel(torch_sht.analysis(maps.detach(), lmax, nthreads=1), alm.detach().numpy()) <= tol
 
 
 def test_ring_ffts_use_few_kernels(monkeypatch) -> None:
@@ -187,6 +243,7 @@ def test_ring_ffts_use_few_kernels(monkeypatch) -> None:
             self.ops.append(str(func))
             return func(*args, **(kwargs or {}))
 
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "torch")  # the torch engines (a GPU's launches)
     counts = {}
     for nside in (8, 32):
         lmax = 2 * nside - 1

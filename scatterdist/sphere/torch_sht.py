@@ -7,7 +7,19 @@ Same signatures, layouts and conventions as :func:`scatterdist.sphere.analysis` 
 - alm ``(..., nalm)`` complex64/complex128 in the healpy m-major layout with mmax = lmax
   (``index = m*(2*lmax+1-m)//2 + l``), Condon-Shortley phase as in healpy/ducc0.
 
-A transform is a handful of large kernels whatever nside and lmax (DESIGN.md, "GPU engine
+Engine choice (``LEGENDRE_ENGINE`` / ``$SCATTERDIST_LEGENDRE``, see :func:`legendre_engine`):
+by default ("auto") **CPU tensors go through ducc0**: the raw synthesis and adjoint synthesis
+are ``ducc0.sht.synthesis`` / ``ducc0.sht.adjoint_synthesis`` on zero-copy numpy views of the
+tensors, in their precision, with ``torch.get_num_threads()`` threads (``nthreads`` sets it);
+ducc0 computes the Legendre values on the fly, where the tables engine reads ~2.4 GB of them
+per nside-512 transform. Measured on 2 shared cores
+(``benchmarks/torch_transform.py --threads 2 --nside 512 --cpu-batch 2 --dtypes float32``):
+torch float32 takes 0.7-0.8x the numpy backend's time with ducc0, 3.7x with the tables
+engine; nside 256, batch 8: 0.69x against 1.9x (docs/gpu.md). The autograd Functions call
+these primitives forward and backward, so gradients are the same explicit adjoints.
+CUDA tensors (and every tensor with ``LEGENDRE_ENGINE = "torch"``) use the torch engine below.
+
+A torch transform is a handful of large kernels whatever nside and lmax (DESIGN.md, "GPU engine
 rules"); everything that is not data (index tensors, phases, chirps, Legendre tables) is
 built once per (nside, lmax, dtype, device) and cached. Synthesis (the adjoint runs the
 same steps backwards):
@@ -15,7 +27,7 @@ same steps backwards):
 1. **Legendre step** ``F_r(m) = sum_l a_lm lambda_lm(cos theta_r)`` on the 2*nside northern
    rings (equator included), with the even and odd ``l - m`` sums kept apart so that the
    southern rings follow by symmetry (``lambda_lm(-x) = (-1)^(l+m) lambda_lm(x)``). Three
-   engines, chosen per call from the memory budget:
+   torch engines, chosen per call from the memory budget ("auto" on CUDA, or "torch"):
 
    - *tables* (the whole table of the key fits TABLE_SHARE of ``memory_budget``): the (m, l) triangle is
      cut into ``G`` (1, 2, 4 or 8) groups of orders, each stored padded to its longest
@@ -86,11 +98,12 @@ TABLE_SHARE = 0.6
 ONE_GROUP_SHARE = 1 / 16
 #: Groups of polar-ring lengths, one chirp-z FFT length each (more groups: less padding, more calls).
 POLAR_GROUPS = 1
-#: Legendre engine: "auto" (tables within the budget, else fused when usable, else stream),
-#: or force one of "tables", "fused", "stream". The environment variable
-#: ``SCATTERDIST_LEGENDRE`` sets the default.
+#: SHT engine: "auto" (ducc0 for CPU tensors; on CUDA tables within the budget, else fused
+#: when usable, else stream), "torch" (the torch engines for every device: tables within the
+#: budget, else fused, else stream), or force one of "ducc0" (CPU tensors only), "tables",
+#: "fused", "stream". The environment variable ``SCATTERDIST_LEGENDRE`` sets the default.
 LEGENDRE_ENGINE = os.environ.get("SCATTERDIST_LEGENDRE", "auto")
-_ENGINES = ("auto", "tables", "fused", "stream")
+_ENGINES = ("auto", "ducc0", "torch", "tables", "fused", "stream")
 
 __all__ = [
     "analysis",
@@ -601,9 +614,9 @@ def _tables_bytes(plan: _Plan, groups: int) -> int:
 
 def _choose(plan: _Plan, budget: int) -> str:
     """Legendre engine of one call: a layout name ("G1", "G2", "G4", "G8", "stream") or "fused"."""
-    engine = LEGENDRE_ENGINE
-    if engine not in _ENGINES:
-        raise ValueError(f"LEGENDRE_ENGINE / $SCATTERDIST_LEGENDRE must be one of {_ENGINES}, got {engine!r}")
+    engine = _engine_setting()
+    if engine in ("auto", "ducc0", "torch"):  # ducc0 never reaches here (CPU tensors go to _use_ducc0)
+        engine = "auto"
     if engine in ("auto", "tables"):
         if _tables_bytes(plan, 1) <= budget * ONE_GROUP_SHARE:
             return "G1"
@@ -622,13 +635,36 @@ def _choose(plan: _Plan, budget: int) -> str:
     return "stream"
 
 
+def _engine_setting() -> str:
+    engine = LEGENDRE_ENGINE
+    if engine not in _ENGINES:
+        raise ValueError(f"LEGENDRE_ENGINE / $SCATTERDIST_LEGENDRE must be one of {_ENGINES}, got {engine!r}")
+    return engine
+
+
+def _use_ducc0(device: torch.device) -> bool:
+    """Whether a transform of tensors on ``device`` runs through ducc0 (CPU tensors, engine "auto" or "ducc0")."""
+    engine = _engine_setting()
+    if engine == "ducc0" and device.type != "cpu":
+        raise RuntimeError(
+            f"SHT engine 'ducc0' requested for a tensor on {device}: ducc0 only runs on CPU tensors; "
+            "set LEGENDRE_ENGINE (or $SCATTERDIST_LEGENDRE) to 'auto' or move the tensor to the CPU"
+        )
+    return engine in ("auto", "ducc0") and device.type == "cpu"
+
+
 def legendre_engine(
     nside: int, lmax: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
     memory_budget: int | None = None,
 ) -> str:
-    """Which Legendre engine a transform of this shape uses here: ``"tables (1 group)"``, ``"tables (G groups)"``,
+    """Which engine a transform of this shape uses here: ``"ducc0"`` (the whole transform by
+    ``ducc0.sht`` on CPU tensors, no tables), ``"tables (1 group)"``, ``"tables (G groups)"``,
     ``"fused"`` (Triton, no tables) or ``"stream"`` (torch recurrence, partly cached)."""
     device = torch.device(device)
+    nside = check_nside(nside)
+    _check_lmax(lmax, nside)
+    if _use_ducc0(device):
+        return "ducc0"
     plan = _get_plan(check_nside(nside), _check_lmax(lmax, nside), dtype, device)
     name = _choose(plan, _check_budget(memory_budget, device))
     if name.startswith("G"):
@@ -700,6 +736,48 @@ def _combine(eo: torch.Tensor) -> torch.Tensor:
     return ns.transpose(2, 3).contiguous()
 
 
+# ------------------------------------------------------------------ ducc0 engine
+
+
+def _ducc0_synthesis(alm: torch.Tensor, nside: int, lmax: int) -> torch.Tensor:
+    """CPU alm ``(B, nalm)`` complex -> maps ``(B, npix)`` by ``ducc0.sht.synthesis`` on zero-copy
+    numpy views, in the tensor's precision, with ``torch.get_num_threads()`` threads."""
+    import ducc0
+
+    batch = alm.detach().resolve_conj().contiguous().numpy()[:, None, :]  # (B, 1, nalm), no copy
+    out = ducc0.sht.synthesis(
+        alm=batch, lmax=lmax, spin=0, nthreads=torch.get_num_threads(), **ring_geometry(nside)
+    )
+    return torch.from_numpy(out[:, 0, :])
+
+
+def _ducc0_adjoint(maps: torch.Tensor, lmax: int) -> torch.Tensor:
+    """CPU maps ``(B, npix)`` real -> ``sum_p f_p conj(Y_lm(p))`` ``(B, nalm)`` by
+    ``ducc0.sht.adjoint_synthesis`` on zero-copy numpy views (float32 -> complex64)."""
+    import ducc0
+
+    nside = npix2nside(maps.shape[-1])
+    batch = maps.detach().contiguous().numpy()[:, None, :]  # (B, 1, npix), no copy
+    out = ducc0.sht.adjoint_synthesis(
+        map=batch, lmax=lmax, spin=0, nthreads=torch.get_num_threads(), **ring_geometry(nside)
+    )
+    return torch.from_numpy(out[:, 0, :])
+
+
+_M_WEIGHTS: dict = {}
+
+
+def _m_weight(lmax: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(nalm,)`` real weights: 1 for m = 0, 2 for m > 0 (cached; no transform plan needed)."""
+    key = (lmax, dtype, str(device))
+    w = _M_WEIGHTS.get(key)
+    if w is None:
+        M = lmax + 1
+        values = np.where(np.repeat(np.arange(M), np.arange(M, 0, -1)) > 0, 2.0, 1.0)
+        w = _M_WEIGHTS[key] = torch.from_numpy(values).to(dtype=dtype, device=device)
+    return w
+
+
 # ------------------------------------------------------------------ raw transforms
 
 
@@ -717,6 +795,8 @@ def _hadamard(like: torch.Tensor) -> torch.Tensor:
 
 def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> torch.Tensor:
     """alm ``(B, nalm)`` complex -> maps ``(B, npix)`` real (a transposed view of ``(npix, B)``). No autograd."""
+    if _use_ducc0(alm.device):
+        return _ducc0_synthesis(alm, nside, lmax)
     real = alm.real.dtype
     plan = _get_plan(nside, lmax, real, alm.device)
     nb = alm.shape[0]
@@ -744,6 +824,8 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
 
 def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     """Adjoint synthesis: maps ``(B, npix)`` real -> ``sum_p f_p conj(Y_lm(p))`` ``(B, nalm)``. No autograd."""
+    if _use_ducc0(maps.device):
+        return _ducc0_adjoint(maps, lmax)
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
     nb = maps.shape[0]
@@ -782,10 +864,9 @@ class _SynthesisFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        plan = _get_plan(ctx.nside, ctx.lmax, grad.dtype, grad.device)
         g = _AdjointFn.apply(grad.contiguous(), ctx.lmax, ctx.budget)
         # d maps / d Re a_lm = 2 Re Y, d / d Im a_lm = -2 Im Y for m > 0; m = 0 uses Re a_l0 only
-        g = g * plan.m_weight
+        g = g * _m_weight(ctx.lmax, grad.dtype, grad.device)
         m0 = slice(0, ctx.lmax + 1)
         g = torch.cat([torch.complex(g[:, m0].real, torch.zeros_like(g[:, m0].real)), g[:, ctx.lmax + 1 :]], dim=1)
         return g, None, None, None
@@ -801,8 +882,7 @@ class _AdjointFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        plan = _get_plan(ctx.nside, ctx.lmax, grad.real.dtype, grad.device)
-        g = grad / plan.m_weight
+        g = grad / _m_weight(ctx.lmax, grad.real.dtype, grad.device)
         return _SynthesisFn.apply(g.resolve_conj().contiguous(), ctx.nside, ctx.lmax, ctx.budget), None, None
 
 
@@ -872,8 +952,8 @@ def synthesis(
         of the m = 0 coefficients is ignored (as ducc0 does for real maps)
     nside : output resolution (power of two)
     lmax : defaults to the one implied by the length of the last axis
-    nthreads : CPU threads for this call (``torch.set_num_threads``, restored after);
-        None keeps torch's setting
+    nthreads : CPU threads for this call (``torch.set_num_threads``, restored after; the
+        ducc0 engine of CPU tensors uses the same count); None keeps torch's setting
     memory_budget : bytes of Legendre tables the process may keep cached on this device
         (all nside, lmax and dtypes together, least recently used evicted first); default
         :func:`default_memory_budget`; 0 recomputes them on every call
@@ -907,8 +987,7 @@ def _cgls(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     stops when ``||S^T r|| <= LSQ_EPSILON * ||S^T f||`` for every map or after LSQ_MAXITER steps.
     """
     nside = npix2nside(maps.shape[-1])
-    plan = _get_plan(nside, lmax, maps.dtype, maps.device)
-    w = plan.m_weight
+    w = _m_weight(lmax, maps.dtype, maps.device)
 
     def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (w * (a.conj() * b).real).sum(-1, keepdim=True)
