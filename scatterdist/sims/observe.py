@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from scatterdist.sims.skies import _check_int
+from scatterdist.sims.skies import _check_int, check_nonnegative
 from scatterdist.sphere import check_nside, nside2npix
 
 __all__ = [
@@ -40,21 +40,6 @@ __all__ = [
 
 #: healpy's marker for pixels with no data (``healpy.UNSEEN``).
 UNSEEN = -1.6375e30
-
-
-def check_nonnegative(name: str, value: object, unit: str) -> float | None:
-    """``value`` as a finite float >= 0 (None stays None), else ValueError naming ``name``."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a finite number >= 0 ({unit}), got {value!r}")
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number >= 0 ({unit}), got {value!r}") from None
-    if not math.isfinite(out) or out < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 ({unit}), got {value!r}")
-    return out
 
 
 def beam_window(fwhm_arcmin: float, lmax: int) -> np.ndarray:

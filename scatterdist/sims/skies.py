@@ -69,17 +69,27 @@ def _check_int(name: str, value: object, minimum: int = 0) -> int:
     return value
 
 
+def check_nonnegative(name: str, value: object, unit: str = "") -> float | None:
+    """``value`` as a finite float >= 0 (None stays None), else ValueError naming ``name``."""
+    if value is None:
+        return None
+    what = f"{name} must be a finite number >= 0" + (f" ({unit})" if unit else "") + f", got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(what)
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(what) from None
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(what)
+    return out
+
+
 def check_alpha(alpha: object) -> float:
     """Return ``alpha`` as a finite float >= 0, or raise ValueError."""
-    if isinstance(alpha, bool):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    try:
-        value = float(alpha)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return value
+    if alpha is None:
+        raise ValueError("alpha must be a finite number >= 0, got None")
+    return check_nonnegative("alpha", alpha)
 
 
 def default_lmax(nside: int, lmax: int | None = None) -> int:
