@@ -28,6 +28,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from scatterdist import Scattering
+    from scatterdist.experiments.cmb import SIGNED_OVERSAMPLE
     from scatterdist.experiments.features import baseline_block
     from scatterdist.sims import SimulationSpec
     from scatterdist.transforms import LowPass
@@ -37,7 +38,7 @@ def main() -> None:
     maps = np.stack([spec.generate(i) for i in range(args.maps)])
     per = {"simulate": (time.perf_counter() - t0) / args.maps}
     for name, tr in [("scattering", Scattering(args.nside, nthreads=1)),
-                     ("signed", Scattering(args.nside, signed=True, nthreads=1)),
+                     ("signed", Scattering(args.nside, signed=True, oversample=SIGNED_OVERSAMPLE, nthreads=1)),
                      ("lowpass", LowPass(args.nside, nthreads=1))]:
         tr(maps[:1])  # build caches
         t0 = time.perf_counter()

@@ -74,6 +74,10 @@ def test_quick_cmb_study_beats_both_baselines(tmp_path):
     assert "| 0.05 |" in text and "os.cpu_count() = " in text
     assert "## Class counts per split" in text and "## Recommended model against the best baseline" in text
     assert result["settings"]["dask_workers"] == 2
+    # the signed store is computed at the oversampling where its invariants are rotation invariant
+    from scatterdist.experiments.cmb import SIGNED_OVERSAMPLE
+    assert SIGNED_OVERSAMPLE == 2 and result["settings"]["signed_config"]["oversample"] == SIGNED_OVERSAMPLE
+    assert result["settings"]["scattering_config"]["oversample"] == 1  # the paper's transform, as published
     assert result["timings"]["total"] <= wall
     # the CLI summary lists every model
     assert proc.stdout.count("alpha=0.05") == len(models)
@@ -163,3 +167,29 @@ def test_baseline_features_in_dask_tasks_match_in_process(tmp_path):
     for name in BASELINES:
         np.testing.assert_array_equal(feats[name], direct[name])
     assert feats["pixel_moments"].shape == (6, 2)
+
+
+@pytest.mark.timeout(300)
+def test_study_under_survey_conditions_runs_every_store_on_the_cut_sky(tmp_path):
+    """Beam, white noise and a Galactic cut on every sky: the scattering, signed and low-resolution
+    stores (masked) and the baselines all run, and the report names the conditions."""
+    out = tmp_path / "survey"
+    proc = _run_cli("--nside", "32", "--n-per-class", "12", "--alpha", "0.5", "--seeds", "1", "--epochs", "1",
+                    "--hidden", "4", "--fwhm-arcmin", "60", "--noise-uk-arcmin", "45", "--galactic-cut", "20",
+                    "--models", "scattering", "lowpass", "signed_invariants", "pixel_moments",
+                    "--out", str(out), "--no-progress", timeout=290)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "cmb.json").read_text())
+    assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 45.0, "galactic_cut": 20.0}
+    assert {r["model"] for r in result["records"]} == {"recommended", "scattering", "lowpass", "signed_invariants",
+                                                      "pixel_moments"}
+    import xarray as xr
+
+    cell = next((out / "cmb-work").glob("nside32-n12-beam60-noise45-cut20/alpha0.5-seed0"))
+    for store in ("scattering", "signed", "lowpass"):
+        ds = xr.open_zarr(cell / f"{store}.zarr", consolidated=False)
+        assert (ds.status.values == 1).all(), store
+        assert 0.5 < float(ds.sky_fraction.values.mean()) < 0.8, store  # |b| > 20: 66% of the sky
+        assert np.isnan(ds.coefficients.values).any(), store  # pixels below min_coverage
+    assert "fwhm_arcmin" in (out / "cmb.md").read_text()
+    assert "--galactic-cut 20" in result["command"]

@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="small preset: nside 64, 150 skies per class, alpha 0.05, 3 seeds, 4 epochs, hidden 8")
     p.add_argument("--nside", type=int, default=None, help="HEALPix nside of the skies (full default 512)")
     p.add_argument("--n-per-class", type=int, default=None, metavar="N",
-                   help="skies per class for every (alpha, seed) (full default 200)")
+                   help="skies per class for every (alpha, seed) (full default 50)")
     p.add_argument("--alpha", type=float, nargs="+", default=None, metavar="A",
-                   help="non-Gaussianity amplitude(s) (full default 0.005 0.01)")
+                   help="non-Gaussianity amplitude(s) (full default 0.003 0.006 0.01)")
     p.add_argument("--seeds", type=int, default=None, help="independent replicates (skies, split, init; default 3)")
     p.add_argument("--seed0", type=int, default=None, help="first seed value (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (full default 10)")
@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="white noise level in uK-arcmin (issue 13: 45)")
     survey.add_argument("--galactic-cut", type=float, default=None, metavar="DEG",
                         help="mask |b| < DEG degrees (issue 13: 20)")
+    p.add_argument("--shard-size", type=int, default=None, metavar="K",
+                   help="skies per store shard and per Dask task (default: even, 2-32, fewer at nside >= 1024 "
+                        "so that a task fits a worker's memory)")
     add_cluster_arguments(p)
     p.set_defaults(func=run_cmb_command)
 
@@ -67,7 +70,7 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~scatterdist.experiments.CMBConfig` of the parsed flags (preset, then overrides)."""
     from scatterdist.experiments.cmb import FULL, QUICK, with_overrides
 
-    for name in ("workers", "threads_per_worker"):
+    for name in ("workers", "threads_per_worker", "shard_size"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -77,7 +80,7 @@ def config_from_args(args: argparse.Namespace):
         seeds=args.seeds, seed0=args.seed0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         hidden=args.hidden, layers=args.layers, ranks=args.ranks, out=args.out, work=args.work,
         cluster=args.cluster, workers=args.workers, threads_per_worker=args.threads_per_worker,
-        scheduler_file=args.scheduler_file, progress=False if args.no_progress else None,
+        scheduler_file=args.scheduler_file, progress=False if args.no_progress else None, shard_size=args.shard_size,
         models=tuple(args.models) if args.models else None, fwhm_arcmin=args.fwhm_arcmin, noise_uk_arcmin=args.noise_uk_arcmin, galactic_cut=args.galactic_cut,
     )
 
