@@ -94,11 +94,24 @@ def test_summarise_mean_and_standard_error():
     assert rows[1]["se"] == pytest.approx(0.1 / math.sqrt(3))
 
 
+def test_shard_size_fits_a_worker_at_high_nside():
+    from scatterdist.cli import build_parser
+    from scatterdist.cli.experiment import config_from_args
+    from scatterdist.experiments.cmb import CMBConfig, _shard_size, command_line
+
+    assert _shard_size(CMBConfig(nside=1024, n_per_class=50)) == 2  # 8 skies killed 12 GB workers
+    assert _shard_size(CMBConfig(nside=512, n_per_class=50)) == 8
+    assert _shard_size(CMBConfig(nside=128, n_per_class=300)) == 32
+    cfg = config_from_args(build_parser().parse_args(["experiment", "cmb", "--nside", "64", "--shard-size", "6"]))
+    assert _shard_size(cfg) == 6 and "--shard-size 6" in command_line(cfg)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--quick", "--n-per-class", "2"], "n_per_class must be >= 4"),
     (["--quick", "--alpha", "-1"], "alphas must be"),
     (["--quick", "--nside", "100"], "nside"),
     (["--quick", "--workers", "0"], "--workers must be >= 1"),
+    (["--quick", "--shard-size", "0"], "--shard-size must be >= 1"),
 ])
 def test_bad_options_fail_with_a_message(tmp_path, args, message):
     proc = _run_cli(*args, "--out", str(tmp_path / "r"), timeout=60)
