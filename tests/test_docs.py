@@ -43,3 +43,22 @@ def test_readme_commands_exist():
     assert first_block[0].startswith("make demo") and first_block[1].startswith("make test")
     for placeholder in ("PLACEHOLDER", "CMB_TABLE", "TODO"):
         assert placeholder not in readme
+
+
+def test_readme_result_tables_are_generated_from_the_result_files(tmp_path):
+    """Every CMB table in the README is `scripts/readme_results.py` output for a results/*/cmb.json."""
+    readme = (ROOT / "README.md").read_text()
+    dirs = re.findall(r"<!-- results: ([^ ]+) -->", readme)
+    assert dirs, "the README has no generated result blocks"
+    for d in dirs:
+        assert (ROOT / d / "cmb.json").exists() and (ROOT / d / "cmb_alpha.png").exists(), d
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_results.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # the check fails on an edited number
+    edited = tmp_path / "README.md"
+    edited.write_text(re.sub(r"(<!-- results: [^\n]+\n(?:.*\n)*?\| 0\.\d+ \| )\**\d+\.\d", r"\g<1>12.3", readme, count=1))
+    assert edited.read_text() != readme
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_results.py"), "--check", "--readme",
+                           str(edited)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "out of date" in done.stderr
