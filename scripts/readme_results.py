@@ -19,6 +19,8 @@ import os
 import re
 import sys
 
+from scatterdist.experiments.report import compare
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"(<!-- results: (?P<dir>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -96,9 +98,7 @@ def block(result_dir: str) -> str:
         if rec is None or not base:
             continue
         best = max(base, key=lambda r: r["mean"])
-        se = math.sqrt(sum((0.0 if r["se"] is None or math.isnan(r["se"]) else r["se"]) ** 2 for r in (rec, best)))
-        diff = rec["mean"] - best["mean"]
-        word = "above" if diff > se else "at (within 1 SE)" if diff >= -se else "below"
+        diff, _, word = compare(rec, best)
         verdicts.append(f"{a:g}: {word} ({100 * diff:+.1f} vs {COLUMNS[best['model']]})")
     if verdicts:
         def first(ms):

@@ -181,8 +181,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-#: Most skies per Dask task by nside: one nside-1024 sky takes about 3 GB in the signed transform
-#: (oversample 2), and a shard of 8 killed 12 GB workers (measured); 2 fit.
+#: Most skies per Dask task by nside: at nside 1024 a shard of 8 skies in the signed transform
+#: (oversample 2) killed 12 GB workers (the first L = 2048 run of results/nside1024); 2 fit.
 _MAX_SHARD = {1024: 2, 2048: 2}
 
 

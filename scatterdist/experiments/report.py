@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODELS", "PAPER", "machine_info", "summarise", "write_markdown", "plot_accuracy"]
+__all__ = ["MODELS", "PAPER", "compare", "machine_info", "summarise", "write_markdown", "plot_accuracy"]
 
 #: model key -> (table heading, plot label)
 MODELS: dict[str, tuple[str, str]] = {
@@ -213,6 +213,14 @@ def write_markdown(
         fh.write("\n".join(lines))
 
 
+def compare(rec: dict[str, Any], best: dict[str, Any]) -> tuple[float, float, str]:
+    """Difference of two summary rows' means, its standard error (a missing SE counts as 0) and
+    the verdict: "above" beyond one SE, "at (within 1 SE)", or "below"."""
+    diff = rec["mean"] - best["mean"]
+    se = math.sqrt(sum(0.0 if r["se"] is None or math.isnan(r["se"]) else r["se"] ** 2 for r in (rec, best)))
+    return diff, se, "above" if diff > se else "at (within 1 SE)" if diff >= -se else "below"
+
+
 def _findings(by: dict, alphas: list[float]) -> list[str]:
     """Recommended model against the best baseline at every alpha; where each first reaches 95%."""
     if not any((a, "recommended") in by for a in alphas):
@@ -225,9 +233,7 @@ def _findings(by: dict, alphas: list[float]) -> list[str]:
         if rec is None or not base:
             continue
         best = max(base, key=lambda r: r["mean"])
-        diff = rec["mean"] - best["mean"]
-        se = math.sqrt(np.nan_to_num(rec["se"]) ** 2 + np.nan_to_num(best["se"]) ** 2)
-        verdict = ("above" if diff > se else "at (within 1 SE)" if diff >= -se else "below")
+        diff, se, verdict = compare(rec, best)
         lines.append(f"| {a:g} | {_pct(rec['mean'], rec['se'])} | {MODELS[best['model']][0]}: "
                      f"{_pct(best['mean'], best['se'])} | {100 * diff:+.1f} (1 SE: {100 * se:.1f}) | {verdict} |")
 
