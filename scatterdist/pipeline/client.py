@@ -20,7 +20,7 @@ import numpy as np
 from distributed import Client, KilledWorker, as_completed
 
 from scatterdist import store as zstore
-from scatterdist.catalog import BadMapError, Catalog, load_maps
+from scatterdist.inputs import BadMapError, Catalog, load_maps
 from scatterdist.pipeline.device import check_device
 from scatterdist.pipeline.placement import spread_gpus
 from scatterdist.pipeline.task import (
@@ -300,11 +300,11 @@ def check_data_options(nside: int, fields: Sequence[str] | str | None = ("I",),
                        mask: str | os.PathLike | None = None,
                        min_fsky: float | None = None) -> DataOptions:
     """Check the data settings on the client: a bad field name raises
-    :class:`scatterdist.catalog.CatalogError`; a global mask that cannot be used at ``nside``
+    :class:`scatterdist.inputs.CatalogError`; a global mask that cannot be used at ``nside``
     (unreadable, values outside [0, 1], an nside that cannot be brought over, a sky fraction
     below ``min_fsky``) raises :class:`scatterdist.sphere.mask.MaskError`: it would fail every
     map, so the run is refused."""
-    from scatterdist.catalog import check_fields, read_global_mask
+    from scatterdist.inputs import check_fields, read_global_mask
     from scatterdist.sphere.mask import DEFAULT_MIN_FSKY, MaskError, sky_fraction
 
     min_fsky = DEFAULT_MIN_FSKY if min_fsky is None else float(min_fsky)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from scatterdist import store as zstore
-from scatterdist.catalog import BadMapError, MapRef, load_maps
+from scatterdist.inputs import BadMapError, MapRef, load_maps
 from scatterdist.feed import BatchFeeder, DeviceStager, split_batches
 from scatterdist.pipeline.device import device_name, resolved_config, transform_device
 
@@ -362,7 +362,7 @@ def run_shards(
     earlier attempt of this task whose worker died) is not recomputed. Per-map problems become
     status -1 with a message.
     """
-    from scatterdist.catalog import stack_maps
+    from scatterdist.inputs import stack_maps
 
     t_task = time.perf_counter()
     data = data or DataOptions()
