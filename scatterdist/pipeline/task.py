@@ -352,7 +352,13 @@ def _buffers(store_path: str, shards: Sequence[ShardTask], n_fields: int, sc: An
         else:
             keep = [i for i in range(k) if not task.recompute[i]]
             if keep:
-                buf.keep(zstore.read_shard(store_path, task.shard), keep, per_map)
+                old = zstore.read_shard(store_path, task.shard)
+                lost = [i for i in keep if i in old.unreadable]
+                if lost:  # damaged on disk since the plan was made: computed again
+                    task.recompute = [bool(r) or i in lost for i, r in enumerate(task.recompute)]
+                    buf.remaining = len(task.todo)
+                    keep = [i for i in keep if i not in lost]
+                buf.keep(old, keep, per_map)
         out.append(buf)
     return out
 

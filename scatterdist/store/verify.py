@@ -66,6 +66,14 @@ def _shard_file(path: str, name: str, meta: dict[str, Any], shard: int, ndim: in
     return os.path.join(path, name, "c", str(shard), *(["0"] * (ndim - 1)))
 
 
+def shard_file(path: str, name: str, shard: int) -> str | None:
+    """The file of shard ``shard`` of the sharded per-map array ``name`` (None when the array's
+    key encoding is not the default one)."""
+    with open(os.path.join(path, name, "zarr.json"), encoding="utf-8") as fh:
+        meta = json.load(fh)
+    return _shard_file(path, name, meta, shard, len(meta["shape"]))
+
+
 def _sharding(meta: dict[str, Any]) -> dict[str, Any] | None:
     codecs = meta.get("codecs", [])
     if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
