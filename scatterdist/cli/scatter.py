@@ -34,9 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS")
     p.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store directory")
-    p.add_argument("--labels", default=None, metavar="CSV", help="CSV file with columns id,label")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="CSV file with columns id (or map) and label (any integer; -1: none)")
     t = p.add_argument_group("transform")
-    t.add_argument("--nside", type=int, default=None, help="input nside (default: from the inputs)")
+    t.add_argument("--nside", type=int, default=None,
+                   help="run nside; FITS maps of another nside are resampled to it in harmonic space "
+                        "(default: the first input's header nside, and maps of another nside fail)")
     t.add_argument("--L", type=int, default=None, help="bandlimit (default 2*nside)")
     t.add_argument("--J0", type=int, default=None, help="lowest wavelet scale (default: lam**J0 ~ 16)")
     t.add_argument("--lam", type=float, default=2.0, help="dilation factor (default 2)")
@@ -238,7 +241,7 @@ def run_scatter(args: argparse.Namespace) -> int:
     """Handler of ``scatterdist scatter``."""
     from scatterdist import store as zstore
     from scatterdist.cluster import ClusterError, client_from_args
-    from scatterdist.inputs import Catalog, CatalogError
+    from scatterdist.inputs import Catalog, CatalogError, plan_inputs
     from scatterdist.pipeline import check_data_options, scatter
 
     if args.retries < 0:
@@ -248,17 +251,25 @@ def run_scatter(args: argparse.Namespace) -> int:
         zstore.check_output(args.output, args.overwrite)  # before anything is touched
         if zstore.store_kind(args.output) == "store" and not args.overwrite:
             zstore.layout(args.output)  # a store this version cannot resume: say so before starting
+        writer = zstore.live_writer(args.output)
+        if writer is not None:  # the run would be refused by the lock: say so before starting
+            raise zstore.StoreLockedError(
+                f"store {args.output} is being written by pid {writer.get('pid')} on host "
+                f"{writer.get('host')} since {writer.get('time')}: wait for it to finish")
     except zstore.StoreError as exc:
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
         catalog = Catalog.from_inputs(args.inputs, labels_csv=args.labels)
-        nside = args.nside if args.nside is not None else catalog.infer_nside()
+        plan = plan_inputs(catalog, args.nside, args.mask)  # nside rule, resampling, mask frame
+        catalog, nside = plan.catalog, plan.nside
         config = _config(args, nside)
         check_data_options(nside, args.fields, args.mask, args.min_fsky)
     except (CatalogError, ValueError) as exc:  # MaskError is a ValueError
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    for line in plan.lines:
+        print(line, file=sys.stderr)
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
     _quiet_workers(args.debug)
@@ -315,14 +326,14 @@ def _print_sky(summary: dict[str, Any], all_paths: bool = False) -> None:
     """The fields / mask / sky fraction / coverage lines of ``scatterdist info``."""
     print("fields     " + ", ".join(summary["fields"]))
     print(f"mask       {summary['mask'] or 'none (each map: its own UNSEEN/NaN pixels or coverage)'}")
-    sky = summary["sky_fraction"]
+    sky = summary.get("sky_fraction")
     if sky is None:
         print("sky        full sky (store without masks)" if not summary["coverage_layout"]
               else "sky        no map done yet")
     else:
         print(f"sky        fraction min {sky['min']:.3f}, median {sky['median']:.3f}, max {sky['max']:.3f} "
               f"over {sky['n']} map(s)")
-    cov = summary["coverage"]
+    cov = summary.get("coverage")
     if cov is not None:
         per_path = sorted(cov["per_path"].items(), key=lambda kv: (np.nan_to_num(kv[1], nan=-1.0), kv[0]))
         shown = per_path if all_paths else per_path[:3]

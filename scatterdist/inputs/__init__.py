@@ -49,7 +49,9 @@ from scatterdist.inputs.base import DEFAULT_MIN_FSKY, UNSEEN, BadMapError, Catal
 from scatterdist.inputs.catalog import Catalog, Entry, read_labels_csv
 from scatterdist.inputs.fields import FIELDS, check_fields
 from scatterdist.inputs.load import load_maps, stack_maps
+from scatterdist.inputs.identity import stat_identity
 from scatterdist.inputs.masks import read_global_mask
+from scatterdist.inputs.plan import InputPlan, plan_inputs
 from scatterdist.inputs.simulations import parse_sim_spec
 
 __all__ = [
@@ -61,11 +63,14 @@ __all__ = [
     "LoadedMap",
     "MapRef",
     "Catalog",
+    "InputPlan",
     "UNSEEN",
     "check_fields",
     "load_maps",
     "parse_sim_spec",
+    "plan_inputs",
     "read_global_mask",
     "read_labels_csv",
     "stack_maps",
+    "stat_identity",
 ]

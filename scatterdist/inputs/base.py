@@ -3,7 +3,7 @@ loaded maps. Imports nothing else of the package (and nothing of ``scatterdist.s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,9 @@ class MapRef:
     where: str
     index: int = -1
     variable: str = ""
+    #: A FITS map at another nside than the run's is resampled in harmonic space (``--nside``)
+    #: instead of failing.
+    resample: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +51,9 @@ class LoadedMap:
     weights in [0, 1] (the map's own mask times the global mask, not apodised), or None for a
     full-sky map with no global mask. ``sky_fraction``: mean of the weights (1.0 when ``mask``
     is None). ``own_mask``: the input itself carried a mask (UNSEEN/NaN pixels, HealSparse
-    coverage, a simulation's mask).
+    coverage, a simulation's mask). ``identity``: what the map was computed from,
+    ``{"path", "size", "mtime", "sha256"}`` (see :mod:`scatterdist.inputs.identity`).
+    ``resampled_from``: the input's own nside when it was resampled, else None.
     """
 
     data: np.ndarray
@@ -56,6 +61,8 @@ class LoadedMap:
     sky_fraction: float
     fields: tuple[str, ...]
     own_mask: bool = False
+    identity: dict = field(default_factory=dict)
+    resampled_from: int | None = None
 
     @property
     def weights(self) -> np.ndarray:

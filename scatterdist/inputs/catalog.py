@@ -18,7 +18,7 @@ import numpy as np
 from scatterdist.inputs.base import _FITS_SUFFIXES, _HSP_SUFFIXES, CatalogError, MapRef, _is_healsparse
 from scatterdist.inputs.simulations import parse_sim_spec
 
-__all__ = ["Catalog", "Entry", "iter_chunks", "read_labels_csv"]
+__all__ = ["Catalog", "Entry", "LABEL_ID_COLUMNS", "iter_chunks", "read_labels_csv"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -64,10 +64,15 @@ class Catalog:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """int8 labels (-1 where missing), or None when no entry has a label."""
+        """int64 labels (-1 where missing), or None when no entry has a label. CatalogError
+        for a label that int64 cannot hold."""
         if all(e.label is None for e in self.entries):
             return None
-        return np.array([-1 if e.label is None else e.label for e in self.entries], dtype=np.int8)
+        values = [-1 if e.label is None else int(e.label) for e in self.entries]
+        big = [v for v in values if not -2**63 <= v < 2**63]
+        if big:
+            raise CatalogError(f"label {big[0]} does not fit a 64-bit integer (the store's label type)")
+        return np.array(values, dtype=np.int64)
 
     # ------------------------------------------------------------------ building
     def __add__(self, other: Catalog) -> Catalog:
@@ -218,19 +223,47 @@ class Catalog:
         raise CatalogError("cannot infer nside: no input has a readable NSIDE header; pass --nside")
 
 
-def read_labels_csv(path: str) -> dict[str, int]:
-    """``{id: label}`` from a CSV with a header ``id,label``."""
+#: Accepted header spellings of the labels CSV's id column (``scatter`` and ``train`` alike).
+LABEL_ID_COLUMNS = ("id", "map")
+
+
+def read_labels_csv(path: str | os.PathLike, *, integer: bool = True) -> dict[str, Any]:
+    """``{map id: label}`` from a CSV whose header names the id column ``id`` or ``map`` and the
+    label column ``label`` (case-insensitive; other columns are ignored). The one reader of
+    labels files for ``scatterdist scatter --labels`` and ``scatterdist train --labels``.
+
+    ``integer``: labels must be integers (any size: Python ints; the store keeps int64) and come
+    back as ``int``; else they come back as stripped strings. Raises :class:`CatalogError` (a
+    ValueError) for an unreadable file, a header without those columns, a repeated id or a
+    label that is not an integer, naming the file and line.
+    """
+    path = os.fspath(path)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
-                raise CatalogError(f"labels file {path} needs a header with columns id,label; got {reader.fieldnames}")
-            out = {}
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            names = [h.strip().lower() for h in header or ()]
+            key = next((k for k in LABEL_ID_COLUMNS if k in names), None)
+            if key is None or "label" not in names:
+                raise CatalogError(f"labels file {path} needs a header with columns id (or map) and label; "
+                                   f"got {header}")
+            ki, li = names.index(key), names.index("label")
+            out: dict[str, Any] = {}
             for lineno, row in enumerate(reader, start=2):
-                try:
-                    out[row["id"].strip()] = int(row["label"])
-                except (TypeError, ValueError) as exc:
-                    raise CatalogError(f"{path}:{lineno}: label {row['label']!r} is not an integer") from exc
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) <= max(ki, li):
+                    raise CatalogError(f"{path}:{lineno}: {len(row)} column(s), the header has {len(names)}")
+                mid, text = row[ki].strip(), row[li].strip()
+                if mid in out:
+                    raise CatalogError(f"{path}:{lineno}: map id {mid!r} is listed twice")
+                if integer:
+                    try:
+                        out[mid] = int(text)
+                    except ValueError:
+                        raise CatalogError(f"{path}:{lineno}: label {text!r} is not an integer") from None
+                else:
+                    out[mid] = text
     except OSError as exc:
         raise CatalogError(f"cannot read labels file {path}: {exc}") from exc
     return out

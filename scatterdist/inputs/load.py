@@ -1,5 +1,5 @@
 """Loading maps on the worker side: references -> :class:`LoadedMap` (fields, weights, sky
-fraction) or a :class:`BadMapError` per map; batching loaded maps for a transform call."""
+fraction, identity) or a :class:`BadMapError` per map; batching loaded maps for a transform call."""
 
 from __future__ import annotations
 
@@ -10,27 +10,65 @@ from typing import Any
 import numpy as np
 
 from scatterdist.inputs.base import DEFAULT_MIN_FSKY, UNSEEN, BadMapError, CatalogError, LoadedMap, MapRef
-from scatterdist.inputs.fields import _STOKES_COLUMN, _stokes_columns, check_fields
-from scatterdist.inputs.masks import _apodized, read_global_mask
-from scatterdist.inputs.readers import _check_values, _load_fits, _read_fits, _read_healsparse, _scalar_only
+from scatterdist.inputs.fields import check_fields, make_fields
+from scatterdist.inputs.identity import identity
+from scatterdist.inputs.masks import _apodized, global_mask_frame, read_global_mask, rotated_mask
+from scatterdist.inputs.readers import (
+    _check_values,
+    _read_fits,
+    _read_healsparse,
+    _scalar_only,
+    check_file,
+    read_zarr_rows,
+    resample,
+)
+from scatterdist.inputs.readers import _load_fits as _legacy_fits
 from scatterdist.inputs.simulations import _sim_spec
+from scatterdist.sphere import npix2nside
 
 __all__ = ["load_maps", "stack_maps"]
 
+_F32 = np.finfo(np.float32)
 
-def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fields: tuple[str, ...],
-            gmask: np.ndarray | None, min_fsky: float, what: str,
-            apodize_deg: float | None = None) -> LoadedMap:
-    """Raw columns ``(C, npix)`` (+ the input's own weights) -> :class:`LoadedMap`."""
-    raw = np.asarray(raw, dtype=np.float64)
+
+def _check_float32(raw: np.ndarray, valid: np.ndarray, what: str) -> None:
+    """:class:`BadMapError` when a usable pixel does not fit float32 (the store's type): beyond
+    its largest value (it would become inf) or nonzero below its smallest normal number (it
+    would underflow)."""
+    a = np.abs(raw)
+    use = np.broadcast_to(valid, a.shape)
+    hi = float(a.max(initial=0.0, where=use))
+    if hi > _F32.max:
+        n = int(((a > _F32.max) & use).sum())
+        raise BadMapError(f"{what}: {n} pixel value(s) beyond float32 (|x| up to {hi:.3g} > "
+                          f"{float(_F32.max):.3g}) would be stored as inf: rescale the map (e.g. other units)")
+    nonzero = use & (a > 0)
+    lo = float(a.min(initial=np.inf, where=nonzero))
+    if lo < _F32.tiny:
+        n = int(((a < _F32.tiny) & nonzero).sum())
+        raise BadMapError(f"{what}: {n} nonzero pixel value(s) below float32's smallest normal number "
+                          f"(|x| down to {lo:.3g} < {float(_F32.tiny):.3g}) would underflow: rescale the "
+                          "map (e.g. other units)")
+
+
+def _invalid(raw: np.ndarray, what: str) -> np.ndarray:
+    """``(npix,)`` bool: pixels that are UNSEEN or NaN in any row; infinite pixels raise."""
     lo, hi = float(raw.min()), float(raw.max())  # NaN propagates: fast path for clean maps
     if np.isfinite(lo) and np.isfinite(hi) and lo > -1e30:
-        bad = np.zeros(raw.shape[-1], dtype=bool)
-    else:
-        inf = np.isinf(raw)
-        if inf.any():
-            raise BadMapError(f"{what}: {int(inf.sum())} infinite pixels")
-        bad = (np.isnan(raw) | np.isclose(raw, UNSEEN, rtol=1e-5, atol=0.0)).any(axis=0)
+        return np.zeros(raw.shape[-1], dtype=bool)
+    inf = np.isinf(raw)
+    if inf.any():
+        raise BadMapError(f"{what}: {int(inf.sum())} infinite pixels")
+    return (np.isnan(raw) | np.isclose(raw, UNSEEN, rtol=1e-5, atol=0.0)).any(axis=0)
+
+
+def _finish(raw: np.ndarray, stokes: tuple[str, ...], own: np.ndarray | None, fields: tuple[str, ...],
+            gmask: np.ndarray | None, min_fsky: float, what: str,
+            apodize_deg: float | None = None, ident: dict | None = None,
+            resampled_from: int | None = None) -> LoadedMap:
+    """Raw Stokes rows ``(S, npix)`` named ``stokes`` (+ the input's own weights) -> :class:`LoadedMap`."""
+    raw = np.asarray(raw, dtype=np.float64)
+    bad = _invalid(raw, what)
     has_own = own is not None or bool(bad.any())
     w = np.ones(raw.shape[-1]) if own is None else np.asarray(own, dtype=np.float64).copy()
     w[bad] = 0.0
@@ -44,43 +82,47 @@ def _finish(raw: np.ndarray, cols: tuple[int, ...], own: np.ndarray | None, fiel
     if fsky < min_fsky:
         raise BadMapError(f"{what}: usable sky fraction {fsky:.4g} is below min_fsky {min_fsky:g} "
                           "(lower --min-fsky to keep it)")
-    out = np.where(w > 0, raw, 0.0)
+    valid = w > 0
+    _check_float32(raw, valid, what)
+    out = np.where(valid, raw, 0.0)
     mask = w if (has_own or gmask is not None) else None
-    col = {c: out[k] for k, c in enumerate(cols)}
-    eb: tuple[np.ndarray, np.ndarray] | None = None
-    rows = []
-    for f in fields:
-        if f in _STOKES_COLUMN:
-            rows.append(col[_STOKES_COLUMN[f]])
-            continue
-        if eb is None:
-            from scatterdist.sphere.spin import qu_to_eb
-
-            weights = mask
-            if mask is not None and apodize_deg:  # raw weights unless asked (see load_maps)
-                weights = _apodized(mask, apodize_deg)
-            e, b = qu_to_eb(col[1], col[2], mask=weights)
-            eb = (np.where(w > 0, np.asarray(e, dtype=np.float64), 0.0),
-                  np.where(w > 0, np.asarray(b, dtype=np.float64), 0.0))
-        rows.append(eb[0] if f == "E" else eb[1])
+    weights = mask
+    if mask is not None and apodize_deg:  # raw weights unless asked (see load_maps)
+        weights = _apodized(mask, apodize_deg)
+    rows = make_fields(dict(zip(stokes, out)), fields, weights, valid)
     return LoadedMap(np.ascontiguousarray(np.stack(rows)), mask, fsky if mask is not None else 1.0,
-                     fields, has_own)
+                     fields, has_own, ident or {}, resampled_from)
 
 
+def _load_fits(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarray | None,
+               mask_frame: str | None, min_fsky: float, apodize_deg: float | None) -> LoadedMap:
+    """A FITS map: columns by name, resampled to ``nside`` when ``ref.resample``, the global
+    mask rotated to the map's ``COORDSYS`` when both frames are known and differ."""
+    path = ref.where
+    raw, stokes, header = _read_fits(path, nside, fields, ref.resample)
+    ident = identity(ref, raw)
+    own = None
+    nside_in = npix2nside(raw.shape[-1])
+    if nside_in != nside:
+        bad = _invalid(raw, path)
+        _check_float32(raw, ~bad, path)
+        raw, own = resample(np.where(bad, 0.0, raw), nside, (~bad).astype(np.float64) if bad.any() else None)
+    if gmask is not None and mask_frame and header.coordsys and header.coordsys != mask_frame:
+        gmask = rotated_mask(gmask, mask_frame, header.coordsys)
+    return _finish(raw, stokes, own, fields, gmask, min_fsky, path, apodize_deg, ident,
+                   nside_in if nside_in != nside else None)
 
 
 def _load_one(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarray | None,
-              min_fsky: float, apodize_deg: float | None = None) -> LoadedMap:
+              min_fsky: float, apodize_deg: float | None = None, mask_frame: str | None = None) -> LoadedMap:
     if ref.kind == "fits":
-        cols = _stokes_columns(fields)
-        return _finish(_read_fits(ref.where, nside, cols, fields), cols, None, fields, gmask,
-                       min_fsky, ref.where, apodize_deg)
+        return _load_fits(ref, nside, fields, gmask, mask_frame, min_fsky, apodize_deg)
     if ref.kind == "hsp":
-        if not os.path.exists(ref.where):
-            raise BadMapError(f"missing file: {ref.where}")
+        check_file(ref.where)
         _scalar_only(fields, ref.where, "HealSparse")
         values, weights = _read_healsparse(ref.where, nside)
-        return _finish(values[None], (0,), weights, fields, gmask, min_fsky, ref.where)
+        return _finish(values[None], ("I",), weights, fields, gmask, min_fsky, ref.where,
+                       ident=identity(ref, values))
     if ref.kind == "sim":
         what = f"simulation {ref.index}"
         _scalar_only(fields, what, "simulation")
@@ -89,7 +131,7 @@ def _load_one(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarra
         if m.shape != (12 * nside * nside,):
             raise BadMapError(f"{what} has shape {m.shape}, run nside is {nside}")
         own = spec.mask_weights() if hasattr(spec, "mask_weights") else None
-        return _finish(m[None], (0,), own, fields, gmask, min_fsky, what)
+        return _finish(m[None], ("I",), own, fields, gmask, min_fsky, what, ident=identity(ref, m))
     raise BadMapError(f"unknown input kind {ref.kind!r}")
 
 
@@ -123,9 +165,14 @@ def load_maps(
     if not legacy:
         fields = check_fields(("I",) if fields is None else fields)
         min_fsky = float(min_fsky)
+    legacy = fields is None and mask is None
+    if not legacy:
+        fields = check_fields(("I",) if fields is None else fields)
+        min_fsky = float(min_fsky)
         if not 0.0 <= min_fsky <= 1.0:
             raise CatalogError(f"min_fsky must lie in [0, 1], got {min_fsky}")
     gmask = None if mask is None else read_global_mask(mask, nside)
+    mask_frame = global_mask_frame(mask)
     out: list[Any] = [BadMapError("not loaded")] * len(refs)
     zarr_groups: dict[tuple[str, str], list[int]] = {}
     for k, ref in enumerate(refs):
@@ -134,9 +181,9 @@ def load_maps(
             continue
         try:
             if not legacy:
-                out[k] = _load_one(ref, nside, fields, gmask, min_fsky, apodize)
+                out[k] = _load_one(ref, nside, fields, gmask, min_fsky, apodize, mask_frame)
             elif ref.kind == "fits":
-                out[k] = _load_fits(ref.where, nside)
+                out[k] = _legacy_fits(ref.where, nside)
             elif ref.kind == "sim":
                 m = np.asarray(_sim_spec(ref.where).generate(ref.index), dtype=np.float64)
                 if m.shape != (12 * nside * nside,):
@@ -149,25 +196,13 @@ def load_maps(
         except BadMapError as exc:
             out[k] = exc
     for (where, variable), ks in zarr_groups.items():
-        import zarr
-
-        rows = np.array([refs[k].index for k in ks])
         try:
             if not legacy:
                 _scalar_only(fields, f"{where}::{variable}", "Zarr")
-            arr = zarr.open_array(where, path=variable, mode="r")
-            if arr.shape[-1] != 12 * nside * nside:
-                raise BadMapError(f"{where}::{variable} has {arr.shape[-1]} pixels, run nside is {nside}")
-            lo, hi = int(rows.min()), int(rows.max()) + 1
-            block = np.asarray(arr[lo:hi], dtype=np.float64)[rows - lo]
+            block = read_zarr_rows(where, variable, np.array([refs[k].index for k in ks]), nside)
         except BadMapError as exc:
             for k in ks:
                 out[k] = exc
-            continue
-        except (OSError, ValueError, KeyError) as exc:
-            err = BadMapError(f"cannot read {where}::{variable}: {type(exc).__name__}: {exc}")
-            for k in ks:
-                out[k] = err
             continue
         for k, m in zip(ks, block):
             what = f"{where}::{variable}[{refs[k].index}]"
@@ -176,7 +211,8 @@ def load_maps(
                     _check_values(m, what)
                     out[k] = np.ascontiguousarray(m)
                 else:
-                    out[k] = _finish(m[None], (0,), None, fields, gmask, min_fsky, what)
+                    out[k] = _finish(m[None], ("I",), None, fields, gmask, min_fsky, what,
+                                     ident=identity(refs[k], m))
             except BadMapError as exc:
                 out[k] = exc
     return out

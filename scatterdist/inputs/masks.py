@@ -9,9 +9,9 @@ import threading
 import numpy as np
 
 from scatterdist.inputs.base import BadMapError, _is_healsparse
-from scatterdist.inputs.readers import _read_healsparse
+from scatterdist.inputs.readers import _read_healsparse, read_fits_header
 
-__all__ = ["read_global_mask"]
+__all__ = ["global_mask_frame", "read_global_mask", "rotated_mask"]
 
 _MASK_CACHE: dict[tuple[str, int, int, int], np.ndarray] = {}
 _MASK_LOCK = threading.Lock()
@@ -97,3 +97,40 @@ def _read_healsparse_mask(path: str, nside: int) -> np.ndarray:
     return w
 
 
+
+
+def global_mask_frame(mask: str | os.PathLike | np.ndarray | None) -> str | None:
+    """The coordinate frame (``"G"``, ``"C"``, ``"E"``) of a FITS mask's ``COORDSYS``; None for
+    arrays, HealSparse masks and FITS masks without (or with an unreadable) ``COORDSYS``."""
+    if mask is None or isinstance(mask, np.ndarray) or _is_healsparse(os.fspath(mask)):
+        return None
+    try:
+        return read_fits_header(os.path.abspath(os.fspath(mask))).coordsys
+    except BadMapError:
+        return None
+
+
+_ROT_CACHE: dict[tuple[bytes, str, str], np.ndarray] = {}
+
+
+def rotated_mask(weights: np.ndarray, frame: str, to: str) -> np.ndarray:
+    """``weights`` (a RING mask in frame ``frame``) in frame ``to``, by healpy's
+    ``Rotator(coord=[frame, to]).rotate_map_pixel`` (bilinear interpolation: edges get
+    fractional weights), clipped to [0, 1]. Cached per process (read-only result)."""
+    import hashlib
+
+    import healpy as hp
+
+    key = (hashlib.sha1(np.ascontiguousarray(weights).view(np.uint8)).digest(), frame, to)
+    with _MASK_LOCK:
+        hit = _ROT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    out = np.clip(hp.Rotator(coord=[frame, to]).rotate_map_pixel(np.asarray(weights, dtype=np.float64)),
+                  0.0, 1.0)
+    out.setflags(write=False)
+    with _MASK_LOCK:
+        while len(_ROT_CACHE) >= 4:
+            _ROT_CACHE.pop(next(iter(_ROT_CACHE)))
+        _ROT_CACHE[key] = out
+    return out

@@ -411,7 +411,7 @@ def run_shards(
                                   "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
                       if not isinstance(m, BadMapError) and m.mask is not None else m
                       for j, m in enumerate(loaded)]
-        identity = [stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m.data)
+        identity = [stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m)
                     for ref, m in zip(refs, loaded)]
         good = [j for j, m in enumerate(loaded) if not isinstance(m, BadMapError)]
         # full-sky maps first, then masked ones (two transform calls)

@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from scatterdist.store.errors import StoreError
+from scatterdist.store.keys import shard_file
 from scatterdist.store.schema import (
     FAILURE_NONE,
     MAX_ERROR_CHARS,
@@ -126,8 +127,6 @@ def _write_whole_shard(group: zarr.Group, path: str | os.PathLike, name: str, sh
     except OSError:
         raise
     except Exception:  # noqa: BLE001 - any decoding error of the old shard file
-        from scatterdist.store.verify import shard_file
-
         damaged = shard_file(os.fspath(path), name, shard_index)
         if damaged is None or not os.path.exists(damaged):
             raise
