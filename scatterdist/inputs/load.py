@@ -155,7 +155,10 @@ def load_maps(
     it over the taper (measured in docs/cut-sky.md, ``scripts/masked_bias.py --polarisation``).
     The returned ``mask`` is never apodised (the transform apodises it).
     Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
-    store are read in one call.
+    store are read in one call. FITS maps at another nside fail unless their reference says
+    ``resample`` (then they are resampled in harmonic space, ``LoadedMap.resampled_from``); a
+    FITS ``mask`` whose ``COORDSYS`` differs from a FITS map's is rotated to the map's frame.
+    Each map carries its ``identity`` (:mod:`scatterdist.inputs.identity`).
 
     Legacy form (for stores made before fields existed): with an explicit ``fields=None`` and
     ``mask=None`` the result is a float64 ``(npix,)`` array or a :class:`BadMapError` per map,
