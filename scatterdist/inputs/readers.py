@@ -16,7 +16,7 @@ import numpy as np
 from scatterdist.inputs.base import UNSEEN, BadMapError
 from scatterdist.inputs.fields import stokes_columns
 
-__all__ = ["FitsHeader", "check_file", "coordsys_of", "read_fits_header", "read_zarr_rows", "resample",
+__all__ = ["FitsHeader", "check_file", "coordsys_of", "read_fits_header", "read_zarr_rows", "resample_maps",
            "resample_lmax"]
 
 
@@ -178,7 +178,7 @@ def resample_lmax(nside_in: int, nside_out: int) -> int:
     return 2 * min(int(nside_in), int(nside_out)) - 1
 
 
-def resample(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None,
+def resample_maps(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None,
              nthreads: int | None = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """HEALPix RING maps ``(C, npix_in)`` brought to ``nside_out`` in harmonic space: analysis
     (least squares, ducc0) and synthesis at lmax :func:`resample_lmax`.
@@ -208,7 +208,8 @@ def resample(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None
     return np.where(ok, out[:-1] / np.where(ok, norm, 1.0), 0.0), np.where(ok, w_out, 0.0)
 
 
-def _load_fits(path: str, nside: int) -> np.ndarray:
+def _legacy_fits(path: str, nside: int) -> np.ndarray:
+    """Legacy (``fields=None``) read: field I at ``nside``, NaN/UNSEEN pixels fatal."""
     m = _read_fits(path, nside, ("I",))[0][0]
     _check_values(m, path)
     return m
