@@ -278,3 +278,14 @@ def test_identity_of_loaded_maps_and_stat_identity(tmp_path) -> None:
     [sim] = load_maps(Catalog.from_inputs(["sim:kind=gaussian,n=1,nside=16,seed=0"]).refs, NSIDE)
     assert sim.identity["path"] == "" and sim.identity["size"] == -1 and len(sim.identity["sha256"]) == 64
     assert stat_identity(MapRef("fits", str(tmp_path / "gone.fits")))["size"] == -1
+
+
+def test_zarr_input_through_a_symlink_loop_is_named(tmp_path) -> None:
+    from scatterdist.inputs import CatalogError
+
+    (tmp_path / "a.zarr").symlink_to(tmp_path / "b.zarr")
+    (tmp_path / "b.zarr").symlink_to(tmp_path / "a.zarr")
+    with pytest.raises(CatalogError, match="symlink loop"):
+        Catalog.from_inputs([str(tmp_path / "a.zarr")])
+    with pytest.raises(CatalogError, match="missing file"):
+        Catalog.from_inputs([str(tmp_path / "none.zarr")])

@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("cut sky and fields")
     d.add_argument("--fields", default="I", metavar="I,Q,U,E,B",
                    help="what is scattered from each input, any subset in any order (default I): "
-                        "I, Q, U are FITS fields 0, 1, 2; E and B are made from Q and U by the "
+                        "I, Q, U are found by FITS column name (TEMPERATURE/I_STOKES/I, Q_POLARISATION/"
+                        "Q_STOKES/Q, U_...); E and B are made from Q and U by the "
                         "spin-2 transform. Stored as coefficients (map, field, path, pixel)")
     d.add_argument("--mask", default=None, metavar="PATH",
                    help="a mask for every map (FITS 0/1 or weights in [0, 1], any nside, or "

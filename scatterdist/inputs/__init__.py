@@ -14,8 +14,11 @@ an exception *for that map only* (:class:`BadMapError`), never for the run.
 
 Inputs accepted by :meth:`Catalog.from_inputs` (the ``scatterdist scatter INPUTS...``):
 
-- ``map.fits`` / ``map.fits.gz``: a HEALPix FITS file (fields 0, 1, 2 are I, Q, U; the ones
-  asked for are read; NESTED files are converted to RING). Id = file name without the extension.
+- ``map.fits`` / ``map.fits.gz``: a HEALPix FITS file (Stokes I, Q, U found by column name,
+  :func:`scatterdist.inputs.fields.stokes_columns`; the ones asked for are read; NESTED files
+  are converted to RING; nside, ``COORDSYS`` from the header). Id = file name without the
+  extension. At another nside than the run's it fails, or is resampled in harmonic space when
+  its reference says ``resample`` (``--nside``, see :mod:`scatterdist.inputs.plan`).
 - ``map.hsp`` / ``map.hs``: a HealSparse map (``healsparse.HealSparseMap.read``); its valid
   pixels are the map's mask. It is brought to the run nside with healsparse (degraded: mean of
   the valid sub-pixels, mask weight = covered fraction; upgraded: ``HealSparseMap.upgrade``).
@@ -28,7 +31,7 @@ Inputs accepted by :meth:`Catalog.from_inputs` (the ``scatterdist scatter INPUTS
   parsed into ``scatterdist.sims.SimulationSpec.from_dict({...})`` (values become int, float
   or str); maps are generated inside the tasks from their seeds.
 
-Fields (:data:`FIELDS`): ``I``, ``Q``, ``U`` are FITS fields 0, 1, 2; ``E`` and ``B`` are made
+Fields (:data:`FIELDS`): ``I``, ``Q``, ``U`` are FITS columns found by name; ``E`` and ``B`` are made
 from (Q, U) by :func:`scatterdist.sphere.spin.qu_to_eb` (spin-2 harmonic transform) at the run
 nside. HealSparse, Zarr and simulation inputs hold ``I`` only. A field the input lacks is a
 :class:`BadMapError` for that map.
@@ -36,11 +39,14 @@ nside. HealSparse, Zarr and simulation inputs hold ``I`` only. A field the input
 Masks (:func:`load_maps` with ``fields``): a map's weight mask in [0, 1] is its own mask (0 at
 UNSEEN/NaN pixels of any field read, HealSparse coverage, a simulation's mask) times the global
 mask (``--mask``, read once with :func:`scatterdist.sphere.mask.read_mask`). UNSEEN/NaN pixels
-are data, not errors; infinite pixels are errors. A map whose sky fraction (mean of its weights:
-HEALPix pixels have equal areas) is 0, or below ``min_fsky``, is a :class:`BadMapError`.
+are data, not errors; infinite pixels are errors, and so are usable values that float32 cannot
+hold (beyond its range, or nonzero below its smallest normal number). A map whose sky fraction
+(mean of its weights: HEALPix pixels have equal areas) is 0, or below ``min_fsky``, is a
+:class:`BadMapError`. A FITS mask whose ``COORDSYS`` differs from a FITS map's is rotated to
+the map's frame (:func:`scatterdist.inputs.masks.rotated_mask`).
 
 Labels: a ``label`` variable of a Zarr input, the simulation's ``labels()``, or a CSV file
-(``labels_csv``, columns ``id,label``) that overrides them. Missing labels are stored as -1.
+(``labels_csv``, columns ``id`` or ``map``, and ``label``: :func:`read_labels_csv`) that overrides them. Missing labels are stored as -1.
 """
 
 from __future__ import annotations

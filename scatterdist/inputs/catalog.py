@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from scatterdist.inputs.base import _FITS_SUFFIXES, _HSP_SUFFIXES, CatalogError, MapRef, _is_healsparse
+from scatterdist.inputs.base import _FITS_SUFFIXES, _HSP_SUFFIXES, BadMapError, CatalogError, MapRef, _is_healsparse
+from scatterdist.inputs.readers import check_file
 from scatterdist.inputs.simulations import parse_sim_spec
 
 __all__ = ["Catalog", "Entry", "LABEL_ID_COLUMNS", "iter_chunks", "read_labels_csv"]
@@ -102,7 +103,10 @@ class Catalog:
         if isinstance(data, (str, os.PathLike)):
             path = os.path.abspath(os.fspath(data))
             if not os.path.exists(path):
-                raise CatalogError(f"Zarr input {path} does not exist")
+                try:
+                    check_file(path)
+                except BadMapError as exc:  # missing, a symlink loop, a broken symlink: say which
+                    raise CatalogError(f"Zarr input: {exc}") from None
             with warnings.catch_warnings():  # stores without consolidated metadata are fine
                 warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
                 ds = xr.open_zarr(path, consolidated=None)

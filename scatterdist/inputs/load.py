@@ -15,14 +15,14 @@ from scatterdist.inputs.identity import identity
 from scatterdist.inputs.masks import _apodized, global_mask_frame, read_global_mask, rotated_mask
 from scatterdist.inputs.readers import (
     _check_values,
+    _legacy_fits,
     _read_fits,
     _read_healsparse,
     _scalar_only,
     check_file,
     read_zarr_rows,
-    resample,
+    resample_maps,
 )
-from scatterdist.inputs.readers import _load_fits as _legacy_fits
 from scatterdist.inputs.simulations import _sim_spec
 from scatterdist.sphere import npix2nside
 
@@ -106,7 +106,7 @@ def _load_fits(ref: MapRef, nside: int, fields: tuple[str, ...], gmask: np.ndarr
     if nside_in != nside:
         bad = _invalid(raw, path)
         _check_float32(raw, ~bad, path)
-        raw, own = resample(np.where(bad, 0.0, raw), nside, (~bad).astype(np.float64) if bad.any() else None)
+        raw, own = resample_maps(np.where(bad, 0.0, raw), nside, (~bad).astype(np.float64) if bad.any() else None)
     if gmask is not None and mask_frame and header.coordsys and header.coordsys != mask_frame:
         gmask = rotated_mask(gmask, mask_frame, header.coordsys)
     return _finish(raw, stokes, own, fields, gmask, min_fsky, path, apodize_deg, ident,
@@ -155,7 +155,10 @@ def load_maps(
     it over the taper (measured in docs/cut-sky.md, ``scripts/masked_bias.py --polarisation``).
     The returned ``mask`` is never apodised (the transform apodises it).
     Errors are per map: one bad input never prevents the others from loading. Zarr rows of one
-    store are read in one call.
+    store are read in one call. FITS maps at another nside fail unless their reference says
+    ``resample`` (then they are resampled in harmonic space, ``LoadedMap.resampled_from``); a
+    FITS ``mask`` whose ``COORDSYS`` differs from a FITS map's is rotated to the map's frame.
+    Each map carries its ``identity`` (:mod:`scatterdist.inputs.identity`).
 
     Legacy form (for stores made before fields existed): with an explicit ``fields=None`` and
     ``mask=None`` the result is a float64 ``(npix,)`` array or a :class:`BadMapError` per map,

@@ -16,7 +16,7 @@ import numpy as np
 from scatterdist.inputs.base import UNSEEN, BadMapError
 from scatterdist.inputs.fields import stokes_columns
 
-__all__ = ["FitsHeader", "check_file", "coordsys_of", "read_fits_header", "read_zarr_rows", "resample",
+__all__ = ["FitsHeader", "check_file", "coordsys_of", "read_fits_header", "read_zarr_rows", "resample_maps",
            "resample_lmax"]
 
 
@@ -84,35 +84,38 @@ class FitsHeader:
 
 
 def _table_hdu(hdul: Any, path: str) -> int:
-    from astropy.io import fits as afits
-
+    """Index of the first table HDU (headers only: no data is read)."""
+    images = []
     for k, hdu in enumerate(hdul):
-        if isinstance(hdu, (afits.BinTableHDU, afits.TableHDU)):
+        kind = str(hdu.header.get("XTENSION", "")).strip().upper()
+        if kind in ("BINTABLE", "TABLE"):
             return k
-    images = [f"HDU {k} ({type(h).__name__}, NAXIS {h.header.get('NAXIS')})"
-              for k, h in enumerate(hdul) if h.header.get("NAXIS", 0)]
+        if hdu.header.get("NAXIS", 0):
+            images.append(f"HDU {k} ({kind or 'PRIMARY'}, NAXIS {hdu.header.get('NAXIS')})")
     raise BadMapError(f"{path} holds an image ({'; '.join(images) or 'no data'}), not a HEALPix map: "
                       "HEALPix FITS maps are binary tables (write them with healpy.write_map)")
 
 
 def read_fits_header(path: str) -> FitsHeader:
-    """:class:`FitsHeader` of a HEALPix FITS file; :class:`BadMapError` when it is missing,
-    unreadable or not a HEALPix binary table."""
+    """:class:`FitsHeader` of a HEALPix FITS file from its headers alone (``TTYPEn``/``TFORMn``,
+    ``NSIDE``, ``COORDSYS``); :class:`BadMapError` when it is missing, unreadable or not a
+    HEALPix binary table."""
     from astropy.io import fits as afits
 
     check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with afits.open(path) as hdul:
+            with afits.open(path, lazy_load_hdus=True) as hdul:
                 k = _table_hdu(hdul, path)
-                header = hdul[k].header
-                cols = hdul[k].columns
-                names, formats = [str(c.name) for c in cols], [str(c.format) for c in cols]
+                header = hdul[k].header.copy()
     except BadMapError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError, afits.VerifyError) as exc:
         raise BadMapError(f"unreadable FITS file {path}: {type(exc).__name__}: {exc}") from exc
+    n = int(header.get("TFIELDS", 0))
+    names = [str(header.get(f"TTYPE{i}", "")).strip() for i in range(1, n + 1)]
+    formats = [str(header.get(f"TFORM{i}", "")).strip() for i in range(1, n + 1)]
     obj = str(header.get("OBJECT", "")).strip().upper()
     schm = str(header.get("INDXSCHM", "")).strip().upper()
     if obj == "PARTIAL" or schm == "EXPLICIT":  # healpy's rule: column 0 holds pixel indices
@@ -175,7 +178,7 @@ def resample_lmax(nside_in: int, nside_out: int) -> int:
     return 2 * min(int(nside_in), int(nside_out)) - 1
 
 
-def resample(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None,
+def resample_maps(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None,
              nthreads: int | None = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """HEALPix RING maps ``(C, npix_in)`` brought to ``nside_out`` in harmonic space: analysis
     (least squares, ducc0) and synthesis at lmax :func:`resample_lmax`.
@@ -205,7 +208,8 @@ def resample(maps: np.ndarray, nside_out: int, weights: np.ndarray | None = None
     return np.where(ok, out[:-1] / np.where(ok, norm, 1.0), 0.0), np.where(ok, w_out, 0.0)
 
 
-def _load_fits(path: str, nside: int) -> np.ndarray:
+def _legacy_fits(path: str, nside: int) -> np.ndarray:
+    """Legacy (``fields=None``) read: field I at ``nside``, NaN/UNSEEN pixels fatal."""
     m = _read_fits(path, nside, ("I",))[0][0]
     _check_values(m, path)
     return m
