@@ -312,7 +312,7 @@ def scatter(
                     summary.devices[res.device] = summary.devices.get(res.device, 0) + 1
                     summary.timings.append(res.timings)
                     summary.task_seconds.append(res.seconds)
-                except (KilledWorker, MemoryError, OSError, zstore.StoreError, Exception) as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, OSError (ENOSPC), MemoryError, ...
                     # The task raised (after its Dask retries) or killed its worker repeatedly:
                     # the machine's failure, not the inputs' (theirs are caught inside the task).
                     summary.tracebacks.append(_traceback_text(fut, exc))
