@@ -462,3 +462,23 @@ def test_verify_cost_is_small_per_map(tmp_path: Path) -> None:
     report = zstore.verify(path, depth="quick")
     assert report.ok and time.perf_counter() - t0 < 2.0
     assert json.dumps(report.damaged) == "{}"
+
+
+def test_out_of_memory_in_a_task_is_a_machine_failure(address, tmp_path: Path, capsys, monkeypatch) -> None:
+    """MemoryError while loading (not the input's fault) is recorded as the machine's and retried."""
+    import scatterdist.pipeline.task as task
+
+    inputs = _maps(tmp_path / "in", 2)
+    out = tmp_path / "s.zarr"
+    real_load = task.load_maps
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 8 GiB")
+
+    monkeypatch.setattr(task, "load_maps", no_memory)
+    assert _scatter(address, inputs, out, "--retries", "0") == 1
+    stdout = capsys.readouterr().out
+    assert "MemoryError: cannot allocate 8 GiB" in stdout and "2 map(s) failed on the machine" in stdout
+    assert zstore.read_status_table(out).failure.tolist() == [zstore.FAILURE_MACHINE] * 2
+    monkeypatch.setattr(task, "load_maps", real_load)
+    assert _scatter(address, inputs, out) == 0  # retried without --retry-failed

@@ -1,8 +1,11 @@
-"""``scatterdist scatter`` (maps -> Zarr store of coefficients, on Dask) and ``scatterdist info``.
+"""``scatterdist scatter`` (maps -> Zarr store of coefficients, on Dask), ``scatterdist info`` and
+``scatterdist verify``.
 
-Exit status of ``scatter``: 0 when every map of the store is ok, 1 when some map failed (a
-table of failures is printed), 2 for a refused run (store locked, other configuration, bad
-inputs or options).
+Exit status of ``scatter``: 0 when every map of the store is ok, 1 when some map failed or is
+still todo (a table of failures, one line per map, says which failed on their input and which on
+the machine, and how to retry each), 2 for a refused run (an output that is not a store path, a
+locked store, other configuration, bad inputs or options, a damaged ``status``). ``verify``: 0
+sound, 1 maps marked todo, 2 refused. Tracebacks only with ``--debug``.
 """
 
 from __future__ import annotations
