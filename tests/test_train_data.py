@@ -10,7 +10,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from scatterdist.store import open_coefficients
+from scatterdist.store import CoefficientBlocks, StoreError, open_coefficients
 from scatterdist.train import data as D
 from scatterdist.testing import write_synthetic_store
 
@@ -21,7 +21,7 @@ FAILED, TODO = (3, 17), (38, 39)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("train_data") / "coeffs.zarr"
-    write_synthetic_store(path, n_maps=N_MAPS, shard_size=SHARD, failed=FAILED, todo=TODO, seed=3)
+    write_synthetic_store(path, n_maps=N_MAPS, shard_size=SHARD, failed=FAILED, todo=TODO, seed=3, fields=("I",))
     return str(path)
 
 
@@ -41,7 +41,7 @@ def test_missing_store_and_bad_store_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         D.read_store_info(tmp_path / "nope.zarr")
     zarr.open_group(tmp_path / "empty.zarr", mode="w")
-    with pytest.raises(D.StoreFormatError, match="no 'coefficients'"):
+    with pytest.raises(StoreError, match="not a scatterdist store"):
         D.read_store_info(tmp_path / "empty.zarr")
 
 
@@ -134,7 +134,7 @@ def test_channel_statistics_match_xarray(store, info):
     idx = D.select_maps(info, D.read_labels(info), "train")
     mean, std = D.channel_statistics(store, idx, info.shard_size, progress=False)
     ds = open_coefficients(store)
-    x = ds["coefficients"].values[idx].astype(np.float64)
+    x = ds["coefficients"].values[idx, 0].astype(np.float64)  # the one field: (map, path, pixel)
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-10)
     np.testing.assert_allclose(std, x.std(axis=(0, 2)), rtol=1e-8)
 
@@ -149,7 +149,7 @@ def _dataset(store, info, split="all"):
 def test_dataset_opens_lazily_and_works_in_spawned_workers(store, info):
     ds, idx, mean, std = _dataset(store, info)
     assert ds._array is None  # nothing opened in __init__
-    raw = zarr.open_array(store, path="coefficients", mode="r")
+    raw = open_coefficients(store)["coefficients"].values[:, 0]  # (map, path, pixel) of the one field
     x, y = ds[5]
     np.testing.assert_allclose(x.numpy(), (raw[idx[5]] - mean[:, None]) / std[:, None], rtol=1e-6)
     assert int(y) == int(info.labels[idx[5]])
@@ -283,6 +283,27 @@ def test_masked_multi_field_store_reads_as_channels(tmp_path, mask):
         D.CoefficientDataset(path, np.array([5]), np.array([0]), info.shard_size)[0]
 
 
-def test_old_store_without_field_reads_as_one_unmasked_field(info):
-    assert info.fields == ["I"] and info.coverage_layout is None and not info.masked
+def test_full_sky_one_field_store_is_unmasked(info):
+    assert info.fields == ["I"] and info.coverage_layout == "shared" and not info.masked
     assert info.n_inputs(True) == 2 * info.n_paths and info.channel_labels(False)[0] == "I synthetic 0"
+    assert info.labels.dtype == np.int64 and info.config_hash == info.attrs["config_hash"]
+
+
+def test_pre_field_store_is_refused_with_the_command_that_recreates_it(tmp_path):
+    path = tmp_path / "legacy.zarr"
+    write_synthetic_store(path, n_maps=8, shard_size=8, fields=None)  # the schema before fields existed
+    with pytest.raises(StoreError, match="pre-field schema") as err:
+        D.read_store_info(path)
+    assert f"--output {path} --overwrite" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(StoreError, match="pre-field schema"):
+        CoefficientBlocks(path)
+
+
+def test_usage_counts_skipped_maps_by_reason(info, tmp_path):
+    u = D.usage(info, D.read_labels(info))
+    assert (u.n_maps, u.used, u.failed, u.todo, u.unlabelled) == (N_MAPS, N_MAPS - 4, 2, 2, 0)
+    assert u.describe() == f"training on {N_MAPS - 4} of {N_MAPS} maps: 2 failed, 2 not computed"
+    csv = tmp_path / "labels.csv"  # 30 maps labelled, of which 2 failed (3, 17): 10 ok maps without a label
+    csv.write_text("id,label\n" + "".join(f"{m},{i % 2}\n" for i, m in enumerate(info.map_ids[:30])))
+    u = D.usage(info, D.read_labels(info, csv))
+    assert u.describe() == f"training on 28 of {N_MAPS} maps: 2 failed, 2 not computed, 8 without a label"

@@ -57,7 +57,7 @@ def _curves(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("train_loop") / "coeffs.zarr"
-    write_synthetic_store(path, n_maps=96, shard_size=8, failed=(4,), seed=11)
+    write_synthetic_store(path, n_maps=96, shard_size=8, failed=(4,), seed=11, fields=("I",))
     return str(path)
 
 
@@ -91,7 +91,7 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     assert forced.returncode == 0 and "evaluate:" in forced.stderr
     # another store: every map with status 1 is evaluated
     other = tmp_path / "other.zarr"
-    write_synthetic_store(other, n_maps=24, shard_size=8, failed=(1,), seed=99)
+    write_synthetic_store(other, n_maps=24, shard_size=8, failed=(1,), seed=99, fields=("I",))
     _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), str(other), "--json", str(result_path), "--no-progress"])
     result = json.loads(result_path.read_text())
     assert result["split"] == "all" and result["n_maps"] == 23 and result["accuracy"] > 0.9
