@@ -1,5 +1,5 @@
-"""The trainer for real: CLI processes, torchrun DDP on loopback, 2-node rendezvous, kill and resume,
-learning a synthetic problem, checkpoint safety (issue 6)."""
+"""The trainer for real: CLI processes, 2-node torchrun rendezvous on loopback, kill and resume,
+learning a synthetic problem, checkpoint safety (issue 6). The 2-rank torchrun run is in test_trust_train.py."""
 
 from __future__ import annotations
 
@@ -123,21 +123,6 @@ def test_killed_run_resumes_to_the_same_metrics(reference_run, store, tmp_path):
     ref_state, state = load_checkpoint(reference_run / "checkpoint.pt"), load_checkpoint(out / "checkpoint.pt")
     for name, tensor in ref_state["model"].items():
         assert torch.equal(tensor, state["model"][name]), name
-
-
-def test_ddp_two_processes_on_loopback(store, tmp_path):
-    out = tmp_path / "ddp"
-    port = _free_port()
-    cmd = TORCHRUN + [
-        "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-    ] + _train_cmd(store, out, epochs=2)[1:]
-    _run(cmd)
-    ranks = json.loads((out / "ranks.json").read_text())
-    assert ranks["world_size"] == 2 and len(ranks["sha256"]) == 2
-    assert ranks["sha256"][0] == ranks["sha256"][1]
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert state["world_size"] == 2 and state["epoch"] == 2
-    assert len(read_metrics(out / "metrics.jsonl")) == 2
 
 
 def test_two_node_launch_with_c10d_rendezvous(store, tmp_path):

@@ -246,12 +246,17 @@ class MapUsage:
         return text + (": " + ", ".join(reasons) if reasons else "")
 
 
-def usage(info: StoreInfo, labels: np.ndarray) -> MapUsage:
-    """:class:`MapUsage` of a store given :func:`read_labels`' output (every split together)."""
-    ok = info.status == STATUS_OK
+def usage(info: StoreInfo, labels: np.ndarray, within: np.ndarray | None = None) -> MapUsage:
+    """:class:`MapUsage` of a store given :func:`read_labels`' output.
+
+    ``within`` (``(n_maps,)`` bool, e.g. one split): count only those maps; default every map.
+    """
+    within = np.ones(info.n_maps, dtype=bool) if within is None else np.asarray(within, dtype=bool)
+    ok = (info.status == STATUS_OK) & within
     return MapUsage(
-        n_maps=info.n_maps, used=int(np.sum(ok & (labels != ""))), failed=int(np.sum(info.status == STATUS_FAILED)),
-        todo=int(np.sum(info.status == STATUS_TODO)), unlabelled=int(np.sum(ok & (labels == ""))),
+        n_maps=int(within.sum()), used=int(np.sum(ok & (labels != ""))),
+        failed=int(np.sum((info.status == STATUS_FAILED) & within)),
+        todo=int(np.sum((info.status == STATUS_TODO) & within)), unlabelled=int(np.sum(ok & (labels == ""))),
     )
 
 
