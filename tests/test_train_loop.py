@@ -92,9 +92,10 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     # another store: every map with status 1 is evaluated
     other = tmp_path / "other.zarr"
     write_synthetic_store(other, n_maps=24, shard_size=8, failed=(1,), seed=99, fields=("I",))
-    _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), str(other), "--json", str(result_path), "--no-progress"])
+    proc = _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), str(other), "--json", str(result_path), "--no-progress"])
     result = json.loads(result_path.read_text())
     assert result["split"] == "all" and result["n_maps"] == 23 and result["accuracy"] > 0.9
+    assert result["skipped"] == {"failed": 1, "todo": 0, "unlabelled": 0} and "23 maps (skipped: 1 failed)" in proc.stdout
 
 
 def test_killed_run_resumes_to_the_same_metrics(reference_run, store, tmp_path):
