@@ -33,9 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS")
     p.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store directory")
-    p.add_argument("--labels", default=None, metavar="CSV", help="CSV file with columns id,label")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="CSV file with columns id (or map) and label (any integer; -1: none)")
     t = p.add_argument_group("transform")
-    t.add_argument("--nside", type=int, default=None, help="input nside (default: from the inputs)")
+    t.add_argument("--nside", type=int, default=None,
+                   help="run nside; FITS maps of another nside are resampled to it in harmonic space "
+                        "(default: the first input's header nside, and maps of another nside fail)")
     t.add_argument("--L", type=int, default=None, help="bandlimit (default 2*nside)")
     t.add_argument("--J0", type=int, default=None, help="lowest wavelet scale (default: lam**J0 ~ 16)")
     t.add_argument("--lam", type=float, default=2.0, help="dilation factor (default 2)")
@@ -164,18 +167,21 @@ def _failures_table(ids: Any, errors: Any, stream, limit: int = _TABLE_ROWS) -> 
 def run_scatter(args: argparse.Namespace) -> int:
     """Handler of ``scatterdist scatter``."""
     from scatterdist import store as zstore
-    from scatterdist.catalog import Catalog, CatalogError
+    from scatterdist.inputs import Catalog, CatalogError, plan_inputs
     from scatterdist.cluster import ClusterError, client_from_args
     from scatterdist.pipeline import check_data_options, scatter
 
     try:
         catalog = Catalog.from_inputs(args.inputs, labels_csv=args.labels)
-        nside = args.nside if args.nside is not None else catalog.infer_nside()
+        plan = plan_inputs(catalog, args.nside, args.mask)  # nside rule, resampling, mask frame
+        catalog, nside = plan.catalog, plan.nside
         config = _config(args, nside)
         check_data_options(nside, args.fields, args.mask, args.min_fsky)
     except (CatalogError, ValueError) as exc:  # MaskError is a ValueError
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    for line in plan.lines:
+        print(line, file=sys.stderr)
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
     try:

@@ -29,7 +29,7 @@ from scatterdist.store.schema import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from scatterdist.catalog import Catalog
+    from scatterdist.inputs import Catalog
 
 def _path_coords(paths: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.array([len(p) for p in paths], dtype=np.int8)

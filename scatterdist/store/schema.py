@@ -15,11 +15,11 @@ import zarr
 from scatterdist.store.errors import StoreConfigError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from scatterdist.catalog import Catalog
+    from scatterdist.inputs import Catalog
 
 STATUS_TODO, STATUS_OK, STATUS_FAILED = 0, 1, -1
 MAX_ERROR_CHARS = 300
-#: Smallest usable sky fraction of a map (``scatterdist.catalog.DEFAULT_MIN_FSKY``).
+#: Smallest usable sky fraction of a map (``scatterdist.inputs.DEFAULT_MIN_FSKY``).
 DEFAULT_MIN_FSKY = 0.01
 #: Config keys that change how a result is computed, not what it is.
 _HASH_EXCLUDE = frozenset({"nthreads", "backend", "device"})
@@ -114,7 +114,7 @@ def data_config(fields: Sequence[str] | None, mask: str | os.PathLike | None = N
     """
     if fields is None and mask is None:
         return None
-    from scatterdist.catalog import check_fields
+    from scatterdist.inputs import check_fields
 
     names = list(check_fields(("I",) if fields is None else fields))
     mpath, digest = "", ""
