@@ -126,7 +126,7 @@ def test_labels_from_csv_override_store(tmp_path, info):
     assert set(D.select_maps(info, labels, "all").tolist()) <= set(range(20))
     bad = tmp_path / "bad.csv"
     bad.write_text("name,value\na,1\n")
-    with pytest.raises(ValueError, match="columns 'map'"):
+    with pytest.raises(ValueError, match=r"columns id \(or map\) and label"):
         D.read_labels(info, bad)
 
 

@@ -10,28 +10,13 @@ import sys
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the inputs (reported as one line and exit status 2, not a traceback)."""
+    from scatterdist.inputs import CatalogError
     from scatterdist.store import StoreError
     from scatterdist.train.checkpoint import CheckpointError
     from scatterdist.train.loop import RunConfigError, StoreInProgressError
     from scatterdist.train.rundir import RunLockedError
 
-    return (CheckpointError, RunConfigError, RunLockedError, StoreError, StoreInProgressError, FileNotFoundError)
-
-
-def _labels_refused(args: argparse.Namespace, command: str) -> int:
-    """``--labels`` read by the same reader as ``scatter --labels`` (header ``id`` or ``map``,
-    and ``label``): a CSV it refuses is refused here, before any work, as one line; returns the
-    exit status (2 refused, 0 fine)."""
-    if not getattr(args, "labels", None):
-        return 0
-    from scatterdist.inputs import CatalogError, read_labels_csv
-
-    try:
-        read_labels_csv(args.labels, integer=False)
-    except CatalogError as exc:
-        print(f"scatterdist {command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return (CatalogError, CheckpointError, RunConfigError, RunLockedError, StoreError, StoreInProgressError, FileNotFoundError)
 
 
 def _reporting_user_errors(command: str, run):
@@ -50,8 +35,6 @@ def _reporting_user_errors(command: str, run):
 def _run_train(args: argparse.Namespace) -> int:
     from scatterdist.train.loop import TrainConfig, train
 
-    if _labels_refused(args, "train"):
-        return 2
     cfg = TrainConfig(
         store=args.store, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         resume=args.resume, labels_csv=args.labels, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -78,8 +61,6 @@ def _format_confusion(result: dict) -> str:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from scatterdist.train.loop import evaluate
 
-    if _labels_refused(args, "evaluate"):
-        return 2
     result = evaluate(
         args.run_dir, args.store, split=args.split, labels_csv=args.labels, batch_size=args.batch_size,
         progress=False if args.no_progress else None,

@@ -33,7 +33,7 @@ class StoreInfo:
 
     ``map_ids`` are the ``map`` coordinate as strings; ``shard_size`` is the number of maps per
     shard (the grouping one task writes); ``status (n_maps,)`` int8 (1 ok, 0 todo, -1 failed);
-    ``labels (n_maps,)`` int64 with -1 for "no label", None when the store has no labels;
+    ``labels (n_maps,)`` int64 (any integer; -1 = no label), None when the store has no labels;
     ``fields`` the field names; ``coverage_layout`` ``"shared"`` (one ``(path, pixel)`` coverage
     for every map) or ``"per_map"``; ``sky_fraction (n_maps,)`` float64 (NaN: not computed);
     ``config_hash`` the store's configuration hash.
@@ -112,9 +112,7 @@ def _labels(group: zarr.Group, path: str) -> np.ndarray | None:
     raw = np.asarray(group["label"][:])
     if not np.issubdtype(raw.dtype, np.integer):
         raise StoreFormatError(f"store {path}: 'label' has dtype {raw.dtype}; labels are integers")
-    labels = raw.astype(np.int64)
-    labels[labels < 0] = NO_LABEL
-    return labels
+    return raw.astype(np.int64)
 
 
 def read_store_info(store: str | os.PathLike) -> StoreInfo:

@@ -29,7 +29,6 @@ epoch by one rank.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import warnings
@@ -42,6 +41,7 @@ from torch.utils.data import Dataset, Sampler
 
 from scatterdist._progress import progress_bar
 from scatterdist.store import (
+    NO_LABEL,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_TODO,
@@ -67,31 +67,29 @@ def _missing_label(value) -> bool:
 def read_labels(info: StoreInfo, labels_csv: str | os.PathLike | None = None) -> np.ndarray:
     """Label of every map as a string (``""`` when unlabelled), from the store or a CSV.
 
-    The CSV has a header with columns ``map`` (or ``id``, as the catalog's CSV) and ``label``; map ids are
-    matched as strings; maps not in the CSV have no label. Store labels are integers, -1 = no label.
+    The CSV is read by :func:`scatterdist.inputs.read_labels_csv` (the reader of ``scatter
+    --labels``: header ``id`` or ``map``, and ``label``), labels kept as text (``"cat"`` works);
+    maps not in the CSV, or with an empty label, have none. Store labels are integers of any
+    value, :data:`~scatterdist.store.NO_LABEL` (-1) meaning none.
     """
     out = np.full(info.n_maps, "", dtype=object)
     if labels_csv is not None:
+        from scatterdist.inputs import read_labels_csv  # here: DataLoader workers never need the input readers
+
         index = {mid: i for i, mid in enumerate(info.map_ids)}
-        with open(labels_csv, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = set(reader.fieldnames or ())
-            key = "map" if "map" in fields else "id"
-            if not {key, "label"} <= fields:
-                raise ValueError(f"label CSV {labels_csv} needs a header with columns 'map' (or 'id') and 'label'")
-            unknown = []
-            for row in reader:
-                i = index.get(row[key].strip())
-                if i is None:
-                    unknown.append(row[key])
-                    continue
-                out[i] = row["label"].strip()
+        unknown = []
+        for mid, label in read_labels_csv(labels_csv, integer=False).items():
+            i = index.get(mid)
+            if i is None:
+                unknown.append(mid)
+            else:
+                out[i] = label
         if unknown:
             warnings.warn(f"{len(unknown)} map ids in {labels_csv} are not in the store (e.g. {unknown[:3]})", stacklevel=2)
         return out
     if info.labels is None:
-        raise ValueError(f"store {info.path} has no 'label' variable: pass a labels CSV (columns map,label)")
-    labelled = info.labels >= 0
+        raise ValueError(f"store {info.path} has no 'label' variable: pass a labels CSV (columns id or map, and label)")
+    labelled = info.labels != NO_LABEL
     out[labelled] = [str(v) for v in info.labels[labelled].tolist()]
     return out
 

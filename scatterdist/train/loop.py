@@ -275,7 +275,9 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 
 def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
-    info = read_store_info(cfg.store)  # every rank: a store that cannot be read fails everywhere alike
+    # every rank, before anything is touched: a store or labels file that cannot be read fails everywhere alike
+    info = read_store_info(cfg.store)
+    labels = read_labels(info, cfg.labels_csv)
     lock = RunLock(cfg.out)
     refusal = None
     if ctx.is_main:
@@ -290,12 +292,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     try:
         # rank 0's status snapshot on every rank: a live writer (--allow-partial) must not split the ranks
         info.status = broadcast_tensor(torch.from_numpy(info.status.astype(np.int8)), ctx).numpy()
-        return _train_locked(cfg, ctx, info)
+        return _train_locked(cfg, ctx, info, labels)
     finally:
         lock.release()
 
 
-def _train_locked(cfg: TrainConfig, ctx: DistContext, info: StoreInfo) -> list[dict]:
+def _train_locked(cfg: TrainConfig, ctx: DistContext, info: StoreInfo, labels: np.ndarray) -> list[dict]:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     state = None
@@ -305,7 +307,6 @@ def _train_locked(cfg: TrainConfig, ctx: DistContext, info: StoreInfo) -> list[d
     elif cfg.resume:
         raise RunConfigError(f"--resume given but {ckpt_path} does not exist (nothing to resume)")
 
-    labels = read_labels(info, cfg.labels_csv)
     split = {s: select_maps(info, labels, s, cfg.val_fraction, cfg.test_fraction) for s in ("train", "val")}
     if split["train"].size == 0:
         raise ValueError(f"store {cfg.store} has no labelled maps with status 1 in the training split")
