@@ -167,3 +167,11 @@ def test_trainer_reads_the_store_only_through_scatterdist_store():
     pattern = re.compile(r"\b(import zarr|from zarr|import xarray|from xarray|open_zarr|open_group|open_array)\b")
     offenders = {str(f.relative_to(ROOT)): pattern.findall(f.read_text()) for f in files}
     assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_bad_labels_file_is_one_line_before_anything_is_touched(store, tmp_path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("name,class\nsyn00000,1\n")
+    line = _one_error_line(_run(_train(store, tmp_path / "run", "--labels", str(bad)), expect=2))
+    assert "columns id (or map) and label" in line
+    assert not (tmp_path / "run").exists()
