@@ -64,6 +64,16 @@ class ScatterSummary:
     devices: dict[str, int] = field(default_factory=dict)
     timings: list[list[tuple[int, int, float, float, float, float]]] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
+    #: Maps found damaged on disk at the start (id, reason): marked todo and recomputed.
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    #: Maps whose input changed since they were computed (id, what changed).
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    #: Whether ``changed`` maps were recomputed (False: kept, ``keep_changed``).
+    recomputed_changed: bool = True
+    #: Maps that failed on the machine earlier and are retried by this run.
+    retried_machine: int = 0
+    #: Remote tracebacks of tasks that raised (for ``--debug``).
+    tracebacks: list[str] = field(default_factory=list)
 
     @property
     def device_busy(self) -> float:
@@ -83,16 +93,38 @@ def default_shard_size(n_maps: int) -> int:
     return int(min(32, max(1, math.ceil(n_maps / 16))))
 
 
-def _plan(status: np.ndarray, lay: zstore.StoreLayout, retry_failed: bool) -> list[tuple[int, list[bool]]]:
-    """Shards to run, each with its per-map recompute mask."""
+def _plan(status: np.ndarray, failure: np.ndarray, lay: zstore.StoreLayout,
+          retry_failed: bool) -> list[tuple[int, list[bool]]]:
+    """Shards to run, each with its per-map recompute mask: todo maps, maps that failed on the
+    machine, and (``retry_failed``) maps that failed on their input."""
     plan = []
-    redo = (status == zstore.STATUS_TODO) | ((status == zstore.STATUS_FAILED) & retry_failed)
+    failed = status == zstore.STATUS_FAILED
+    redo = (status == zstore.STATUS_TODO) | (failed & (failure == zstore.FAILURE_MACHINE))
+    if retry_failed:
+        redo |= failed
     for s in range(lay.n_shards):
         a, b = lay.bounds(s)
         mask = redo[a:b]
         if mask.any():
             plan.append((s, [bool(v) for v in mask]))
     return plan
+
+
+def _changed_inputs(store: str, catalog: Catalog, status: np.ndarray) -> list[tuple[int, str]]:
+    """Maps (index, what changed) whose input file differs (size, modification time) from what
+    the store recorded when they were computed (ok or failed maps with a recorded file)."""
+    from scatterdist.pipeline.identity import changed, stat_identity
+
+    recorded = zstore.read_identity(store)
+    if recorded is None:
+        return []
+    out = []
+    for i, (ref, old) in enumerate(zip(catalog.refs, recorded)):
+        if status[i] != zstore.STATUS_TODO and old["path"]:
+            why = changed(old, stat_identity(ref))
+            if why:
+                out.append((i, why))
+    return out
 
 
 def _shards_per_task(config: dict[str, Any], batch_size: int | None, shard_size: int,
@@ -143,6 +175,7 @@ def scatter(
     fields: Sequence[str] | str | None = ("I",),
     mask: str | os.PathLike | None = None,
     min_fsky: float | None = None,
+    keep_changed: bool = False,
 ) -> ScatterSummary:
     """Scatter every map of ``catalog`` into the Zarr store ``store`` with Dask.
 
@@ -167,13 +200,24 @@ def scatter(
     :data:`scatterdist.sphere.mask.DEFAULT_MIN_FSKY`). A global mask that cannot be used
     (unreadable, values outside [0, 1], an nside that cannot be brought over, a sky fraction
     below ``min_fsky``) raises :class:`scatterdist.sphere.mask.MaskError` before anything is
-    written. ``fields=None`` with no mask writes the legacy schema without a ``field`` dimension.
-    Resuming with another config is refused (:class:`scatterdist.store.StoreConfigError`);
-    a store locked by a live writer too.
+    written. Resuming with another config is refused (:class:`scatterdist.store.StoreConfigError`);
+    a store locked by a live writer too (the lock is taken on the resolved path).
+
+    Trust (see the README's "Reliability"): ``store`` must be a store path
+    (:func:`scatterdist.store.check_output`, checked before anything is touched). A resume first
+    runs the quick :func:`scatterdist.store.verify` and marks damaged maps todo
+    (``summary.damaged``), then compares each computed map's recorded input file (size,
+    modification time) with the file now and recomputes the maps whose input changed
+    (``summary.changed``; ``keep_changed=True`` keeps their old results and only reports them).
+    Maps that failed on the machine (worker lost, out of memory, no space) are retried by every
+    run; maps that failed on their input only with ``retry_failed``.
     """
     from scatterdist.transforms import build_transform
 
     store = os.fspath(store)
+    zstore.check_output(store, overwrite)  # before anything is touched (the lock file included)
+    if retries is None or int(retries) < 0:
+        raise ValueError(f"retries (--retries) must be >= 0, got {retries}")
     if len(catalog) == 0:
         raise ValueError("the catalog is empty: nothing to scatter")
     if batch_size is not None and batch_size < 1:
@@ -190,39 +234,40 @@ def scatter(
                            retry_failed=retry_failed, progress=progress, overwrite=overwrite,
                            window=window, resources=resources, batch_size=batch_size,
                            shards_per_task=shards_per_task, prefetch=prefetch, fields=fields,
-                           mask=mask, min_fsky=min_fsky)
+                           mask=mask, min_fsky=min_fsky, keep_changed=keep_changed)
     check_device(config)
     sc = build_transform(_client_config(config))
     if catalog.nside is not None and catalog.nside != sc.nside:
         raise ValueError(f"the inputs are at nside {catalog.nside} but the transform is at nside "
                          f"{sc.nside}: pass nside={catalog.nside}")
     data = check_data_options(sc.nside, fields, mask, min_fsky)
-    if data.fields is not None and zstore.coverage_layout(catalog) == "shared":
+    if zstore.coverage_layout(catalog) == "shared":
         # Every map shares one mask: its coverage once, before anything is written (a
         # simulation mask that cannot be used refuses the run here, like a bad --mask).
         data.shared_coverage = _shared_coverage(catalog, sc, data)
     with zstore.StoreLock(store):
-        if os.path.exists(store) and not overwrite:
-            old = zstore.layout(store)
-            shard_size = old.shard_size if shard_size is None else shard_size
-            if not old.has_field_dim and data.fields == ("I",) and data.mask is None:
-                data = DataOptions(None, None, data.min_fsky)  # resume a store made before fields
+        resuming = zstore.store_kind(store) == "store" and not overwrite
+        if resuming and shard_size is None:
+            shard_size = zstore.layout(store).shard_size
         if shard_size is None:
             shard_size = default_shard_size(len(catalog))
-        if data.fields is None and data.mask is None:
-            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=None)
-        else:
-            zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=data.fields,
-                          mask=data.mask, min_fsky=data.min_fsky)
+        zstore.create(store, catalog, sc, shard_size, overwrite=overwrite, fields=data.fields,
+                      mask=data.mask, min_fsky=data.min_fsky)
         lay = zstore.layout(store)
-        status = zstore.read_status(store)
-        plan = _plan(status, lay, retry_failed)
+        ids, refs = catalog.ids, catalog.refs
+        summary = ScatterSummary(store=store)
+        if resuming:
+            _check_resume(store, catalog, summary, keep_changed)
+        table = zstore.read_status_table(store)
+        status = table.status
+        plan = _plan(status, table.failure, lay, retry_failed)
         n_todo = sum(sum(todo) for _, todo in plan)
-        summary = ScatterSummary(skipped=len(catalog) - n_todo, shards_computed=len(plan),
-                                 shards_skipped=lay.n_shards - len(plan), store=store)
+        summary.skipped = len(catalog) - n_todo
+        summary.shards_computed, summary.shards_skipped = len(plan), lay.n_shards - len(plan)
+        summary.retried_machine = int(np.sum((status == zstore.STATUS_FAILED)
+                                             & (table.failure == zstore.FAILURE_MACHINE)))
         if not plan:
             return summary
-        ids, refs = catalog.ids, catalog.refs
         if config.get("backend", "numpy") == "torch" and config.get("device", "auto") in ("auto", "cuda"):
             spread_gpus(client)  # one GPU per worker where a host's workers see the same GPUs
         nthreads = client.nthreads()
@@ -267,15 +312,12 @@ def scatter(
                     summary.devices[res.device] = summary.devices.get(res.device, 0) + 1
                     summary.timings.append(res.timings)
                     summary.task_seconds.append(res.seconds)
-                except KilledWorker as exc:
-                    shard_results = _mark_shards_failed(
-                        store, lay, items, ids, status,
-                        f"worker died {exc.__class__.__name__}: the task killed its worker "
-                        "repeatedly (out of memory?)")
-                except (OSError, ValueError, RuntimeError, zstore.StoreError) as exc:
-                    shard_results = _mark_shards_failed(
-                        store, lay, items, ids, status,
-                        f"shard task failed after {retries} retries: {type(exc).__name__}: {exc}")
+                except (KilledWorker, MemoryError, OSError, zstore.StoreError, Exception) as exc:  # noqa: BLE001
+                    # The task raised (after its Dask retries) or killed its worker repeatedly:
+                    # the machine's failure, not the inputs' (theirs are caught inside the task).
+                    summary.tracebacks.append(_traceback_text(fut, exc))
+                    shard_results = _mark_shards_failed(store, lay, items, ids, status,
+                                                        _machine_reason(exc, retries))
                 for r in shard_results:
                     summary.ok += r.ok
                     summary.failed += r.failed
@@ -310,8 +352,6 @@ def check_data_options(nside: int, fields: Sequence[str] | str | None = ("I",),
     min_fsky = DEFAULT_MIN_FSKY if min_fsky is None else float(min_fsky)
     if not 0.0 <= min_fsky <= 1.0:
         raise ValueError(f"min_fsky (--min-fsky) must lie in [0, 1], got {min_fsky}")
-    if fields is None and mask is None:
-        return DataOptions(None, None, min_fsky)
     names = check_fields(("I",) if fields is None else fields)
     path = None
     if mask is not None:
@@ -339,36 +379,59 @@ def _shared_coverage(catalog: Catalog, sc: Any, data: DataOptions) -> np.ndarray
     return np.asarray(_to_numpy(sc.coverage(first.mask)), dtype=np.float32)
 
 
+def _check_resume(store: str, catalog: Catalog, summary: ScatterSummary, keep_changed: bool) -> None:
+    """What a resume checks first: damaged chunks (quick verify) and changed inputs; the maps
+    found are marked todo (changed ones unless ``keep_changed``) and listed in ``summary``."""
+    ids = catalog.ids
+    report = zstore.verify(store, depth="quick")
+    if report.status_damaged:
+        where = ", ".join(f"maps {a}-{b - 1}" for a, b in report.status_damaged[:5])
+        raise zstore.DamagedStoreError(
+            f"store {store}: the status of {where} cannot be read; run `scatterdist verify {store}` "
+            "to mark them todo, then run scatter again")
+    if report.damaged:
+        zstore.repair(report)
+        summary.damaged = [(ids[i], why) for i, why in sorted(report.damaged.items())]
+    status = zstore.read_status(store)
+    moved = _changed_inputs(store, catalog, status)
+    summary.changed = [(ids[i], why) for i, why in moved]
+    summary.recomputed_changed = not keep_changed
+    if moved and not keep_changed:
+        zstore.mark_todo(store, [i for i, _ in moved])
+
+
+def _machine_reason(exc: BaseException, retries: int) -> str:
+    """One line: what the machine did to a task, and that the next run retries it."""
+    if isinstance(exc, KilledWorker):
+        what = "worker died while running it (killed, or out of memory)"
+    else:
+        what = f"{type(exc).__name__}: {zstore.one_line(str(exc), 160)}"
+        if retries:
+            what += f" (after {retries} retries)"
+    return f"machine failure: {what}; the next run retries it"
+
+
+def _traceback_text(fut: Any, exc: BaseException) -> str:
+    import traceback
+
+    try:
+        tb = fut.traceback()
+    except Exception:  # noqa: BLE001 - the traceback is a debugging aid only
+        tb = None
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
 def _mark_shards_failed(store: str, lay: zstore.StoreLayout, items: list[tuple[int, list[bool]]],
                         ids: Sequence[str], planned: np.ndarray, reason: str) -> list[ShardResult]:
-    """Record the shards of a task that could not finish: each todo map that is still as the
-    plan found it (``planned``, the status array read before submitting) gets status -1 and
-    ``reason``; maps the task wrote before it died (ok, or failed with their own reason) keep
-    what it wrote.
-
-    Safe because the task is gone (no concurrent writer); maps already ok keep 1.
-    """
-    import zarr
-
+    """Record the shards of a task that could not finish: each todo map still as the plan found
+    it (``planned``, the status read before submitting) fails with ``reason`` as a machine
+    failure; maps the task wrote before it died keep what it wrote."""
     out = []
-    now = zstore.read_status(store)
-    old_err = zarr.open_array(store, path="error", mode="r")
     for shard, mask in items:
         a, b = lay.bounds(shard)
-        status = now[a:b].copy()
-        errors = [str(e) for e in old_err[a:b]]
         todo = [i for i in range(b - a) if mask[i]]
-        ok = 0
-        failed: list[tuple[str, str]] = []
-        for i in todo:
-            if status[i] == zstore.STATUS_OK:
-                ok += 1
-            elif status[i] != planned[a + i]:  # written by the task before it died
-                failed.append((ids[a + i], errors[i]))
-            else:
-                status[i] = zstore.STATUS_FAILED
-                errors[i] = reason
-                failed.append((ids[a + i], reason))
-        zstore.write_status(store, a, status, errors)
+        rows = zstore.fail_unfinished(store, a, todo, planned[a:b][todo], reason, zstore.FAILURE_MACHINE)
+        ok = sum(1 for _, st, _ in rows if st == zstore.STATUS_OK)
+        failed = [(ids[m], err) for m, st, err in rows if st != zstore.STATUS_OK]
         out.append(ShardResult(shard, ok, len(failed), b - a - len(todo), failed, 0.0, -1))
     return out

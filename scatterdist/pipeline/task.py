@@ -23,6 +23,7 @@ from scatterdist import store as zstore
 from scatterdist.inputs import BadMapError, MapRef, load_maps
 from scatterdist.feed import BatchFeeder, DeviceStager, split_batches
 from scatterdist.pipeline.device import device_name, resolved_config, transform_device
+from scatterdist.pipeline.identity import loaded_identity, stat_identity
 
 __all__ = ["ShardResult", "ShardTask", "TaskResult", "DataOptions", "ShardBuffer", "run_shards",
            "run_shard", "default_batch_size", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
@@ -90,22 +91,16 @@ class TaskResult:
 class DataOptions:
     """What every task loads and how (the data settings of a store).
 
-    ``fields``: field names (``("I",)``, ``("I", "E", "B")``; None: the legacy single-field
-    schema without a ``field`` dimension); ``mask``: path of the global mask (read once per
+    ``fields``: field names (``("I",)``, ``("I", "E", "B")``); ``mask``: path of the global mask (read once per
     worker); ``min_fsky``: smallest usable sky fraction of a map; ``shared_coverage``: the
     ``(P, N)`` coverage of a store whose maps all share one mask (computed once by the client),
     None for a per-map coverage store or a full-sky one.
     """
 
-    fields: tuple[str, ...] | None = ("I",)
+    fields: tuple[str, ...] = ("I",)
     mask: str | None = None
     min_fsky: float = 0.01
     shared_coverage: np.ndarray | None = None
-
-    @property
-    def legacy(self) -> bool:
-        """A store made before fields and masks (no ``field`` dimension)."""
-        return self.fields is None and self.mask is None
 
 
 @dataclass
@@ -113,8 +108,10 @@ class ShardBuffer:
     """Everything a task holds for one shard until it writes it whole.
 
     Rows start as failed NaN; :meth:`put` fills a computed map, :meth:`fail` records why one
-    failed, :meth:`keep` copies the maps that are already ok from the store. ``remaining`` counts
-    the maps still to come; ``result`` is set once the shard is written (or found written).
+    failed and whether its input or the machine is to blame, :meth:`keep` copies the maps that
+    are already ok from the store. ``identity`` holds each map's input identity as read.
+    ``remaining`` counts the maps still to come; ``result`` is set once the shard is written (or
+    found written).
     """
 
     task: ShardTask
@@ -123,6 +120,8 @@ class ShardBuffer:
     sky_fraction: np.ndarray          #: (k,) float32
     status: np.ndarray                #: (k,) int8
     errors: list[str]
+    failure: np.ndarray               #: (k,) int8 FAILURE_* of failed maps
+    identity: list[dict[str, Any] | None]
     remaining: int
     result: ShardResult | None = None
 
@@ -134,7 +133,8 @@ class ShardBuffer:
                    np.full((k, n_paths, npix_out), np.nan, dtype=np.float32),
                    np.full(k, np.nan, dtype=np.float32),
                    np.full(k, zstore.STATUS_FAILED, dtype=np.int8),
-                   [""] * k, len(task.todo))
+                   [""] * k, np.full(k, zstore.FAILURE_NONE, dtype=np.int8), [None] * k,
+                   len(task.todo))
 
     def keep(self, old: zstore.ShardData, rows: Sequence[int], per_map_coverage: bool) -> None:
         """Copy rows that stay as they are (already ok) from what the store holds."""
@@ -146,6 +146,9 @@ class ShardBuffer:
             self.coverage[rows] = 1.0
         if old.sky_fraction is not None:
             self.sky_fraction[rows] = old.sky_fraction[rows]
+        if old.identity is not None:
+            for i in rows:
+                self.identity[i] = old.identity[i]
         self.status[rows] = zstore.STATUS_OK
 
     def put(self, i: int, coefficients: np.ndarray, coverage: np.ndarray) -> None:
@@ -153,8 +156,10 @@ class ShardBuffer:
         self.coverage[i] = coverage
         self.status[i] = zstore.STATUS_OK
 
-    def fail(self, i: int, message: str) -> None:
-        self.errors[i] = message
+    def fail(self, i: int, message: str, kind: int = zstore.FAILURE_INPUT) -> None:
+        """Map ``i`` failed: on its input (``FAILURE_INPUT``) or on the machine (``FAILURE_MACHINE``)."""
+        self.errors[i] = zstore.one_line(message)
+        self.failure[i] = kind
         self.status[i] = zstore.STATUS_FAILED
 
     def finish_one(self) -> bool:
@@ -166,12 +171,10 @@ class ShardBuffer:
         """Write the shard whole (data, then status) and say what happened to its maps."""
         t0 = time.perf_counter()
         task = self.task
-        if data.legacy:
-            zstore.write_shard(store_path, task.shard, self.coefficients[:, 0], self.status, self.errors)
-        else:
-            cov = self.coverage if per_map_coverage else data.shared_coverage
-            zstore.write_shard(store_path, task.shard, self.coefficients, self.status, self.errors,
-                               coverage=cov, sky_fraction=self.sky_fraction)
+        cov = self.coverage if per_map_coverage else data.shared_coverage
+        zstore.write_shard(store_path, task.shard, self.coefficients, self.status, self.errors,
+                           coverage=cov, sky_fraction=self.sky_fraction, failure=self.failure,
+                           identity=self.identity)
         todo = task.todo
         failures = [(task.ids[i], self.errors[i]) for i in todo if self.status[i] != zstore.STATUS_OK]
         n_ok = len(todo) - len(failures)
@@ -221,16 +224,28 @@ def _free_device_memory(device: Any) -> None:
 
 @dataclass
 class _Loaded:
-    """A loaded batch: per item its BadMapError or None, the good items (the ``n_full`` full-sky
-    maps first, then the masked ones), their maps staged ``(G * F, npix)``, masks ``(G, npix)``
-    (None: all full sky; rows of full-sky maps are ignored) and sky fractions ``(G,)``."""
+    """A loaded batch: per item its BadMapError or None and its input identity, the good items
+    (the ``n_full`` full-sky maps first, then the masked ones), their maps staged ``(G * F, npix)``,
+    masks ``(G, npix)`` (None: all full sky; rows of full-sky maps are ignored) and sky fractions
+    ``(G,)``."""
 
     results: list[Any]
+    identity: list[dict[str, Any]]
     good: list[int]
     staged: Any
     masks: np.ndarray | None
     sky: np.ndarray | None
     n_full: int = 0
+
+
+#: Marks an error of the transform that is the machine's, not the input's (see :func:`_kind`).
+_OOM_PREFIX = "MemoryError: "
+
+
+def _kind(message: str) -> int:
+    """Failure kind of a transform error: running out of memory is the machine's, anything the
+    transform refuses (a ValueError such as InvalidMapError) is the input's."""
+    return zstore.FAILURE_MACHINE if message.startswith(_OOM_PREFIX) else zstore.FAILURE_INPUT
 
 
 def _accepts_mask(sc: Any) -> bool:
@@ -309,7 +324,7 @@ class _Transformer:
                 raise
             _free_device_memory(self.device)
             if n == 1:
-                errors[a] = (f"out of device memory for one map on {self.device}: "
+                errors[a] = (f"{_OOM_PREFIX}out of device memory for one map on {self.device}: "
                              "use a larger GPU or --device cpu")
                 return
             half = (n + 1) // 2
@@ -373,8 +388,7 @@ def run_shards(
     key = getattr(sc, "_scatterdist_key", "")
     if key in _BATCH_LIMIT:
         bsize = min(bsize, _BATCH_LIMIT[key])
-    legacy = data.legacy
-    F = 1 if legacy else len(data.fields)
+    F = len(data.fields)
     per_map = zstore.layout(store_path).per_map_coverage
     masked_ok = _accepts_mask(sc)
     buffers = _buffers(store_path, shards, F, sc, per_map)
@@ -384,36 +398,27 @@ def run_shards(
 
     def load(batch: Sequence[tuple[int, int]]) -> _Loaded:
         refs = [shards[s].refs[i] for s, i in batch]
-        loaded = load_maps(refs, sc.nside, fields=data.fields or ("I",), mask=data.mask,
+        loaded = load_maps(refs, sc.nside, fields=data.fields, mask=data.mask,
                            min_fsky=data.min_fsky, apodize=getattr(sc, "apodize", None))
-        if legacy:  # a store made before fields and masks: full-sky field I only, as then
-            loaded = [m if isinstance(m, BadMapError) else
-                      BadMapError(f"{refs[j].where}: a partial-sky map ({100 * (1 - m.sky_fraction):.1f}% "
-                                  "of the sky masked) in a store made before masks existed: "
-                                  "scatter it into a new store") if m.mask is not None else m.data[0]
+        if not masked_ok:
+            loaded = [BadMapError(f"{refs[j].where}: the {type(sc).__name__} transform takes no "
+                                  "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
+                      if not isinstance(m, BadMapError) and m.mask is not None else m
                       for j, m in enumerate(loaded)]
-        else:
-            if not masked_ok:
-                loaded = [BadMapError(f"{refs[j].where}: the {type(sc).__name__} transform takes no "
-                                      "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
-                          if not isinstance(m, BadMapError) and m.mask is not None else m
-                          for j, m in enumerate(loaded)]
+        identity = [stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m.data)
+                    for ref, m in zip(refs, loaded)]
         good = [j for j, m in enumerate(loaded) if not isinstance(m, BadMapError)]
-        n_full = len(good)
-        if not legacy:  # full-sky maps first, then masked ones (two transform calls)
-            full = [j for j in good if loaded[j].mask is None]
-            n_full = len(full)
-            good = full + [j for j in good if loaded[j].mask is not None]
+        # full-sky maps first, then masked ones (two transform calls)
+        full = [j for j in good if loaded[j].mask is None]
+        n_full = len(full)
+        good = full + [j for j in good if loaded[j].mask is not None]
         staged = masks = frac = None
         if good:
-            if legacy:
-                x = np.stack([loaded[j] for j in good])
-            else:
-                x, masks, frac = stack_maps([loaded[j] for j in good])
-                x = x.reshape(len(good) * F, x.shape[-1])
+            x, masks, frac = stack_maps([loaded[j] for j in good])
+            x = x.reshape(len(good) * F, x.shape[-1])
             staged = stager.stage(x)
-        return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], good, staged,
-                       masks, frac, n_full)
+        return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], identity, good,
+                       staged, masks, frac, n_full)
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scatterdist-write")
     writes = []
@@ -424,9 +429,10 @@ def run_shards(
         with BatchFeeder(batches, load, prefetch=prefetch) as feeder:
             for index, batch, got in feeder:
                 for j, err in enumerate(got.results):
+                    s, i = batch[j]
+                    buffers[s].identity[i] = got.identity[j]
                     if err is not None:
-                        s, i = batch[j]
-                        buffers[s].fail(i, str(err))
+                        buffers[s].fail(i, str(err), zstore.FAILURE_INPUT)
                 t0 = time.perf_counter()
                 if got.good:
                     out, cov, errs = transform(stager.ready(got.staged), got.masks, got.n_full)
@@ -435,7 +441,7 @@ def run_shards(
                         if got.sky is not None:
                             buffers[s].sky_fraction[i] = got.sky[row]
                         if errs[row]:
-                            buffers[s].fail(i, errs[row])
+                            buffers[s].fail(i, errs[row], _kind(errs[row]))
                         else:
                             buffers[s].put(i, out[row], cov[row])
                 feeder.transformed(index, t0, time.perf_counter())

@@ -49,8 +49,15 @@ from __future__ import annotations
 from scatterdist.store.create import create
 from scatterdist.store.errors import StoreConfigError, StoreError, StoreLockedError
 from scatterdist.store.lock import StoreLock, locked
+from scatterdist.store.lock import live_writer, resolved_path
 from scatterdist.store.read import (
+    DamagedStoreError,
     ShardData,
+    StatusTable,
+    pixel_means,
+    read_identity,
+    read_map_ids,
+    read_status_table,
     mask_summary,
     open_coefficients,
     read_rows,
@@ -60,6 +67,9 @@ from scatterdist.store.read import (
 from scatterdist.store.reading import NO_LABEL, CoefficientBlocks, StoreFormatError, StoreInfo, read_labels, read_store_info
 from scatterdist.store.schema import (
     DEFAULT_MIN_FSKY,
+    FAILURE_INPUT,
+    FAILURE_MACHINE,
+    FAILURE_NONE,
     MAX_ERROR_CHARS,
     STATUS_FAILED,
     STATUS_OK,
@@ -68,9 +78,26 @@ from scatterdist.store.schema import (
     config_hash,
     coverage_layout,
     data_config,
+    LegacyStoreError,
     layout,
 )
-from scatterdist.store.write import write_coverage, write_shard, write_status
+from scatterdist.store.safety import (
+    IncompleteStoreError,
+    OutputRefusedError,
+    check_output,
+    remove_store,
+    store_kind,
+)
+from scatterdist.store.verify import VerifyReport, repair, verify
+from scatterdist.store.write import (
+    NO_IDENTITY,
+    fail_unfinished,
+    mark_todo,
+    one_line,
+    write_coverage,
+    write_shard,
+    write_status,
+)
 
 __all__ = [
     "StoreError",
@@ -98,5 +125,29 @@ __all__ = [
     "open_coefficients",
     "MAX_ERROR_CHARS",
     "locked",
+    "live_writer",
+    "resolved_path",
+    "FAILURE_NONE",
+    "FAILURE_INPUT",
+    "FAILURE_MACHINE",
+    "DamagedStoreError",
+    "LegacyStoreError",
+    "IncompleteStoreError",
+    "OutputRefusedError",
+    "StatusTable",
+    "read_status_table",
+    "read_identity",
+    "read_map_ids",
+    "pixel_means",
+    "check_output",
+    "remove_store",
+    "store_kind",
+    "VerifyReport",
+    "verify",
+    "repair",
+    "NO_IDENTITY",
+    "fail_unfinished",
+    "mark_todo",
+    "one_line",
 ]
 

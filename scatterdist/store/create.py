@@ -17,6 +17,7 @@ import zarr
 
 from scatterdist import __version__
 from scatterdist.store.errors import StoreError
+from scatterdist.store.safety import check_output, remove_store, store_kind
 from scatterdist.store.schema import (
     DEFAULT_MIN_FSKY,
     _catalog_hash,
@@ -89,6 +90,7 @@ def _root_attrs(config: dict[str, Any], chash: str, ids: Sequence[str], shard_si
         scatterdist_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         status_codes="0 todo, 1 ok, -1 failed",
+        failure_codes="0 none, 1 input, 2 machine",
     )
     if data is not None:
         attrs.update(data)
@@ -125,12 +127,17 @@ def create(
     ``path_coords()``). ``fields``: field names (``("I",)``, ``("I", "E", "B")``); ``mask``: the
     global mask file (its sha256 is recorded and hashed); ``min_fsky``: recorded and hashed;
     ``per_map_coverage``: force the coverage layout (default: :func:`coverage_layout`).
-    An explicit ``fields=None`` with ``mask=None`` writes the legacy schema (no ``field``
-    dimension, no ``coverage``/``sky_fraction``), as stores made before fields existed.
+    An explicit ``fields=None`` with ``mask=None`` writes the pre-field schema (no ``field``
+    dimension), which every reader refuses: it exists only to test that refusal.
 
-    When a store already exists at ``path`` and ``overwrite`` is False it is validated for
-    resuming instead (same config hash — transform and data settings —, same catalog, same
-    shard size, else :class:`StoreConfigError`). Returns True when a new store was written.
+    The output path is checked first (:func:`scatterdist.store.safety.check_output`): only a
+    missing path, an empty directory or a scatterdist store are accepted. When a store exists
+    and ``overwrite`` is False it is validated for resuming instead (same config hash —
+    transform and data settings —, same catalog, same shard size, else
+    :class:`StoreConfigError`). ``overwrite`` removes only a scatterdist store. The template is
+    written into a sibling temporary directory and renamed into place, so an interrupted
+    creation (a full disk) never leaves a half-made store at ``path``. Returns True when a new
+    store was written.
     """
     path = os.fspath(path)
     if shard_size is None or int(shard_size) < 1:
@@ -139,22 +146,60 @@ def create(
     config = scattering.config()
     data = data_config(fields, mask, min_fsky)
     ids = catalog.ids
-    if os.path.exists(path) and not overwrite:
+    real = check_output(path, overwrite)
+    kind = store_kind(real)
+    if kind == "store" and not overwrite:
         _check_compatible(path, config, ids, shard_size, data)
         return False
-    if os.path.exists(path):
-        if not os.path.isdir(path) or not (
-            os.path.exists(os.path.join(path, "zarr.json")) or not os.listdir(path)
-        ):
-            raise StoreError(f"refusing to overwrite {path}: it is not a Zarr store")
-        shutil.rmtree(path)
+    ds, encoding = _template(catalog, scattering, shard_size, config, data, per_map_coverage)
+    _remove_leftovers(real)
+    tmp = f"{real}.creating-{os.getpid()}"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                    category=UserWarning)
+            ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, zarr_format=3,
+                       consolidated=True)
+        if kind in ("store", "incomplete"):
+            remove_store(real)  # --overwrite: only now that the new template is complete
+        if kind == "empty":
+            os.rmdir(real)  # an empty directory the user made: the store takes its place
+        os.replace(tmp, real)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: made just above
+        raise
+    return True
+
+
+def _remove_leftovers(real: str) -> None:
+    """Remove ``PATH.creating-PID`` templates of dead creators on this host (ours by name and content)."""
+    from scatterdist.store.lock import _pid_alive
+
+    parent, name = os.path.split(real)
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(name) + len(".creating-"):]
+        if entry.startswith(name + ".creating-") and pid.isdigit() and not _pid_alive(int(pid)):
+            full = os.path.join(parent, entry)
+            if store_kind(full) in ("store", "incomplete", "empty"):
+                remove_store(full)
+
+
+def _template(catalog: Catalog, scattering: Any, shard_size: int, config: dict[str, Any],
+              data: dict[str, Any] | None, per_map_coverage: bool | None) -> tuple[xr.Dataset, dict[str, Any]]:
+    """The store's dataset (lazy fill values) and its Zarr encoding."""
+    ids = catalog.ids
     n, p, q = len(ids), int(scattering.n_paths), int(scattering.npix_out)
     k = min(shard_size, max(n, 1))
     pixel = np.arange(q, dtype=np.int64)
     pix_attrs = _xdggs_attrs(int(scattering.nside_out))
     coeff_attrs = {"long_name": "scattering coefficients", "units": "input map units",
                    "description": "S[path] f sampled on the HEALPix RING grid at nside_out"}
-    zstd = [zarr.codecs.ZstdCodec(level=3)]
+    # crc32c after zstd: a damaged chunk fails its checksum instead of decoding to wrong numbers.
+    codecs = [zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()]
     cov_layout = ""
     if data is None:
         coeff_dims: tuple[str, ...] = ("map", "path", "pixel")
@@ -163,6 +208,7 @@ def create(
         nf = len(data["fields"])
         coeff_dims, block = ("map", "field", "path", "pixel"), (nf, p, q)
         cov_layout = coverage_layout(catalog, per_map_coverage)
+    per_map = {"chunks": (k,)}
     data_vars: dict[str, Any] = {
         "coefficients": (coeff_dims, da.full((n, *block), np.nan, dtype=np.float32, chunks=(k, *block)),
                          coeff_attrs),
@@ -170,19 +216,32 @@ def create(
                    {"flag_values": [0, 1, -1], "flag_meanings": "todo ok failed"}),
         "error": (("map",), np.array([""] * n, dtype=object),
                   {"description": "why a map failed (empty when ok)"}),
+        "failure": (("map",), np.zeros(n, dtype=np.int8),
+                    {"flag_values": [0, 1, 2], "flag_meanings": "none input machine",
+                     "description": "what a failed map failed on: its input (stays failed until "
+                                    "--retry-failed) or the machine (retried by the next run)"}),
         "source": (("map",), np.array(catalog.sources, dtype=object)),
+        "input_path": (("map",), np.array([""] * n, dtype=object),
+                       {"description": "the input file the map was computed from (empty: simulation "
+                                       "or in-memory input)"}),
+        "input_size": (("map",), np.full(n, -1, dtype=np.int64),
+                       {"units": "bytes", "description": "size of input_path when read (-1: none)"}),
+        "input_mtime": (("map",), np.full(n, np.nan, dtype=np.float64),
+                        {"units": "s", "description": "modification time of input_path when read, "
+                                                    "Unix time (seconds since 1970-01-01 UTC; NaN: none)"}),
+        "input_sha256": (("map",), np.array([""] * n, dtype=object),
+                         {"description": "sha256 of the pixel data as read (float64 RING, every field)"}),
     }
     encoding: dict[str, Any] = {
-        "coefficients": {"chunks": (1, *block), "shards": (k, *block), "compressors": zstd},
-        "status": {"chunks": (k,)},
-        "error": {"chunks": (k,)},
-        "source": {"chunks": (k,)},
+        "coefficients": {"chunks": (1, *block), "shards": (k, *block), "compressors": codecs},
+        **{name: dict(per_map) for name in ("status", "error", "failure", "source", "input_path",
+                                            "input_size", "input_mtime", "input_sha256", "map_id")},
     }
     if data is not None:
         data_vars["sky_fraction"] = (("map",), da.full((n,), np.nan, dtype=np.float32, chunks=(k,)),
                                      {"long_name": "usable sky fraction of the map's mask",
                                       "description": "mean of the weight mask (1: full sky); NaN: not computed"})
-        encoding["sky_fraction"] = {"chunks": (k,)}
+        encoding["sky_fraction"] = dict(per_map)
         cov_attrs = {"long_name": "coverage", "valid_range": [0.0, 1.0],
                      "description": "fraction of each path's output the mask lets through "
                                     "(shared by all fields); NaN: not computed",
@@ -190,17 +249,21 @@ def create(
         if cov_layout == "per_map":
             data_vars["coverage"] = (("map", "path", "pixel"),
                                      da.full((n, p, q), np.nan, dtype=np.float32, chunks=(k, p, q)), cov_attrs)
-            encoding["coverage"] = {"chunks": (1, p, q), "shards": (k, p, q), "compressors": zstd}
+            encoding["coverage"] = {"chunks": (1, p, q), "shards": (k, p, q), "compressors": codecs}
         else:
             data_vars["coverage"] = (("path", "pixel"), np.full((p, q), np.nan, dtype=np.float32), cov_attrs)
-            encoding["coverage"] = {"chunks": (p, q), "compressors": zstd}
+            encoding["coverage"] = {"chunks": (p, q), "compressors": codecs}
     labels = catalog.labels
     if labels is not None:
-        data_vars["label"] = (("map",), np.asarray(labels, dtype=np.int8),
+        data_vars["label"] = (("map",), np.asarray(labels, dtype=np.int64),
                               {"description": "class label (-1: none)"})
-        encoding["label"] = {"chunks": (k,)}
+        encoding["label"] = dict(per_map)
+    map_ids = np.array(ids, dtype=object)
     coords: dict[str, Any] = {
-        "map": ("map", np.array(ids, dtype=object)),
+        "map": ("map", map_ids),
+        # ``ds.map`` is Dataset.map (a method): ``ds.map_id`` is the attribute spelling of the ids.
+        "map_id": ("map", map_ids.copy(), {"description": "map ids (the map coordinate; ds.map is "
+                                                          "xarray's Dataset.map method)"}),
         "path": ("path", np.array(scattering.path_labels, dtype=object)),
         **_transform_path_coords(scattering),
         "pixel": ("pixel", pixel, pix_attrs),
@@ -213,11 +276,4 @@ def create(
     attrs = _root_attrs(config, chash, ids, shard_size, scattering, data, cov_layout)
     if data is not None:
         attrs["masked_simulations"] = _masked_simulations(catalog)
-    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
-                                category=UserWarning)
-        ds.to_zarr(path, mode="w", encoding=encoding, compute=False, zarr_format=3,
-                   consolidated=True)
-    return True
-
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding

@@ -22,15 +22,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def resolved_path(path: str | os.PathLike) -> str:
+    """The absolute path of a store with every symlink resolved (also of a store not made yet)."""
+    return os.path.realpath(os.path.abspath(os.fspath(path))).rstrip(os.sep) or os.sep
+
+
+def _live(owner: dict[str, Any] | None) -> bool:
+    """Whether a lock's owner record names a process that may still be running."""
+    if owner is None:
+        return False
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True  # another host (or a record being written): cannot tell, so assume alive
+    return _pid_alive(pid)
+
+
+def live_writer(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The owner record ``{"pid", "host", "time"}`` of a live writer lock on the store at ``path``
+    (resolved), None when no live process holds it. A lock held on another host counts as live."""
+    owner = StoreLock(path)._owner()
+    if not _live(owner):
+        return None
+    return owner or {"pid": None, "host": None, "time": None}
+
+
 class StoreLock:
     """Exclusive writer lock ``PATH.lock`` (``O_CREAT | O_EXCL``) holding ``{pid, host, time}``.
 
     A lock whose pid is dead on this same host is stale and is taken over; a lock held by a
-    live process, or by another host, raises :class:`StoreLockedError`.
+    live process, or by another host, raises :class:`StoreLockedError`. The lock sits beside the
+    *resolved* store path (symlinks followed), so two writers that reach one store through
+    different names take the same lock.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.store = os.path.abspath(os.fspath(path)).rstrip(os.sep)
+        self.store = resolved_path(path)
         self.path = self.store + ".lock"
         self.held = False
 

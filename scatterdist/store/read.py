@@ -10,7 +10,19 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from scatterdist.store.schema import layout
+from scatterdist.store.errors import StoreError
+from scatterdist.store.schema import (
+    FAILURE_NONE,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_TODO,
+    _open_group,
+    layout,
+)
+
+
+class DamagedStoreError(StoreError):
+    """Part of a store cannot be read (a chunk is missing, truncated or fails its checksum)."""
 
 @dataclass(frozen=True)
 class ShardData:
@@ -21,6 +33,8 @@ class ShardData:
     sky_fraction: np.ndarray | None   #: (k,) float32, None: not recorded
     status: np.ndarray                #: (k,) int8
     errors: list[str]
+    failure: np.ndarray | None = None           #: (k,) int8 kinds of failed maps, None: not recorded
+    identity: list[dict[str, Any]] | None = None  #: k input identities, None: not recorded
 
 
 def read_shard(path: str | os.PathLike, shard_index: int) -> ShardData:
@@ -35,13 +49,118 @@ def read_shard(path: str | os.PathLike, shard_index: int) -> ShardData:
     if lay.has_field_dim:
         cov = group["coverage"][start:stop] if lay.per_map_coverage else group["coverage"][...]
         frac = group["sky_fraction"][start:stop]
+    failure = identity = None
+    if lay.has_identity:
+        failure = np.asarray(group["failure"][start:stop], np.int8)
+        identity = _identity(group, start, stop)
     return ShardData(coeffs, cov, frac, group["status"][start:stop].astype(np.int8),
-                     [str(e) for e in group["error"][start:stop]])
+                     [str(e) for e in group["error"][start:stop]], failure, identity)
+
+
+def _identity(group: zarr.Group, start: int, stop: int) -> list[dict[str, Any]]:
+    paths = group["input_path"][start:stop]
+    sizes = group["input_size"][start:stop]
+    mtimes = group["input_mtime"][start:stop]
+    shas = group["input_sha256"][start:stop]
+    return [{"path": str(p), "size": int(z), "mtime": float(t), "sha256": str(h)}
+            for p, z, t, h in zip(paths, sizes, mtimes, shas)]
+
+
+def read_identity(path: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """The recorded input identity of every map (``{"path", "size", "mtime", "sha256"}``), None
+    for a store made before identities were recorded."""
+    lay = layout(path)
+    if not lay.has_identity:
+        return None
+    return _identity(zarr.open_group(os.fspath(path), mode="r"), 0, lay.n_maps)
 
 
 def read_status(path: str | os.PathLike) -> np.ndarray:
-    """The ``status (map)`` int8 array of a store (0 todo, 1 ok, -1 failed)."""
-    return zarr.open_array(os.fspath(path), path="status", mode="r")[:]
+    """The ``status (map)`` int8 array of a store (0 todo, 1 ok, -1 failed).
+
+    A status chunk that cannot be read raises :class:`DamagedStoreError` naming its maps and
+    the fix (``scatterdist verify``, which marks them todo)."""
+    return _read_status(_open_group(path), os.fspath(path))
+
+
+def _read_status(group: zarr.Group, path: str) -> np.ndarray:
+    arr = group["status"]
+    try:
+        return np.asarray(arr[:], dtype=np.int8)
+    except Exception as exc:  # noqa: BLE001 - any decoding error of a damaged chunk
+        bad = unreadable_chunks(arr)
+        where = ", ".join(f"maps {a}-{b - 1}" for a, b in bad[:5]) or "some maps"
+        raise DamagedStoreError(
+            f"store {path}: the status of {where} cannot be read ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}); run `scatterdist verify {path}` to mark them todo, "
+            "then run scatter again") from exc
+
+
+def unreadable_chunks(arr: zarr.Array) -> list[tuple[int, int]]:
+    """``[start, stop)`` along the first axis of every chunk (shard, for a sharded array) of
+    ``arr`` that raises when read."""
+    step = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+    bad = []
+    for a in range(0, arr.shape[0], step):
+        b = min(a + step, arr.shape[0])
+        try:
+            arr[a:b]
+        except Exception:  # noqa: BLE001 - any decoding error of a damaged chunk
+            bad.append((a, b))
+    return bad
+
+
+def read_map_ids(path: str | os.PathLike) -> np.ndarray:
+    """The map ids (``map`` coordinate) as an object array of str."""
+    group = _open_group(path)
+    return np.array([str(m) for m in group["map"][:]], dtype=object)
+
+
+@dataclass(frozen=True)
+class StatusTable:
+    """Per map: ``ids``, ``status`` (int8), ``errors``, ``failure`` kinds (int8; 0 where not
+    failed or not recorded) and ``labels`` (int64, -1: none; None when the store has none)."""
+
+    ids: np.ndarray
+    status: np.ndarray
+    errors: np.ndarray
+    failure: np.ndarray
+    labels: np.ndarray | None
+
+    def counts(self) -> dict[str, int]:
+        return {"ok": int((self.status == STATUS_OK).sum()),
+                "failed": int((self.status == STATUS_FAILED).sum()),
+                "todo": int((self.status == STATUS_TODO).sum())}
+
+
+def read_status_table(path: str | os.PathLike) -> StatusTable:
+    """ids, status, errors, failure kinds and labels of every map (for ``info`` and ``scatter``)."""
+    lay = layout(path)
+    group = zarr.open_group(os.fspath(path), mode="r")
+    status = _read_status(group, os.fspath(path))
+    ids = np.array([str(m) for m in group["map"][:]], dtype=object)
+    errors = np.array([str(e) for e in group["error"][:]], dtype=object)
+    failure = (np.asarray(group["failure"][:], np.int8) if lay.has_identity
+               else np.full(lay.n_maps, FAILURE_NONE, np.int8))
+    labels = np.asarray(group["label"][:]).astype(np.int64) if "label" in group else None
+    return StatusTable(ids, status, errors, failure, labels)
+
+
+def pixel_means(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[str] | None]:
+    """Pixel means of every map's coefficients (NaN pixels left out), for a complete store.
+
+    Returns ``(means (map, field, path) float64, labels (map,) int64 or None, map ids, path
+    labels, path kinds or None when the store has no ``kind`` coordinate)``. Raises
+    :class:`StoreError` when some map is not ok.
+    """
+    table = read_status_table(path)
+    if not np.all(table.status == STATUS_OK):
+        raise StoreError(f"store {os.fspath(path)} has {int(np.sum(table.status != STATUS_OK))} maps "
+                         "without coefficients; run scatter again to resume it")
+    ds = open_coefficients(path)
+    means = ds["coefficients"].mean("pixel").values.astype(np.float64)
+    kinds = [str(k) for k in ds["kind"].values] if "kind" in ds.coords else None
+    return means, table.labels, [str(m) for m in table.ids], [str(p) for p in ds["path"].values], kinds
 
 
 def read_rows(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from scatterdist.inputs import Catalog
 
 STATUS_TODO, STATUS_OK, STATUS_FAILED = 0, 1, -1
+#: ``failure (map)``: what a failed map failed on. Input failures (unreadable file, wrong nside,
+#: no such field: :class:`scatterdist.inputs.BadMapError`) stay failed until ``--retry-failed``;
+#: machine failures (worker lost, out of memory, no space) are retried by the next run.
+FAILURE_NONE, FAILURE_INPUT, FAILURE_MACHINE = 0, 1, 2
 MAX_ERROR_CHARS = 300
 #: Smallest usable sky fraction of a map (``scatterdist.inputs.DEFAULT_MIN_FSKY``).
 DEFAULT_MIN_FSKY = 0.01
@@ -71,6 +75,8 @@ class StoreLayout:
     config_hash: str
     fields: tuple[str, ...] = ()
     coverage_layout: str = ""
+    #: The store records input identity and failure kinds (stores made before them do not).
+    has_identity: bool = False
 
     @property
     def n_fields(self) -> int:
@@ -137,23 +143,56 @@ def _hashed(config: dict[str, Any], data: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-def layout(path: str | os.PathLike) -> StoreLayout:
-    """Read the layout of an existing store (raises :class:`StoreError` if it is not one)."""
+class LegacyStoreError(StoreError):
+    """A store of the pre-field schema (``coefficients (map, path, pixel)``), which is not read."""
+
+
+def _open_group(path: str | os.PathLike) -> zarr.Group:
+    """The store's root group, read-only; StoreError (one line) when there is none."""
+    text = os.fspath(path)
+    if not os.path.lexists(text):
+        raise StoreError(f"no store at {text}: the path does not exist")
     try:
-        group = zarr.open_group(os.fspath(path), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        raise StoreError(f"{path} is not a scatterdist store (no Zarr group there)") from exc
+        return zarr.open_group(text, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, NotADirectoryError) as exc:
+        raise StoreError(f"{text} is not a scatterdist store (no Zarr group there)") from exc
+    except (ValueError, OSError) as exc:  # unreadable / corrupt zarr.json
+        raise StoreError(f"{text}: the store's metadata cannot be read ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from exc
+
+
+def layout(path: str | os.PathLike) -> StoreLayout:
+    """Read the layout of an existing store (raises :class:`StoreError` if it is not one, and
+    :class:`LegacyStoreError` for the pre-field schema)."""
+    lay = _layout_any(path)
+    if not lay.has_field_dim:
+        raise LegacyStoreError(
+            f"store {os.fspath(path)} has the pre-field schema (coefficients (map, path, pixel)) that this "
+            f"version no longer reads; re-create it: scatterdist scatter INPUTS --output {os.fspath(path)} --overwrite")
+    return lay
+
+
+def _layout_any(path: str | os.PathLike) -> StoreLayout:
+    """:func:`layout` that also describes a pre-field store (``fields == ()``): for writing the
+    fixtures that test its refusal, never for reading."""
+    group = _open_group(path)
     attrs = dict(group.attrs)
     missing = {"shard_size", "n_maps", "config_hash"} - attrs.keys()
-    if missing or "coefficients" not in group:
-        raise StoreError(f"{path} is a Zarr group but not a scatterdist store "
-                         f"(attributes {sorted(missing) or ['coefficients']} missing)")
+    if missing:
+        raise StoreError(f"{os.fspath(path)} is a Zarr group but not a scatterdist store "
+                         f"(attributes {sorted(missing)} missing)")
+    members = set(group.keys())
+    absent = {"coefficients", "status", "error"} - members
+    if absent:
+        raise StoreError(f"the store {os.fspath(path)} is incomplete ({', '.join(sorted(absent))} "
+                         "missing: its creation was interrupted?): make it again with --overwrite")
     shape = group["coefficients"].shape
     fields = tuple(str(f) for f in attrs.get("fields", ())) if len(shape) == 4 else ()
     return StoreLayout(n_maps=int(attrs["n_maps"]), shard_size=int(attrs["shard_size"]),
                        n_paths=int(shape[-2]), npix_out=int(shape[-1]),
                        config_hash=str(attrs["config_hash"]), fields=fields,
-                       coverage_layout=str(attrs.get("coverage_layout", "")) if fields else "")
+                       coverage_layout=str(attrs.get("coverage_layout", "")),
+                       has_identity={"failure", "input_sha256"} <= members)
 
 
 def _check_compatible(path: str, config: dict[str, Any], ids: Sequence[str],
