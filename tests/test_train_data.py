@@ -10,7 +10,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from scatterdist.store import CoefficientBlocks, StoreError, open_coefficients
+from scatterdist.store import CoefficientBlocks, DamagedStoreError, StoreError, open_coefficients
 from scatterdist.train import data as D
 from scatterdist.testing import write_synthetic_store
 
@@ -38,7 +38,7 @@ def test_store_info_reads_schema(store, info):
 
 
 def test_missing_store_and_bad_store_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist"):
         D.read_store_info(tmp_path / "nope.zarr")
     zarr.open_group(tmp_path / "empty.zarr", mode="w")
     with pytest.raises(StoreError, match="not a scatterdist store"):
@@ -175,8 +175,31 @@ def test_dataset_reads_each_shard_once_in_sampler_order(store, info):
 
 def test_dataset_refuses_non_finite_coefficients(store, info):
     ds = D.CoefficientDataset(store, np.array([FAILED[0]]), np.array([0]), info.shard_size)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(DamagedStoreError, match="non-finite.*scatterdist verify"):
         ds[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_damaged_shard_is_one_line_naming_its_maps_and_verify(tmp_path, damage):
+    """Issue 17 row 4, the reader's side: a truncated chunk fails its checksum, a deleted one reads
+    as NaN; either way the trainer says which maps and how to repair, never a bare codec error."""
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, n_maps=16, shard_size=8, seed=2)
+    shard = path / "coefficients" / "c" / "1"  # the object of shard 1 (maps 8-15)
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+    info = D.read_store_info(path)
+    ds = D.CoefficientDataset(path, np.arange(16), np.zeros(16), info.shard_size)
+    ds[0]  # shard 0 is intact
+    with pytest.raises(DamagedStoreError, match="scatterdist verify") as err:
+        ds[9]
+    assert (damage == "deleted") == ("non-finite" in str(err.value))
+    assert damage == "deleted" or "maps 8-15" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_shard_sampler_gives_ranks_whole_disjoint_shards(info):
@@ -279,7 +302,7 @@ def test_masked_multi_field_store_reads_as_channels(tmp_path, mask):
         assert np.all(cov_f[covered] >= 0.5) and np.all(cov_f[~covered] < 0.5)
     # a NaN where the coverage is 1 is still refused
     assert 5 not in idx
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(DamagedStoreError, match="non-finite"):
         D.CoefficientDataset(path, np.array([5]), np.array([0]), info.shard_size)[0]
 
 

@@ -4,8 +4,9 @@ Everything a consumer of a finished (or partly finished) store needs, without kn
 array names: :func:`read_store_info` (fields, paths, coverage layout, shard size, number of
 maps, status, labels, sky fractions, attributes), :func:`read_labels` (int64, -1 = none) and
 :class:`CoefficientBlocks` (coefficients and coverage of a range of maps as model channels).
-Only stores with a ``field`` dimension are read: the pre-field schema is refused with the
-command that re-creates it.
+The pre-field schema is refused (:func:`~scatterdist.store.layout` raises
+:class:`~scatterdist.store.LegacyStoreError` with the command that re-creates it); a chunk that
+cannot be read raises :class:`~scatterdist.store.DamagedStoreError` naming its maps and the fix.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import numpy as np
 import zarr
 
 from scatterdist.store.errors import StoreError
-from scatterdist.store.schema import STATUS_OK, layout
+from scatterdist.store.read import DamagedStoreError, read_status_table
+from scatterdist.store.schema import STATUS_OK, StoreLayout, layout
 
 #: Label value of a map without one.
 NO_LABEL = -1
 
 
 class StoreFormatError(StoreError, ValueError):
-    """The path is a store this version cannot read (pre-field schema, arrays of the wrong shape)."""
+    """The store's arrays do not agree with its attributes (shapes, dtypes)."""
 
 
 @dataclass
@@ -82,61 +84,37 @@ class StoreInfo:
         return out
 
 
-def _open(path: str) -> tuple[zarr.Group, object]:
-    """The store's group and layout; FileNotFoundError, StoreError or StoreFormatError otherwise."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"coefficient store {path} does not exist")
-    lay = layout(path)
-    if not lay.has_field_dim:
-        raise StoreFormatError(
-            f"store {path} has the pre-field schema (coefficients (map, path, pixel)) that this version no "
-            f"longer reads; re-create it: scatterdist scatter INPUTS --output {path} --overwrite"
-        )
-    return zarr.open_group(path, mode="r"), lay
-
-
 def _strings(group: zarr.Group, name: str) -> list[str]:
     return [str(v) for v in np.asarray(group[name][:])]
 
 
 def read_labels(store: str | os.PathLike) -> np.ndarray | None:
-    """Label of every map, ``(n_maps,)`` int64 (-1: no label), or None when the store has none."""
-    path = os.path.abspath(os.fspath(store))
-    group, _ = _open(path)
-    return _labels(group, path)
-
-
-def _labels(group: zarr.Group, path: str) -> np.ndarray | None:
-    if "label" not in group:
-        return None
-    raw = np.asarray(group["label"][:])
-    if not np.issubdtype(raw.dtype, np.integer):
-        raise StoreFormatError(f"store {path}: 'label' has dtype {raw.dtype}; labels are integers")
-    return raw.astype(np.int64)
+    """Label of every map, ``(n_maps,)`` int64 (any integer; -1: no label), or None when the store has none."""
+    return read_status_table(os.path.abspath(os.fspath(store))).labels
 
 
 def read_store_info(store: str | os.PathLike) -> StoreInfo:
     """Read the metadata of the coefficient store at ``store`` (a directory)."""
     path = os.path.abspath(os.fspath(store))
-    group, lay = _open(path)
+    lay = layout(path)
+    table = read_status_table(path)
+    group = zarr.open_group(path, mode="r")
     n_maps, n_paths, npix = lay.n_maps, lay.n_paths, lay.npix_out
-    coeffs = group["coefficients"]
-    if tuple(coeffs.shape) != (n_maps, lay.n_fields, n_paths, npix):
-        raise StoreFormatError(f"store {path}: coefficients have shape {coeffs.shape}, attributes say {n_maps} maps")
+    if tuple(group["coefficients"].shape) != (n_maps, lay.n_fields, n_paths, npix):
+        raise StoreFormatError(f"store {path}: coefficients have shape {group['coefficients'].shape}, "
+                               f"its attributes say {n_maps} maps")
     attrs = dict(group.attrs)
     nside_out = int(attrs.get("nside_out", round(np.sqrt(npix / 12))))
     if 12 * nside_out**2 != npix:
         raise StoreFormatError(f"store {path}: attribute nside_out={nside_out} does not match {npix} pixels")
-    status = np.asarray(group["status"][:]).astype(np.int8)
-    map_ids = np.asarray(_strings(group, "map"), dtype=object)
-    if status.shape != (n_maps,) or map_ids.shape != (n_maps,):
+    if table.status.shape != (n_maps,) or table.ids.shape != (n_maps,):
         raise StoreFormatError(f"store {path}: 'status' and 'map' must have {n_maps} entries")
     sky_fraction = np.asarray(group["sky_fraction"][:], dtype=np.float64)
     if sky_fraction.shape != (n_maps,):
         raise StoreFormatError(f"store {path}: 'sky_fraction' must have {n_maps} entries, got {sky_fraction.shape}")
     return StoreInfo(
         path=path, n_maps=n_maps, n_paths=n_paths, npix=npix, nside_out=nside_out, shard_size=lay.shard_size,
-        map_ids=map_ids, status=status, labels=_labels(group, path), path_labels=_strings(group, "path"), attrs=attrs,
+        map_ids=table.ids, status=table.status, labels=table.labels, path_labels=_strings(group, "path"), attrs=attrs,
         fields=list(lay.fields), coverage_layout=lay.coverage_layout, sky_fraction=sky_fraction,
     )
 
@@ -151,22 +129,34 @@ class CoefficientBlocks:
 
     def __init__(self, store: str | os.PathLike) -> None:
         self.store = os.path.abspath(os.fspath(store))
-        group, lay = _open(self.store)
+        lay: StoreLayout = layout(self.store)
+        group = zarr.open_group(self.store, mode="r")
         self._coefficients = group["coefficients"]
         self._coverage = group["coverage"]
         self.n_fields, self.n_paths, self.npix = lay.n_fields, lay.n_paths, lay.npix_out
         self.coverage_layout = lay.coverage_layout
         self._shared = None
         if self.coverage_layout != "per_map":
-            self._shared = np.asarray(self._coverage[...], dtype=np.float32)
+            self._shared = self._checked(lambda: self._coverage[...], "the shared coverage")
+
+    def _checked(self, read, what: str) -> np.ndarray:
+        """``read()`` as float32; a chunk that cannot be decoded becomes one DamagedStoreError line."""
+        try:
+            return np.asarray(read(), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - any decoding error of a missing, truncated or corrupt chunk
+            raise DamagedStoreError(
+                f"store {self.store}: {what} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                f"run `scatterdist verify {self.store}` to mark the damaged maps todo, then scatter again"
+            ) from exc
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Coefficients and coverage of maps ``[start, stop)`` (see the class docstring)."""
-        x = np.asarray(self._coefficients[start:stop], dtype=np.float32)
+        what = f"maps {start}-{stop - 1}"
+        x = self._checked(lambda: self._coefficients[start:stop], f"the coefficients of {what}")
         k = x.shape[0]
         x = x.reshape(k, self.n_fields * self.n_paths, self.npix)
         if self._shared is None:
-            cov = np.asarray(self._coverage[start:stop], dtype=np.float32)
+            cov = self._checked(lambda: self._coverage[start:stop], f"the coverage of {what}")
         else:
             cov = np.broadcast_to(self._shared, (k, self.n_paths, self.npix))
         return x, cov

@@ -46,6 +46,7 @@ from scatterdist.store import (
     STATUS_OK,
     STATUS_TODO,
     CoefficientBlocks,
+    DamagedStoreError,
     StoreFormatError,
     StoreInfo,
     read_store_info,
@@ -341,9 +342,10 @@ class CoefficientDataset(Dataset):
         block, valid = self._shard(index // self.shard_size)
         row = index % self.shard_size
         if not valid[row]:
-            raise ValueError(
+            raise DamagedStoreError(
                 f"map {index} of store {self.store} has non-finite coefficients outside its masked area "
-                "(or a non-finite coverage) although its status is 1"
+                f"(or a non-finite coverage) although its status is ok: a chunk may be missing; run "
+                f"`scatterdist verify {self.store}` to mark damaged maps todo, then scatter again"
             )
         return torch.from_numpy(block[row]), torch.tensor(self.targets[item])
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,8 +40,7 @@ from torch.utils.data import DataLoader
 
 from scatterdist import __version__
 from scatterdist._progress import progress_bar
-from scatterdist.store import StoreLock
-from scatterdist.store.lock import _pid_alive
+from scatterdist.store import live_writer
 from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scatterdist.train.data import (
     CoefficientDataset,
@@ -215,28 +213,13 @@ def _check_resumable(state: dict, cfg: TrainConfig, path: Path, world_size: int,
         )
 
 
-def live_store_writer(store: str | os.PathLike) -> dict | None:
-    """``{pid, host, time}`` of a live process holding the store's writer lock, else None.
-
-    A lock left by a dead process on this host is stale (None); a lock of another host counts
-    as live (its process cannot be checked from here).
-    """
-    owner = StoreLock(store)._owner()
-    if owner is None:
-        return None
-    pid = owner.get("pid")
-    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
-        return None
-    return owner
-
-
 def _writer_text(owner: dict) -> str:
     return f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {owner.get('time', '?')}"
 
 
 def _check_store_writer(cfg: TrainConfig) -> None:
     """Refuse a store with a live writer unless ``cfg.allow_partial`` (then say so on stderr)."""
-    owner = live_store_writer(cfg.store)
+    owner = live_writer(cfg.store)
     if owner is None:
         return
     if not cfg.allow_partial:
@@ -451,7 +434,7 @@ def evaluate(
     """
     model, state = load_run(run_dir)
     info = read_store_info(store)
-    owner = live_store_writer(info.path)
+    owner = live_writer(info.path)
     if owner is not None:
         print(f"warning: store {info.path} is still being written ({_writer_text(owner)}); evaluating the maps "
               "done so far", file=sys.stderr, flush=True)

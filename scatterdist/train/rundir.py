@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scatterdist.store import StoreLock, StoreLockedError
+from scatterdist.store import StoreLock, StoreLockedError, live_writer
 
 LOCK_NAME = "train.lock"
 
@@ -25,7 +25,8 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(os.path.realpath(os.fspath(run_dir)))
-        self._lock = StoreLock(self.run_dir / Path(LOCK_NAME).stem)  # -> RUN_DIR/train.lock
+        self._name = self.run_dir / Path(LOCK_NAME).stem  # StoreLock(X) locks X.lock: RUN_DIR/train.lock
+        self._lock = StoreLock(self._name)
         self.path = Path(self._lock.path)
 
     def acquire(self) -> None:
@@ -34,7 +35,7 @@ class RunLock:
         try:
             self._lock.acquire()
         except StoreLockedError:
-            owner = self._lock._owner() or {}
+            owner = live_writer(self._name) or {}
             raise RunLockedError(
                 f"run directory {self.run_dir} is in use by another trainer (pid {owner.get('pid', '?')} on host "
                 f"{owner.get('host', '?')} since {owner.get('time', '?')}, lock file {self.path}); wait for it to "
