@@ -330,3 +330,26 @@ def test_usage_counts_skipped_maps_by_reason(info, tmp_path):
     csv.write_text("id,label\n" + "".join(f"{m},{i % 2}\n" for i, m in enumerate(info.map_ids[:30])))
     u = D.usage(info, D.read_labels(info, csv))
     assert u.describe() == f"training on 28 of {N_MAPS} maps: 2 failed, 2 not computed, 8 without a label"
+
+
+def test_store_labels_of_any_integer_value(tmp_path):
+    """Issue 17 row 10 on the trainer's side: int64 labels in the store, only -1 means none."""
+    import json
+
+    from scatterdist.inputs import Catalog, Entry, MapRef
+    from scatterdist.store import create, write_shard
+    from scatterdist.testing import SyntheticChannels, synthetic_maps
+
+    spec = SyntheticChannels(8, 2, (1.0, 2.5))
+    values = [128, 2**40, -1, -7]
+    entries = [Entry(id=f"m{i}", source="synthetic", ref=MapRef("sim", json.dumps(spec.config()), i), label=v)
+               for i, v in enumerate(values)]
+    path = tmp_path / "big.zarr"
+    create(path, Catalog(entries, 8), spec, 4, fields=("I",))
+    write_shard(path, 0, synthetic_maps(np.zeros(4), 8, 2, spec.slopes), np.ones(4, np.int8), [""] * 4)
+    info = D.read_store_info(path)
+    assert info.labels.dtype == np.int64 and info.labels.tolist() == values
+    labels = D.read_labels(info)
+    assert labels.tolist() == ["128", "1099511627776", "", "-7"]
+    assert D.class_names_of(labels) == ["-7", "128", "1099511627776"]
+    assert D.usage(info, labels).describe() == "training on 3 of 4 maps: 1 without a label"
