@@ -123,3 +123,72 @@ def test_inputs_and_sims_do_not_import_each_other_in_a_circle():
             reach.add(n)
             todo.append(n)
     assert not any(m.startswith("scatterdist.sims") for m in reach), sorted(reach)
+
+
+#: Third-party modules the package may import without declaring them as runtime dependencies:
+#: each belongs to an optional extra (and is imported only by the feature that needs it), or
+#: is only probed for (IPython: the progress bar asks whether it runs in a notebook).
+OPTIONAL_MODULES = {
+    "cryptography": "tls", "dask_cuda": "cuda", "dask_jobqueue": "jobqueue", "healsparse": "healsparse",
+    "matplotlib": "plot", "triton": "triton", "camb": "camb", "xdggs": "xdggs", "IPython": None,
+}
+
+
+def _third_party_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """``{top-level module: {files importing it}}`` for every non-stdlib, non-package import."""
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for n in names:
+                top = n.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("scatterdist", "__future__"):
+                    found.setdefault(top, set()).add(str(f.relative_to(root.parent)))
+    return found
+
+
+def _declared() -> tuple[set[str], dict[str, set[str]]]:
+    """Normalised names of the runtime dependencies (with the extras they pull in, such as
+    dask[distributed]) and of each optional extra, from pyproject.toml."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        out = set()
+        for r in reqs:
+            m = re.match(r"\s*([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", r)
+            out.add(m.group(1).lower().replace("_", "-"))
+            out.update(e.strip().lower() for e in (m.group(2) or "").split(",") if e.strip())
+        return out
+
+    return names(project["dependencies"]), {k: names(v) for k, v in project["optional-dependencies"].items()}
+
+
+def test_every_runtime_import_is_a_declared_dependency():
+    """Issue 17 row 13: `pip install scatterdist` (no extras) then a masked map failed with
+    ModuleNotFoundError: scipy. Every third-party module the package imports is a runtime
+    dependency, or belongs to the optional extra named in OPTIONAL_MODULES."""
+    from importlib.metadata import packages_distributions
+
+    runtime, extras = _declared()
+    dists = packages_distributions()
+    missing = {}
+    for module, files in sorted(_third_party_imports().items()):
+        provided = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        if provided & runtime:
+            continue
+        if module in OPTIONAL_MODULES:
+            extra = OPTIONAL_MODULES[module]
+            assert extra is None or provided & extras[extra], (module, extra, extras.get(extra))
+            continue
+        missing[module] = sorted(files)
+    assert not missing, f"imported but not declared in pyproject's dependencies: {missing}"
+    assert {"scipy", "astropy"} <= runtime

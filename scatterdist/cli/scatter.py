@@ -251,6 +251,11 @@ def run_scatter(args: argparse.Namespace) -> int:
         zstore.check_output(args.output, args.overwrite)  # before anything is touched
         if zstore.store_kind(args.output) == "store" and not args.overwrite:
             zstore.layout(args.output)  # a store this version cannot resume: say so before starting
+        writer = zstore.live_writer(args.output)
+        if writer is not None:  # the run would be refused by the lock: say so before starting
+            raise zstore.StoreLockedError(
+                f"store {args.output} is being written by pid {writer.get('pid')} on host "
+                f"{writer.get('host')} since {writer.get('time')}: wait for it to finish")
     except zstore.StoreError as exc:
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -321,14 +326,14 @@ def _print_sky(summary: dict[str, Any], all_paths: bool = False) -> None:
     """The fields / mask / sky fraction / coverage lines of ``scatterdist info``."""
     print("fields     " + ", ".join(summary["fields"]))
     print(f"mask       {summary['mask'] or 'none (each map: its own UNSEEN/NaN pixels or coverage)'}")
-    sky = summary["sky_fraction"]
+    sky = summary.get("sky_fraction")
     if sky is None:
         print("sky        full sky (store without masks)" if not summary["coverage_layout"]
               else "sky        no map done yet")
     else:
         print(f"sky        fraction min {sky['min']:.3f}, median {sky['median']:.3f}, max {sky['max']:.3f} "
               f"over {sky['n']} map(s)")
-    cov = summary["coverage"]
+    cov = summary.get("coverage")
     if cov is not None:
         per_path = sorted(cov["per_path"].items(), key=lambda kv: (np.nan_to_num(kv[1], nan=-1.0), kv[0]))
         shown = per_path if all_paths else per_path[:3]

@@ -1,47 +1,31 @@
-"""Input identity of a map: where it was read from and a hash of what was read.
+"""Input identity of a map, as the pipeline records and compares it.
 
-``{"path", "size", "mtime", "sha256"}``: path, size (bytes) and modification time (seconds) from
-``os.stat`` of an input *file* (FITS, HealSparse; ``""``, -1, NaN for simulations and rows of a
-Zarr input), and the sha256 of the pixel data as read (float64 RING bytes of every field).
-
-Interim home: ``scatterdist.inputs`` is to provide ``LoadedMap.identity`` and
-``stat_identity(ref)`` (interfaces item 3); these two functions are the only place to switch.
+``{"path", "size", "mtime", "sha256"}`` comes from :mod:`scatterdist.inputs` (``LoadedMap.identity``
+for a loaded map; :func:`scatterdist.inputs.stat_identity` for a cheap look at the file without
+reading pixels). This module decides what counts as a change (:func:`changed`) and re-reads the
+inputs of a store for ``scatterdist verify --inputs`` (:func:`content_changes`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from typing import Any
 
-import numpy as np
+from scatterdist.inputs import LoadedMap, MapRef
+from scatterdist.inputs import stat_identity as _stat
 
-from scatterdist.inputs import MapRef
-
-__all__ = ["stat_identity", "loaded_identity", "changed"]
-
-_FILE_KINDS = ("fits", "hsp")
+__all__ = ["stat_identity", "loaded_identity", "changed", "content_changes"]
 
 
 def stat_identity(ref: MapRef) -> dict[str, Any]:
-    """Path, size and modification time of the file behind ``ref`` (no pixel read); sha256 ``""``.
-    A file that cannot be stat'ed has size -1 (it then counts as changed if it had one)."""
-    if ref.kind not in _FILE_KINDS:
-        return {"path": "", "size": -1, "mtime": math.nan, "sha256": ""}
-    path = os.path.abspath(ref.where)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {"path": path, "size": -1, "mtime": math.nan, "sha256": ""}
-    return {"path": path, "size": int(st.st_size), "mtime": float(st.st_mtime), "sha256": ""}
+    """Path, size and modification time of the input behind ``ref`` (no pixel read); sha256 ``""``."""
+    return {**_stat(ref), "sha256": ""}
 
 
-def loaded_identity(ref: MapRef, data: np.ndarray) -> dict[str, Any]:
-    """:func:`stat_identity` plus the sha256 of ``data`` (the fields as read, float64)."""
-    out = stat_identity(ref)
-    out["sha256"] = hashlib.sha256(np.ascontiguousarray(data, dtype=np.float64).tobytes()).hexdigest()
-    return out
+def loaded_identity(ref: MapRef, loaded: LoadedMap) -> dict[str, Any]:
+    """The identity the loader recorded (falls back to :func:`stat_identity` when it has none)."""
+    return dict(loaded.identity) if loaded.identity else stat_identity(ref)
 
 
 def changed(stored: dict[str, Any], now: dict[str, Any]) -> str:
@@ -53,7 +37,7 @@ def changed(stored: dict[str, Any], now: dict[str, Any]) -> str:
         if int(now.get("size", -1)) != int(stored["size"]):
             return (f"size {stored['size']} -> {now.get('size')} bytes" if int(now.get("size", -1)) >= 0
                     else "the file cannot be read any more")
-        if not math.isclose(float(now.get("mtime", math.nan)), float(stored["mtime"]), abs_tol=1e-6):
+        if not math.isclose(float(now.get("mtime", -1.0)), float(stored["mtime"]), abs_tol=1e-6):
             return "modification time changed"
     if now.get("sha256") and stored.get("sha256") and now["sha256"] != stored["sha256"]:
         return "content (sha256 of the pixels) changed"
@@ -74,7 +58,8 @@ def content_changes(store: str) -> list[tuple[int, str]]:
     status = zstore.read_status(store)
     out = []
     for i, old in enumerate(recorded):
-        if status[i] == zstore.STATUS_TODO or not old["path"] or not old["sha256"]:
+        if status[i] == zstore.STATUS_TODO or not old["path"] or not old["sha256"] or old["size"] < 0:
+            # not computed, a simulation, or a row of a Zarr input (only files are re-read)
             continue
         if not os.path.exists(old["path"]):
             out.append((i, f"file {old['path']} is gone"))
@@ -82,7 +67,7 @@ def content_changes(store: str) -> list[tuple[int, str]]:
         ref = Catalog.from_inputs([old["path"]]).refs[0]
         [m] = load_maps([ref], int(attrs["nside"]), fields=tuple(attrs["fields"]),
                         mask=attrs.get("mask") or None, min_fsky=float(attrs["min_fsky"]))
-        now = stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m.data)
+        now = stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m)
         if isinstance(m, BadMapError):
             out.append((i, f"cannot be read any more ({zstore.one_line(str(m), 120)})"))
         elif now["sha256"] != old["sha256"]:

@@ -352,7 +352,13 @@ def _buffers(store_path: str, shards: Sequence[ShardTask], n_fields: int, sc: An
         else:
             keep = [i for i in range(k) if not task.recompute[i]]
             if keep:
-                buf.keep(zstore.read_shard(store_path, task.shard), keep, per_map)
+                old = zstore.read_shard(store_path, task.shard)
+                lost = [i for i in keep if i in old.unreadable]
+                if lost:  # damaged on disk since the plan was made: computed again
+                    task.recompute = [bool(r) or i in lost for i, r in enumerate(task.recompute)]
+                    buf.remaining = len(task.todo)
+                    keep = [i for i in keep if i not in lost]
+                buf.keep(old, keep, per_map)
         out.append(buf)
     return out
 
@@ -405,7 +411,7 @@ def run_shards(
                                   "mask; this map has masked pixels (UNSEEN/NaN, coverage or --mask)")
                       if not isinstance(m, BadMapError) and m.mask is not None else m
                       for j, m in enumerate(loaded)]
-        identity = [stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m.data)
+        identity = [stat_identity(ref) if isinstance(m, BadMapError) else loaded_identity(ref, m)
                     for ref, m in zip(refs, loaded)]
         good = [j for j, m in enumerate(loaded) if not isinstance(m, BadMapError)]
         # full-sky maps first, then masked ones (two transform calls)

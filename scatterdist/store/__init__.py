@@ -2,10 +2,10 @@
 
 Layout of a store at ``PATH`` (a directory; it opens with plain ``xarray.open_zarr(PATH)``):
 
-- ``coefficients (map, field, path, pixel)`` float32, zstd; inner chunk = 1 map, shard = K
-  maps. Maps not yet done (or failed) hold the fill value NaN. Stores made before fields
-  existed (and ``create(..., fields=None)``) have ``coefficients (map, path, pixel)``:
-  readers treat them as one field ``I``, coverage 1, sky fraction 1.
+- ``coefficients (map, field, path, pixel)`` float32, zstd then crc32c per chunk; inner chunk =
+  1 map, shard = K maps. Maps not yet done (or failed) hold the fill value NaN. Stores made
+  before fields existed (``coefficients (map, path, pixel)``; ``create(..., fields=None)`` still
+  writes one, to test the refusal) are refused by every reader (:class:`LegacyStoreError`).
 - coordinate ``field (field)``: field names, e.g. ``["I"]`` or ``["I", "E", "B"]`` (I, Q, U are
   Stokes parameters; E, B come from Q, U through the spin-2 transform).
 - ``sky_fraction (map)`` float32: usable sky fraction of each map's weight mask (mean of the
@@ -24,10 +24,16 @@ Layout of a store at ``PATH`` (a directory; it opens with plain ``xarray.open_za
 - ``status (map)`` int8: 0 todo, 1 ok, -1 failed. Chunked by shard (K maps), written by the
   shard's task *after* its data (coefficients, coverage, sky fraction), in a second call:
   completion is never inferred from chunk existence.
-- ``error (map)`` str: a short message for failed maps, ``""`` otherwise (chunked by shard).
+- ``error (map)`` str: a one-line message for failed maps, ``""`` otherwise (chunked by shard).
+- ``failure (map)`` int8: for failed maps, 1 = the input failed (stays failed until
+  ``--retry-failed``), 2 = the machine failed (retried by the next run); 0 otherwise.
+- ``input_path``, ``input_size``, ``input_mtime``, ``input_sha256`` ``(map)``: what each map was
+  computed from (the file, its size and modification time when read, the sha256 of its pixels as
+  read); written with the shard.
 - ``source (map)`` str: where the map came from (FITS path, ``store::variable[row]``, sim).
-- ``label (map)`` int8, only when the catalog has labels (-1 where an entry has none).
-- coordinates ``map`` (ids), ``path`` (``"S0"``, ``"S1 j1=7"``, ``"S2 j1=7 j2=5"``),
+- ``label (map)`` int64 (any integer), only when the catalog has labels (-1 where an entry has none).
+- coordinates ``map`` (ids) and its twin ``map_id`` (``ds.map`` is ``Dataset.map``), ``path``
+  (``"S0"``, ``"S1 j1=7"``, ``"S2 j1=7 j2=5"``),
   ``order (path)``, ``j1 (path)``, ``j2 (path)`` (-1 where absent), plus any other per-path
   coordinate the transform's ``path_coords()`` returns (e.g. ``kind``), ``pixel`` (HEALPix
   RING index at ``nside_out``) and its twin ``cell_ids (pixel)``; both carry the xdggs
@@ -41,7 +47,10 @@ Layout of a store at ``PATH`` (a directory; it opens with plain ``xarray.open_za
   refused), ``catalog_hash``, ``shard_size``, ``n_maps``, ``nside_out``, ``scatterdist_version``,
   ``created`` (UTC ISO 8601), ``masked_simulations`` (some input is a masked simulation).
 
-A writer holds ``PATH.lock`` (see :class:`StoreLock`) for the duration of a run.
+A writer holds ``PATH.lock`` beside the resolved path (see :class:`StoreLock`,
+:func:`live_writer`) for the duration of a run. Modules: ``safety`` (what may be written or
+deleted), ``create``, ``write``, ``read``, ``verify`` (proving what is on disk), ``lock``,
+``schema`` (layout, hashes, codes), ``keys`` (shard file paths), ``errors``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,26 +35,50 @@ class ShardData:
     errors: list[str]
     failure: np.ndarray | None = None           #: (k,) int8 kinds of failed maps, None: not recorded
     identity: list[dict[str, Any]] | None = None  #: k input identities, None: not recorded
+    unreadable: list[int] = field(default_factory=list)  #: positions whose chunks cannot be read
+
+
+def _rows(arr: zarr.Array, start: int, stop: int, bad: set[int]) -> np.ndarray:
+    """``arr[start:stop]``; when the block cannot be read, row by row, NaN for the rows that
+    cannot be read (their positions, from ``start``, are added to ``bad``)."""
+    try:
+        return arr[start:stop]
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 - any decoding/checksum error of a damaged shard
+        out = np.full((stop - start, *arr.shape[1:]), np.nan, dtype=arr.dtype)
+        for i in range(start, stop):
+            try:
+                out[i - start] = arr[i]
+            except OSError:
+                raise
+            except Exception:  # noqa: BLE001
+                bad.add(i - start)
+        return out
 
 
 def read_shard(path: str | os.PathLike, shard_index: int) -> ShardData:
-    """Everything :func:`write_shard` wrote for one shard (to rewrite a shard whole on resume)."""
+    """Everything :func:`write_shard` wrote for one shard (to rewrite a shard whole on resume).
+
+    Maps whose chunks cannot be read (a damaged shard) come back NaN and are listed in
+    ``ShardData.unreadable`` (positions in the shard): the caller recomputes them."""
     lay = layout(path)
     start, stop = lay.bounds(shard_index)
     group = zarr.open_group(os.fspath(path), mode="r")
-    coeffs = group["coefficients"][start:stop]
+    bad: set[int] = set()
+    coeffs = _rows(group["coefficients"], start, stop, bad)
     if coeffs.ndim == 3:
         coeffs = coeffs[:, None]
     cov = frac = None
     if lay.has_field_dim:
-        cov = group["coverage"][start:stop] if lay.per_map_coverage else group["coverage"][...]
+        cov = _rows(group["coverage"], start, stop, bad) if lay.per_map_coverage else group["coverage"][...]
         frac = group["sky_fraction"][start:stop]
     failure = identity = None
     if lay.has_identity:
         failure = np.asarray(group["failure"][start:stop], np.int8)
         identity = _identity(group, start, stop)
     return ShardData(coeffs, cov, frac, group["status"][start:stop].astype(np.int8),
-                     [str(e) for e in group["error"][start:stop]], failure, identity)
+                     [str(e) for e in group["error"][start:stop]], failure, identity, sorted(bad))
 
 
 def _identity(group: zarr.Group, start: int, stop: int) -> list[dict[str, Any]]:
@@ -99,6 +123,11 @@ def _read_status(group: zarr.Group, path: str) -> np.ndarray:
 def unreadable_chunks(arr: zarr.Array) -> list[tuple[int, int]]:
     """``[start, stop)`` along the first axis of every chunk (shard, for a sharded array) of
     ``arr`` that raises when read."""
+    try:
+        arr[:]  # one read when nothing is wrong (the common case)
+        return []
+    except Exception:  # noqa: BLE001 - any decoding error: find which chunks
+        pass
     step = arr.shards[0] if arr.shards is not None else arr.chunks[0]
     bad = []
     for a in range(0, arr.shape[0], step):

@@ -27,6 +27,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
+from scatterdist.store.keys import shard_file_in
 from scatterdist.store.read import DamagedStoreError, _read_status, unreadable_chunks
 from scatterdist.store.schema import STATUS_OK, StoreLayout, _open_group, layout
 from scatterdist.store.write import mark_todo
@@ -55,15 +56,6 @@ class VerifyReport:
     def add(self, maps: range | list[int], reason: str) -> None:
         for i in maps:
             self.damaged.setdefault(int(i), reason)
-
-
-def _shard_file(path: str, name: str, meta: dict[str, Any], shard: int, ndim: int) -> str | None:
-    """File of shard ``shard`` (along ``map``) of array ``name``, None for a key encoding we do
-    not know (then the full check is the only one)."""
-    enc = meta.get("chunk_key_encoding", {})
-    if enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/":
-        return None
-    return os.path.join(path, name, "c", str(shard), *(["0"] * (ndim - 1)))
 
 
 def _sharding(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,7 +104,7 @@ def _quick_array(path: str, name: str, lay: StoreLayout, status: np.ndarray, rep
         ok = np.flatnonzero(status[a:b] == STATUS_OK)
         if ok.size == 0:
             continue
-        fname = _shard_file(path, name, meta, s, len(shard_shape))
+        fname = shard_file_in(path, name, meta, s, len(shard_shape))
         if fname is None:
             return False
         if not os.path.exists(fname):

@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from scatterdist.store.errors import StoreError
+from scatterdist.store.keys import shard_file
 from scatterdist.store.schema import (
     FAILURE_NONE,
     MAX_ERROR_CHARS,
@@ -116,6 +117,23 @@ def _errors_or_blank(group: zarr.Group, a: int, b: int) -> list[str]:
         return [""] * (b - a)
 
 
+def _write_whole_shard(group: zarr.Group, path: str | os.PathLike, name: str, shard_index: int,
+                       start: int, stop: int, value: np.ndarray) -> None:
+    """Write rows ``[start, stop)`` (one whole shard) of a sharded array. A damaged shard file
+    (truncated, failing its checksum) cannot be merged into: it is removed and written afresh
+    (this task holds every row of the shard; if it dies in between, ``verify`` finds the gap)."""
+    try:
+        group[name][start:stop] = value
+    except OSError:
+        raise
+    except Exception:  # noqa: BLE001 - any decoding error of the old shard file
+        damaged = shard_file(os.fspath(path), name, shard_index)
+        if damaged is None or not os.path.exists(damaged):
+            raise
+        os.remove(damaged)
+        group[name][start:stop] = value
+
+
 def _check_coverage(coverage: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
     cov = np.asarray(coverage, dtype=np.float32)
     if cov.shape != shape:
@@ -212,10 +230,11 @@ def write_shard(
             frac = np.asarray(sky_fraction, dtype=np.float32)
             if frac.shape != (k,):
                 raise StoreError(f"{what} needs {k} sky fractions, got shape {frac.shape}")
-    group["coefficients"][start:stop] = coefficients.astype(np.float32, copy=False)
+    _write_whole_shard(group, path, "coefficients", shard_index, start, stop,
+                       coefficients.astype(np.float32, copy=False))
     if cov is not None:
         if lay.per_map_coverage:
-            group["coverage"][start:stop] = cov
+            _write_whole_shard(group, path, "coverage", shard_index, start, stop, cov)
         else:
             group["coverage"][...] = cov
         group["sky_fraction"][start:stop] = frac
