@@ -10,7 +10,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from scatterdist.store import open_coefficients
+from scatterdist.store import CoefficientBlocks, DamagedStoreError, StoreError, open_coefficients
 from scatterdist.train import data as D
 from scatterdist.testing import write_synthetic_store
 
@@ -21,7 +21,7 @@ FAILED, TODO = (3, 17), (38, 39)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("train_data") / "coeffs.zarr"
-    write_synthetic_store(path, n_maps=N_MAPS, shard_size=SHARD, failed=FAILED, todo=TODO, seed=3)
+    write_synthetic_store(path, n_maps=N_MAPS, shard_size=SHARD, failed=FAILED, todo=TODO, seed=3, fields=("I",))
     return str(path)
 
 
@@ -38,10 +38,10 @@ def test_store_info_reads_schema(store, info):
 
 
 def test_missing_store_and_bad_store_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist"):
         D.read_store_info(tmp_path / "nope.zarr")
     zarr.open_group(tmp_path / "empty.zarr", mode="w")
-    with pytest.raises(D.StoreFormatError, match="no 'coefficients'"):
+    with pytest.raises(StoreError, match="not a scatterdist store"):
         D.read_store_info(tmp_path / "empty.zarr")
 
 
@@ -126,7 +126,7 @@ def test_labels_from_csv_override_store(tmp_path, info):
     assert set(D.select_maps(info, labels, "all").tolist()) <= set(range(20))
     bad = tmp_path / "bad.csv"
     bad.write_text("name,value\na,1\n")
-    with pytest.raises(ValueError, match="columns 'map'"):
+    with pytest.raises(ValueError, match=r"columns id \(or map\) and label"):
         D.read_labels(info, bad)
 
 
@@ -134,7 +134,7 @@ def test_channel_statistics_match_xarray(store, info):
     idx = D.select_maps(info, D.read_labels(info), "train")
     mean, std = D.channel_statistics(store, idx, info.shard_size, progress=False)
     ds = open_coefficients(store)
-    x = ds["coefficients"].values[idx].astype(np.float64)
+    x = ds["coefficients"].values[idx, 0].astype(np.float64)  # the one field: (map, path, pixel)
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-10)
     np.testing.assert_allclose(std, x.std(axis=(0, 2)), rtol=1e-8)
 
@@ -149,7 +149,7 @@ def _dataset(store, info, split="all"):
 def test_dataset_opens_lazily_and_works_in_spawned_workers(store, info):
     ds, idx, mean, std = _dataset(store, info)
     assert ds._array is None  # nothing opened in __init__
-    raw = zarr.open_array(store, path="coefficients", mode="r")
+    raw = open_coefficients(store)["coefficients"].values[:, 0]  # (map, path, pixel) of the one field
     x, y = ds[5]
     np.testing.assert_allclose(x.numpy(), (raw[idx[5]] - mean[:, None]) / std[:, None], rtol=1e-6)
     assert int(y) == int(info.labels[idx[5]])
@@ -175,8 +175,31 @@ def test_dataset_reads_each_shard_once_in_sampler_order(store, info):
 
 def test_dataset_refuses_non_finite_coefficients(store, info):
     ds = D.CoefficientDataset(store, np.array([FAILED[0]]), np.array([0]), info.shard_size)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(DamagedStoreError, match="non-finite.*scatterdist verify"):
         ds[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_damaged_shard_is_one_line_naming_its_maps_and_verify(tmp_path, damage):
+    """Issue 17 row 4, the reader's side: a truncated chunk fails its checksum, a deleted one reads
+    as NaN; either way the trainer says which maps and how to repair, never a bare codec error."""
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, n_maps=16, shard_size=8, seed=2)
+    shard = path / "coefficients" / "c" / "1"  # the object of shard 1 (maps 8-15)
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+    info = D.read_store_info(path)
+    ds = D.CoefficientDataset(path, np.arange(16), np.zeros(16), info.shard_size)
+    ds[0]  # shard 0 is intact
+    with pytest.raises(DamagedStoreError, match="scatterdist verify") as err:
+        ds[9]
+    assert (damage == "deleted") == ("non-finite" in str(err.value))
+    assert damage == "deleted" or "maps 8-15" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_shard_sampler_gives_ranks_whole_disjoint_shards(info):
@@ -279,10 +302,54 @@ def test_masked_multi_field_store_reads_as_channels(tmp_path, mask):
         assert np.all(cov_f[covered] >= 0.5) and np.all(cov_f[~covered] < 0.5)
     # a NaN where the coverage is 1 is still refused
     assert 5 not in idx
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(DamagedStoreError, match="non-finite"):
         D.CoefficientDataset(path, np.array([5]), np.array([0]), info.shard_size)[0]
 
 
-def test_old_store_without_field_reads_as_one_unmasked_field(info):
-    assert info.fields == ["I"] and info.coverage_layout is None and not info.masked
+def test_full_sky_one_field_store_is_unmasked(info):
+    assert info.fields == ["I"] and info.coverage_layout == "shared" and not info.masked
     assert info.n_inputs(True) == 2 * info.n_paths and info.channel_labels(False)[0] == "I synthetic 0"
+    assert info.labels.dtype == np.int64 and info.config_hash == info.attrs["config_hash"]
+
+
+def test_pre_field_store_is_refused_with_the_command_that_recreates_it(tmp_path):
+    path = tmp_path / "legacy.zarr"
+    write_synthetic_store(path, n_maps=8, shard_size=8, fields=None)  # the schema before fields existed
+    with pytest.raises(StoreError, match="pre-field schema") as err:
+        D.read_store_info(path)
+    assert f"--output {path} --overwrite" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(StoreError, match="pre-field schema"):
+        CoefficientBlocks(path)
+
+
+def test_usage_counts_skipped_maps_by_reason(info, tmp_path):
+    u = D.usage(info, D.read_labels(info))
+    assert (u.n_maps, u.used, u.failed, u.todo, u.unlabelled) == (N_MAPS, N_MAPS - 4, 2, 2, 0)
+    assert u.describe() == f"training on {N_MAPS - 4} of {N_MAPS} maps: 2 failed, 2 not computed"
+    csv = tmp_path / "labels.csv"  # 30 maps labelled, of which 2 failed (3, 17): 10 ok maps without a label
+    csv.write_text("id,label\n" + "".join(f"{m},{i % 2}\n" for i, m in enumerate(info.map_ids[:30])))
+    u = D.usage(info, D.read_labels(info, csv))
+    assert u.describe() == f"training on 28 of {N_MAPS} maps: 2 failed, 2 not computed, 8 without a label"
+
+
+def test_store_labels_of_any_integer_value(tmp_path):
+    """Issue 17 row 10 on the trainer's side: int64 labels in the store, only -1 means none."""
+    import json
+
+    from scatterdist.inputs import Catalog, Entry, MapRef
+    from scatterdist.store import create, write_shard
+    from scatterdist.testing import SyntheticChannels, synthetic_maps
+
+    spec = SyntheticChannels(8, 2, (1.0, 2.5))
+    values = [128, 2**40, -1, -7]
+    entries = [Entry(id=f"m{i}", source="synthetic", ref=MapRef("sim", json.dumps(spec.config()), i), label=v)
+               for i, v in enumerate(values)]
+    path = tmp_path / "big.zarr"
+    create(path, Catalog(entries, 8), spec, 4, fields=("I",))
+    write_shard(path, 0, synthetic_maps(np.zeros(4), 8, 2, spec.slopes), np.ones(4, np.int8), [""] * 4)
+    info = D.read_store_info(path)
+    assert info.labels.dtype == np.int64 and info.labels.tolist() == values
+    labels = D.read_labels(info)
+    assert labels.tolist() == ["128", "1099511627776", "", "-7"]
+    assert D.class_names_of(labels) == ["-7", "128", "1099511627776"]
+    assert D.usage(info, labels).describe() == "training on 3 of 4 maps: 1 without a label"

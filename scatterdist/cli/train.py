@@ -10,11 +10,13 @@ import sys
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the inputs (reported as one line and exit status 2, not a traceback)."""
+    from scatterdist.inputs import CatalogError
+    from scatterdist.store import StoreError
     from scatterdist.train.checkpoint import CheckpointError
-    from scatterdist.train.data import StoreFormatError
-    from scatterdist.train.loop import RunConfigError
+    from scatterdist.train.loop import RunConfigError, StoreInProgressError
+    from scatterdist.train.rundir import RunLockedError
 
-    return (CheckpointError, RunConfigError, StoreFormatError, FileNotFoundError)
+    return (CatalogError, CheckpointError, RunConfigError, RunLockedError, StoreError, StoreInProgressError, FileNotFoundError)
 
 
 def _reporting_user_errors(command: str, run):
@@ -37,7 +39,8 @@ def _run_train(args: argparse.Namespace) -> int:
         store=args.store, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         resume=args.resume, labels_csv=args.labels, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         hidden=args.hidden, n_layers=args.layers, nonlinearity=args.nonlinearity, workers=args.workers,
-        device=args.device, progress=False if args.no_progress else None,
+        device=args.device, progress=False if args.no_progress else None, allow_partial=args.allow_partial,
+        allow_world_size_change=args.allow_world_size_change,
     )
     history = train(cfg)
     if history and int(os.environ.get("RANK", "0")) == 0:
@@ -62,7 +65,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.run_dir, args.store, split=args.split, labels_csv=args.labels, batch_size=args.batch_size,
         progress=False if args.no_progress else None,
     )
-    print(f"{result['split']} split of {result['store']}: {result['n_maps']} maps")
+    skipped = ", ".join(f"{n} {why}" for why, n in (
+        ("failed", result["skipped"]["failed"]), ("not computed", result["skipped"]["todo"]),
+        ("without a label", result["skipped"]["unlabelled"])) if n)
+    print(f"{result['split']} split of {result['store']}: {result['n_maps']} maps" + (f" (skipped: {skipped})" if skipped else ""))
     print(f"accuracy {result['accuracy']:.4f}  (loss {result['loss']:.4f})")
     print(_format_confusion(result))
     if args.json:
@@ -79,7 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a rotation-invariant hybrid spherical CNN on the scattering coefficients of STORE. "
             "Runs alone or under `torchrun --nproc-per-node N -m scatterdist train ...` (DDP; gloo on CPU, "
-            "nccl on GPU). If RUN_DIR already holds a checkpoint, the same command resumes after its last epoch."
+            "nccl on GPU). If RUN_DIR already holds a checkpoint, the same command resumes after its last epoch. "
+            "Refused (exit 2, one line): a store still being written (see --allow-partial), a RUN_DIR another "
+            "trainer holds, a resume with other settings, another number of processes (see "
+            "--allow-world-size-change) or a store re-created with another configuration. Says how many maps it "
+            "skips and why (failed, not computed, without a label)."
         ),
     )
     p.add_argument("store", help="coefficient store (Zarr v3 directory written by `scatterdist scatter`)")
@@ -101,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars on a terminal only; SCATTERDIST_PROGRESS=1 forces them)")
+    p.add_argument(
+        "--allow-partial", action="store_true",
+        help="train on a store that is still being written (its writer lock is held): only the maps done when the run starts",
+    )
+    p.add_argument(
+        "--allow-world-size-change", action="store_true",
+        help="resume a checkpoint written by another number of processes (the result then differs from an uninterrupted run)",
+    )
     p.set_defaults(func=_reporting_user_errors("train", _run_train))
 
     e = subparsers.add_parser(

@@ -73,6 +73,7 @@ from scatterdist.store.read import (
     read_shard,
     read_status,
 )
+from scatterdist.store.reading import NO_LABEL, CoefficientBlocks, StoreFormatError, StoreInfo, read_labels, read_store_info
 from scatterdist.store.schema import (
     DEFAULT_MIN_FSKY,
     FAILURE_INPUT,

@@ -2,8 +2,9 @@
 
 Modules: :mod:`~scatterdist.train.harmonics` (real SH basis, dense transforms, Gaunt
 coefficients), :mod:`~scatterdist.train.layers`, :mod:`~scatterdist.train.model`
-(:class:`HybridCNN`), :mod:`~scatterdist.train.data` (store -> torch), :mod:`~scatterdist.train.loop`
-(DDP training, evaluation), :mod:`~scatterdist.train.checkpoint`.
+(:class:`HybridCNN`), :mod:`~scatterdist.train.data` (store -> torch, reading only through
+:mod:`scatterdist.store`), :mod:`~scatterdist.train.loop` (DDP training, evaluation),
+:mod:`~scatterdist.train.checkpoint`, :mod:`~scatterdist.train.rundir` (one trainer per run directory).
 """
 
 from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

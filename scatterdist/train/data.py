@@ -1,11 +1,9 @@
 """Coefficient store -> torch: store metadata, labels, deterministic splits, lazy Dataset, shard sampler.
 
-The store follows the schema of DESIGN.md (Zarr v3): ``coefficients (map, field, path, pixel)``
-float32 sharded along ``map`` (``K`` maps per shard), ``status (map)`` int8 (1 = ok), optional
-``label (map)``, ``sky_fraction (map)``, ``coverage`` ``(path, pixel)`` (one mask shared by every
-map) or ``(map, path, pixel)`` (per-map masks), root attribute ``nside_out``. Stores written
-before the ``field`` dimension existed (``coefficients (map, path, pixel)``, no coverage) read as
-one field with coverage 1. Only maps with ``status == 1`` are ever read.
+Every read of the store goes through :mod:`scatterdist.store` (:func:`~scatterdist.store.read_store_info`,
+:class:`~scatterdist.store.CoefficientBlocks`): this module never names the store's arrays.
+Only maps with status ok (1) and a label are ever read; :func:`usage` counts the others by
+reason (failed, not computed, no label).
 
 Model inputs (channels of one sample, ``(C, npix)`` float32):
 
@@ -31,171 +29,30 @@ epoch by one rank.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from scatterdist._progress import progress_bar
+from scatterdist.store import (
+    NO_LABEL,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_TODO,
+    CoefficientBlocks,
+    DamagedStoreError,
+    StoreFormatError,
+    StoreInfo,
+    read_store_info,
+)
 
 SPLITS = ("train", "val", "test")
-
-
-class StoreFormatError(ValueError):
-    """The path is not a coefficient store the trainer can read (missing variable or attribute)."""
-
-
-@dataclass
-class StoreInfo:
-    """Metadata of a coefficient store (small arrays only; the coefficients stay on disk).
-
-    ``map_ids`` are the ``map`` coordinate as strings; ``shard_size`` is the number of maps per
-    shard of ``coefficients`` (the inner-chunk grouping that one task writes). ``fields`` are the
-    field names (``["I"]`` for a store without a ``field`` dimension); ``coverage_layout`` is
-    ``"shared"`` (``coverage (path, pixel)``), ``"per_map"`` (``coverage (map, path, pixel)``) or
-    None (no coverage variable: full sky); ``sky_fraction (n_maps,)`` is None for old stores.
-    """
-
-    path: str
-    n_maps: int
-    n_paths: int
-    npix: int
-    nside_out: int
-    shard_size: int
-    map_ids: np.ndarray
-    status: np.ndarray
-    labels: np.ndarray | None
-    path_labels: list[str]
-    attrs: dict = field(default_factory=dict)
-    fields: list[str] = field(default_factory=lambda: ["I"])
-    coverage_layout: str | None = None
-    sky_fraction: np.ndarray | None = None
-
-    @property
-    def n_fields(self) -> int:
-        return len(self.fields)
-
-    @property
-    def masked(self) -> bool:
-        """True when some map with status 1 has a usable sky fraction below 1 (the store needs coverage channels)."""
-        if self.sky_fraction is None:
-            return False
-        ok = self.status == 1
-        return bool(np.any(self.sky_fraction[ok] < 1.0))
-
-    def n_inputs(self, coverage_channels: bool) -> int:
-        """Number of model input channels: ``n_fields * n_paths`` (+ ``n_paths`` coverage channels)."""
-        return (self.n_fields + int(bool(coverage_channels))) * self.n_paths
-
-    def channel_labels(self, coverage_channels: bool) -> list[str]:
-        """Label of every model input channel, in order (see the module docstring)."""
-        out = [f"{f} {p}" for f in self.fields for p in self.path_labels]
-        if coverage_channels:
-            out += [f"coverage {p}" for p in self.path_labels]
-        return out
-
-
-def _open_group(path: str):
-    import zarr
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"coefficient store {path!r} does not exist")
-    try:
-        return zarr.open_group(path, mode="r")
-    except Exception as exc:  # zarr raises several types for "not a group"
-        raise StoreFormatError(f"{path!r} is not a readable Zarr group: {exc}") from exc
-
-
-def _dims(array) -> tuple[str, ...] | None:
-    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
-    return tuple(names) if names else None
-
-
-def _coefficient_layout(path: str, array) -> bool:
-    """True when ``coefficients`` has a ``field`` dimension (``(map, field, path, pixel)``)."""
-    dims = _dims(array)
-    if dims is not None:
-        if dims == ("map", "field", "path", "pixel"):
-            return True
-        if dims == ("map", "path", "pixel"):
-            return False
-        raise StoreFormatError(
-            f"store {path!r}: 'coefficients' has dimensions {dims}; expected (map, field, path, pixel) "
-            "or, for stores written before fields existed, (map, path, pixel)"
-        )
-    if array.ndim in (3, 4):
-        return array.ndim == 4
-    raise StoreFormatError(f"'coefficients' must be (map, field, path, pixel), got shape {array.shape}")
-
-
-def _coverage_layout(path: str, group, n_maps: int, n_paths: int, npix: int) -> str | None:
-    if "coverage" not in group:
-        return None
-    cov = group["coverage"]
-    dims = _dims(cov)
-    if dims == ("path", "pixel") or (dims is None and cov.shape == (n_paths, npix)):
-        layout = "shared"
-    elif dims == ("map", "path", "pixel") or (dims is None and cov.shape == (n_maps, n_paths, npix)):
-        layout = "per_map"
-    else:
-        raise StoreFormatError(
-            f"store {path!r}: 'coverage' has dimensions {dims} and shape {cov.shape}; expected "
-            f"(path, pixel) = ({n_paths}, {npix}) or (map, path, pixel) = ({n_maps}, {n_paths}, {npix})"
-        )
-    expected = (n_paths, npix) if layout == "shared" else (n_maps, n_paths, npix)
-    if tuple(cov.shape) != expected:
-        raise StoreFormatError(f"store {path!r}: 'coverage' has shape {cov.shape}, expected {expected}")
-    return layout
-
-
-def read_store_info(store: str | os.PathLike) -> StoreInfo:
-    """Read the metadata of the coefficient store at ``store`` (a directory); old stores without ``field`` too."""
-    path = os.path.abspath(os.fspath(store))
-    group = _open_group(path)
-    for name in ("coefficients", "status", "map"):
-        if name not in group:
-            raise StoreFormatError(f"store {path!r} has no {name!r} array (schema: see DESIGN.md)")
-    coeffs = group["coefficients"]
-    has_field = _coefficient_layout(path, coeffs)
-    if has_field:
-        n_maps, n_fields, n_paths, npix = (int(v) for v in coeffs.shape)
-        fields = [str(v) for v in np.asarray(group["field"][:])] if "field" in group else [f"field {i}" for i in range(n_fields)]
-        if len(fields) != n_fields:
-            raise StoreFormatError(f"store {path!r}: 'field' has {len(fields)} names for {n_fields} fields")
-    else:
-        n_maps, n_paths, npix = (int(v) for v in coeffs.shape)
-        fields = ["I"]
-    attrs = dict(group.attrs)
-    nside_out = int(attrs.get("nside_out", round(np.sqrt(npix / 12))))
-    if 12 * nside_out**2 != npix:
-        raise StoreFormatError(f"store attribute nside_out={nside_out} does not match {npix} pixels")
-    shards = getattr(coeffs, "shards", None)
-    shard_size = int(shards[0]) if shards else int(coeffs.chunks[0])
-    if "shard_size" in attrs and int(attrs["shard_size"]) != shard_size:
-        raise StoreFormatError(
-            f"store attribute shard_size={attrs['shard_size']} disagrees with the array's shards ({shard_size})"
-        )
-    status = np.asarray(group["status"][:]).astype(np.int8)
-    map_ids = np.asarray([str(v) for v in np.asarray(group["map"][:])], dtype=object)
-    labels = np.asarray(group["label"][:]) if "label" in group else None
-    path_labels = [str(v) for v in np.asarray(group["path"][:])] if "path" in group else [f"path {i}" for i in range(n_paths)]
-    if status.shape != (n_maps,) or map_ids.shape != (n_maps,):
-        raise StoreFormatError(f"'status' and 'map' must have {n_maps} entries")
-    coverage_layout = _coverage_layout(path, group, n_maps, n_paths, npix)
-    sky_fraction = np.asarray(group["sky_fraction"][:], dtype=np.float64) if "sky_fraction" in group else None
-    if sky_fraction is not None and sky_fraction.shape != (n_maps,):
-        raise StoreFormatError(f"store {path!r}: 'sky_fraction' must have {n_maps} entries, got {sky_fraction.shape}")
-    return StoreInfo(
-        path, n_maps, n_paths, npix, nside_out, shard_size, map_ids, status, labels, path_labels, attrs,
-        fields, coverage_layout, sky_fraction,
-    )
 
 
 def _missing_label(value) -> bool:
@@ -211,33 +68,30 @@ def _missing_label(value) -> bool:
 def read_labels(info: StoreInfo, labels_csv: str | os.PathLike | None = None) -> np.ndarray:
     """Label of every map as a string (``""`` when unlabelled), from the store or a CSV.
 
-    The CSV has a header with columns ``map`` (or ``id``, as the catalog's CSV) and ``label``; map ids are matched as strings.
-    Store labels: negative integers, NaN and empty strings mean "no label".
+    The CSV is read by :func:`scatterdist.inputs.read_labels_csv` (the reader of ``scatter
+    --labels``: header ``id`` or ``map``, and ``label``), labels kept as text (``"cat"`` works);
+    maps not in the CSV, or with an empty label, have none. Store labels are integers of any
+    value, :data:`~scatterdist.store.NO_LABEL` (-1) meaning none.
     """
     out = np.full(info.n_maps, "", dtype=object)
     if labels_csv is not None:
+        from scatterdist.inputs import read_labels_csv  # here: DataLoader workers never need the input readers
+
         index = {mid: i for i, mid in enumerate(info.map_ids)}
-        with open(labels_csv, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = set(reader.fieldnames or ())
-            key = "map" if "map" in fields else "id"
-            if not {key, "label"} <= fields:
-                raise ValueError(f"label CSV {labels_csv} needs a header with columns 'map' (or 'id') and 'label'")
-            unknown = []
-            for row in reader:
-                i = index.get(row[key].strip())
-                if i is None:
-                    unknown.append(row[key])
-                    continue
-                out[i] = row["label"].strip()
+        unknown = []
+        for mid, label in read_labels_csv(labels_csv, integer=False).items():
+            i = index.get(mid)
+            if i is None:
+                unknown.append(mid)
+            else:
+                out[i] = label
         if unknown:
             warnings.warn(f"{len(unknown)} map ids in {labels_csv} are not in the store (e.g. {unknown[:3]})", stacklevel=2)
         return out
     if info.labels is None:
-        raise ValueError(f"store {info.path} has no 'label' variable: pass a labels CSV (columns map,label)")
-    for i, value in enumerate(info.labels.tolist()):
-        if not _missing_label(value):
-            out[i] = str(int(value)) if isinstance(value, (float, np.floating)) and float(value).is_integer() else str(value)
+        raise ValueError(f"store {info.path} has no 'label' variable: pass a labels CSV (columns id or map, and label)")
+    labelled = info.labels != NO_LABEL
+    out[labelled] = [str(v) for v in info.labels[labelled].tolist()]
     return out
 
 
@@ -351,7 +205,7 @@ def store_split_counts(
     """:func:`split_class_counts` of a coefficient store's maps with status 1 (what the trainer uses)."""
     info = read_store_info(store)
     labels = read_labels(info, labels_csv)
-    return split_class_counts(info.map_ids, labels, val_fraction, test_fraction, usable=info.status == 1)
+    return split_class_counts(info.map_ids, labels, val_fraction, test_fraction, usable=info.status == STATUS_OK)
 
 
 def select_maps(
@@ -361,7 +215,7 @@ def select_maps(
 
     ``labels`` is :func:`read_labels`' output; the split is :func:`split_of` stratified by it.
     """
-    ok = (info.status == 1) & (labels != "")
+    ok = (info.status == STATUS_OK) & (labels != "")
     if split not in (None, "all"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or 'all', got {split!r}")
@@ -369,44 +223,40 @@ def select_maps(
     return np.flatnonzero(ok)
 
 
-class _BlockReader:
-    """Reads map blocks of a store as model channels: ``(k, n_fields * n_paths, npix)`` float32
-    coefficients (NaN kept) and their coverage ``(k, n_paths, npix)`` (ones for a full-sky store)."""
+@dataclass(frozen=True)
+class MapUsage:
+    """How many of a store's maps a run uses and why it skips the others.
 
-    def __init__(self, store: str) -> None:
-        group = _open_group(store)
-        self.store = store
-        self.coefficients = group["coefficients"]
-        shape = tuple(int(v) for v in self.coefficients.shape)
-        has_field = _coefficient_layout(store, self.coefficients)
-        self.n_fields = shape[1] if has_field else 1
-        self.n_paths, self.npix = shape[-2], shape[-1]
-        self.layout = _coverage_layout(store, group, shape[0], self.n_paths, self.npix)
-        self.coverage = group["coverage"] if self.layout is not None else None
-        self._shared = None
-        if self.layout == "shared":
-            self._shared = np.asarray(self.coverage[:], dtype=np.float32)
+    ``used``: status ok with a label; ``failed``: status failed; ``todo``: not computed
+    (status todo, e.g. a store still being written); ``unlabelled``: status ok without a label.
+    """
 
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(self.coefficients[start:stop], dtype=np.float32)
-        k = x.shape[0]
-        x = x.reshape(k, self.n_fields * self.n_paths, self.npix)
-        if self.layout == "per_map":
-            cov = np.asarray(self.coverage[start:stop], dtype=np.float32)
-        elif self.layout == "shared":
-            cov = np.broadcast_to(self._shared, (k, self.n_paths, self.npix))
-        else:
-            cov = np.ones((k, self.n_paths, self.npix), dtype=np.float32)
-        return x, cov
+    n_maps: int
+    used: int
+    failed: int
+    todo: int
+    unlabelled: int
 
-    def valid_rows(self, x: np.ndarray, cov: np.ndarray) -> np.ndarray:
-        """``(k,)`` bool: no non-finite value except NaN where the path's coverage is below 1."""
-        finite = np.isfinite(x).all(axis=(1, 2))
-        if self.layout is None or finite.all():
-            return finite
-        cov_f = np.tile(cov, (1, self.n_fields, 1))
-        bad = ~np.isfinite(x) & ~(np.isnan(x) & (cov_f < 1))
-        return ~(bad.any(axis=(1, 2)) | ~np.isfinite(cov).all(axis=(1, 2)))
+    def describe(self, verb: str = "training on") -> str:
+        """One line, e.g. ``"training on 60 of 64 maps: 3 failed, 1 not computed"``."""
+        reasons = [f"{n} {why}" for n, why in ((self.failed, "failed"), (self.todo, "not computed"),
+                                              (self.unlabelled, "without a label")) if n]
+        text = f"{verb} {self.used} of {self.n_maps} maps"
+        return text + (": " + ", ".join(reasons) if reasons else "")
+
+
+def usage(info: StoreInfo, labels: np.ndarray, within: np.ndarray | None = None) -> MapUsage:
+    """:class:`MapUsage` of a store given :func:`read_labels`' output.
+
+    ``within`` (``(n_maps,)`` bool, e.g. one split): count only those maps; default every map.
+    """
+    within = np.ones(info.n_maps, dtype=bool) if within is None else np.asarray(within, dtype=bool)
+    ok = (info.status == STATUS_OK) & within
+    return MapUsage(
+        n_maps=int(within.sum()), used=int(np.sum(ok & (labels != ""))),
+        failed=int(np.sum((info.status == STATUS_FAILED) & within)),
+        todo=int(np.sum((info.status == STATUS_TODO) & within)), unlabelled=int(np.sum(ok & (labels == ""))),
+    )
 
 
 class CoefficientDataset(Dataset):
@@ -465,7 +315,7 @@ class CoefficientDataset(Dataset):
             self._cache.move_to_end(shard)
             return self._cache[shard]
         if self._array is None:
-            self._array = _BlockReader(self.store)
+            self._array = CoefficientBlocks(self.store)
         start = shard * self.shard_size
         x, cov = self._array.read(start, start + self.shard_size)
         self.shard_reads += 1
@@ -492,9 +342,10 @@ class CoefficientDataset(Dataset):
         block, valid = self._shard(index // self.shard_size)
         row = index % self.shard_size
         if not valid[row]:
-            raise ValueError(
+            raise DamagedStoreError(
                 f"map {index} of store {self.store} has non-finite coefficients outside its masked area "
-                "(or a non-finite coverage) although its status is 1"
+                f"(or a non-finite coverage) although its status is ok: a chunk may be missing; run "
+                f"`scatterdist verify {self.store}` to mark damaged maps todo, then scatter again"
             )
         return torch.from_numpy(block[row]), torch.tensor(self.targets[item])
 
@@ -515,7 +366,7 @@ def channel_statistics(
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if indices.size == 0:
         raise ValueError("no maps to compute normalisation statistics from")
-    reader = _BlockReader(os.path.abspath(os.fspath(store)))
+    reader = CoefficientBlocks(store)
     n_coeff = reader.n_fields * reader.n_paths
     total = np.zeros(n_coeff)
     sq = np.zeros(n_coeff)

@@ -82,6 +82,15 @@ def broadcast_tensor(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value.cpu()
 
 
+def broadcast_object(value: object, ctx: DistContext) -> object:
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if ctx.distributed:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank."""
     if ctx.distributed:

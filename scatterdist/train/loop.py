@@ -2,15 +2,24 @@
 
 Run directory layout (``RUN_DIR``)::
 
-    checkpoint.pt    last completed epoch (model, optimizer, normalisation, history), atomic
+    train.lock       {pid, host, time} of the trainer while it runs (one trainer per RUN_DIR)
+    checkpoint.pt    last completed epoch (model, optimizer, normalisation, history, world size,
+                     package version, store config hash), atomic
     metrics.jsonl    one JSON object per completed epoch (rewritten from the checkpoint's history)
     curves.png       loss and accuracy per epoch
     ranks.json       SHA-256 of the final weights on every rank (DDP consistency check)
 
+Before training (rank 0 decides, every rank follows): a store still being written (its writer
+lock held by a live process) is refused unless ``allow_partial``; a second trainer on the same
+RUN_DIR is refused (:class:`~scatterdist.train.rundir.RunLock`); the line "training on N of M
+maps: ..." says how many maps are skipped and why.
+
 Resuming: when ``RUN_DIR/checkpoint.pt`` exists the same command continues after its last
 epoch (``resume=True`` makes a missing checkpoint an error). Everything random is seeded
 from ``seed`` and the epoch (model init, shard order), so a killed-and-resumed run ends
-with the same metrics as an uninterrupted one.
+with the same metrics as an uninterrupted one; that holds for the same number of processes
+only, so a resume with another world size is refused unless ``allow_world_size_change``, and a
+store re-created with another configuration since the checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +38,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from scatterdist import __version__
 from scatterdist._progress import progress_bar
+from scatterdist.store import live_writer
 from scatterdist.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scatterdist.train.data import (
     CoefficientDataset,
@@ -40,10 +52,22 @@ from scatterdist.train.data import (
     read_store_info,
     select_maps,
     split_class_counts,
+    split_of,
+    usage,
 )
-from scatterdist.train.distributed import DistContext, all_reduce_sum, barrier, broadcast_tensor, init_distributed, shutdown, wrap_ddp
+from scatterdist.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    broadcast_tensor,
+    init_distributed,
+    shutdown,
+    wrap_ddp,
+)
 from scatterdist.train.metrics import plot_curves, write_metrics
 from scatterdist.train.model import HybridCNN
+from scatterdist.train.rundir import RunLock, RunLockedError
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -61,12 +85,19 @@ class RunConfigError(ValueError):
     """The run directory holds a run with other settings, or a requested resume is impossible."""
 
 
+class StoreInProgressError(RuntimeError):
+    """The store is still being written (its writer lock is held by a live process)."""
+
+
 @dataclass
 class TrainConfig:
     """Settings of ``scatterdist train`` (see the CLI help for each).
 
     ``progress``: None draws bars on a terminal only, True always, False never
     (see :func:`scatterdist._progress.show_progress`; ``SCATTERDIST_PROGRESS=0|1`` overrides).
+    ``allow_partial``: train on a store that is still being written (the maps done when the run
+    starts). ``allow_world_size_change``: resume a checkpoint written with another number of
+    processes (the run then differs from an uninterrupted one).
     """
 
     store: str
@@ -85,6 +116,8 @@ class TrainConfig:
     workers: int = 0
     device: str | None = None
     progress: bool | None = None
+    allow_partial: bool = False
+    allow_world_size_change: bool = False
 
     def __post_init__(self) -> None:
         self.store = os.path.abspath(os.fspath(self.store))
@@ -155,7 +188,8 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
+def _check_resumable(state: dict, cfg: TrainConfig, path: Path, world_size: int, store_hash: str) -> None:
+    """Refuse to resume a checkpoint of another run: other settings, world size or store configuration."""
     saved = state.get("train_config", {})
     diff = {k: (saved.get(k), getattr(cfg, k)) for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
     if diff:
@@ -163,6 +197,40 @@ def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
             f"{path} belongs to a run with other settings {{setting: (saved, requested)}}: {diff}; "
             "repeat the original command to resume, or choose another --out"
         )
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world_size and not cfg.allow_world_size_change:
+        raise RunConfigError(
+            f"{path} was written by a run of {saved_world} process(es), this run has {world_size}: each rank's "
+            f"shards and the batches per step would differ from the original run; resume with {saved_world} "
+            "process(es) (torchrun --nproc-per-node ...) or pass --allow-world-size-change"
+        )
+    saved_hash = str(state.get("store", {}).get("config_hash", ""))
+    if saved_hash != store_hash:
+        raise RunConfigError(
+            f"store {cfg.store} was re-created with another configuration since {path} was written (config hash "
+            f"{saved_hash or 'unknown'} in the checkpoint, {store_hash} now): its coefficients are not the ones "
+            "this model learned from; train into another --out"
+        )
+
+
+def _writer_text(owner: dict) -> str:
+    return f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {owner.get('time', '?')}"
+
+
+def _check_store_writer(cfg: TrainConfig) -> None:
+    """Refuse a store with a live writer unless ``cfg.allow_partial`` (then say so on stderr)."""
+    owner = live_writer(cfg.store)
+    if owner is None:
+        return
+    if not cfg.allow_partial:
+        raise StoreInProgressError(
+            f"store {cfg.store} is still being written ({_writer_text(owner)}): maps not computed yet would be "
+            "left out; wait for the writer to finish, or pass --allow-partial to train on the maps done so far"
+        )
+    print(
+        f"warning: store {cfg.store} is still being written ({_writer_text(owner)}); training on the maps done "
+        "so far (--allow-partial)", file=sys.stderr, flush=True,
+    )
 
 
 def _model_for(info: StoreInfo, n_classes: int, cfg: TrainConfig, coverage_channels: bool) -> HybridCNN:
@@ -190,20 +258,38 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 
 def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
+    # every rank, before anything is touched: a store or labels file that cannot be read fails everywhere alike
+    info = read_store_info(cfg.store)
+    labels = read_labels(info, cfg.labels_csv)
+    lock = RunLock(cfg.out)
+    refusal = None
+    if ctx.is_main:
+        try:
+            _check_store_writer(cfg)
+            lock.acquire()
+        except (StoreInProgressError, RunLockedError) as exc:
+            refusal = exc
+    refusal = broadcast_object(refusal, ctx)
+    if refusal is not None:
+        raise refusal
+    try:
+        # rank 0's status snapshot on every rank: a live writer (--allow-partial) must not split the ranks
+        info.status = broadcast_tensor(torch.from_numpy(info.status.astype(np.int8)), ctx).numpy()
+        return _train_locked(cfg, ctx, info, labels)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: TrainConfig, ctx: DistContext, info: StoreInfo, labels: np.ndarray) -> list[dict]:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     state = None
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        _check_resumable(state, cfg, ckpt_path)
+        _check_resumable(state, cfg, ckpt_path, ctx.world_size, info.config_hash)
     elif cfg.resume:
         raise RunConfigError(f"--resume given but {ckpt_path} does not exist (nothing to resume)")
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(ctx)
 
-    info = read_store_info(cfg.store)
-    labels = read_labels(info, cfg.labels_csv)
     split = {s: select_maps(info, labels, s, cfg.val_fraction, cfg.test_fraction) for s in ("train", "val")}
     if split["train"].size == 0:
         raise ValueError(f"store {cfg.store} has no labelled maps with status 1 in the training split")
@@ -227,6 +313,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     n_classes = len(class_names)
     counts = split_class_counts(info.map_ids, labels, cfg.val_fraction, cfg.test_fraction, usable=info.status == 1)
     if ctx.is_main and _completed_epochs(state) < cfg.epochs:
+        print(usage(info, labels).describe("training on"), flush=True)
         print("maps per class: " + "; ".join(f"{s} {counts[s]}" for s in counts), flush=True)
 
     datasets, loaders, samplers = {}, {}, {}
@@ -254,6 +341,11 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         start = int(state["epoch"])
         if ctx.is_main:
             print(f"resuming {out} after epoch {start} of {cfg.epochs}", flush=True)
+            saved_version, saved_world = state.get("scatterdist_version"), int(state.get("world_size", 1))
+            if saved_version != __version__:
+                print(f"note: {ckpt_path} was written by scatterdist {saved_version}, this is {__version__}", flush=True)
+            if saved_world != ctx.world_size:
+                print(f"note: world size {saved_world} -> {ctx.world_size} (--allow-world-size-change)", flush=True)
     net = wrap_ddp(model, ctx)
 
     for epoch in range(start, cfg.epochs):
@@ -284,6 +376,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
                     "channel_labels": info.channel_labels(coverage_channels),
                 },
                 "world_size": ctx.world_size,
+                "scatterdist_version": __version__,
                 "history": history,
             })
             write_metrics(out / METRICS, history)
@@ -332,13 +425,19 @@ def evaluate(
 ) -> dict:
     """Accuracy and confusion matrix (rows: true class, columns: predicted) of a trained run.
 
-    The result also holds ``class_counts`` (maps of each true class in the evaluated split).
+    The result also holds ``class_counts`` (maps of each true class in the evaluated split) and
+    ``skipped`` (maps of the split left out: ``{"failed", "todo", "unlabelled"}``). A store
+    still being written is evaluated on the maps done so far, with a warning on stderr.
 
     ``split`` None means the held-out ``"test"`` split when ``store`` is the training store,
     and every map with status 1 (``"all"``) of any other store.
     """
     model, state = load_run(run_dir)
     info = read_store_info(store)
+    owner = live_writer(info.path)
+    if owner is not None:
+        print(f"warning: store {info.path} is still being written ({_writer_text(owner)}); evaluating the maps "
+              "done so far", file=sys.stderr, flush=True)
     cfg = state["model_config"]
     trained = state.get("store", {})
     coverage_channels = bool(trained.get("coverage_channels", False))
@@ -357,6 +456,8 @@ def evaluate(
         labels_csv = tcfg.get("labels_csv")
     labels = read_labels(info, labels_csv)
     idx = select_maps(info, labels, split, tcfg["val_fraction"], tcfg["test_fraction"])
+    within = None if split == "all" else split_of(info.map_ids, tcfg["val_fraction"], tcfg["test_fraction"], labels) == split
+    used = usage(info, labels, within)
     if idx.size == 0:
         raise ValueError(f"no labelled maps with status 1 in split {split!r} of {info.path}")
     class_names = list(state["class_names"])
@@ -372,4 +473,5 @@ def evaluate(
         "run_dir": os.path.abspath(os.fspath(run_dir)), "store": info.path, "split": split, "n_maps": int(idx.size),
         "loss": loss, "accuracy": acc, "class_names": class_names, "confusion": confusion.astype(int).tolist(),
         "class_counts": {name: int(n) for name, n in zip(class_names, confusion.sum(axis=1))},
+        "skipped": {"failed": used.failed, "todo": used.todo, "unlabelled": used.unlabelled},
     }
