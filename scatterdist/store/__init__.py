@@ -158,5 +158,11 @@ __all__ = [
     "fail_unfinished",
     "mark_todo",
     "one_line",
+    "NO_LABEL",
+    "CoefficientBlocks",
+    "StoreFormatError",
+    "StoreInfo",
+    "read_labels",
+    "read_store_info",
 ]
 
