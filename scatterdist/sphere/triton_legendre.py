@@ -206,3 +206,21 @@ def adjoint_legendre(
 def triton_cdiv(a: int, b: int) -> int:
     """Ceiling division (grid sizes)."""
     return -(-a // b)
+
+
+def launch_configs() -> list[dict]:
+    """Every (kernel, dtype, block sizes) this module launches, with the Triton signature of its
+    arguments: what :func:`scatterdist.sphere.triton_aot.compile_all` builds ahead of time."""
+    if triton is None:
+        return []
+    configs = []
+    for dtype, ptr in (("float32", "*fp32"), ("float64", "*fp64")):
+        common = {"x_ptr": "*fp64", "start_ptr": "*fp64", "scale_ptr": "*i32", "out_ptr": ptr,
+                  "lmax": "i32", "nr": "i32", "ncol": "i32"}
+        configs.append({"name": "synth_kernel", "fn": synth_kernel, "dtype": dtype,
+                        "signature": {"coef_ptr": ptr, **common},
+                        "constexprs": {"BR": BLOCK_RINGS, "BC": BLOCK_COLS}})
+        configs.append({"name": "adjoint_kernel", "fn": adjoint_kernel, "dtype": dtype,
+                        "signature": {"td_ptr": ptr, **common},
+                        "constexprs": {"BR": BLOCK_RINGS, "BC": BLOCK_COLS}})
+    return configs
