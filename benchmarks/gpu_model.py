@@ -279,26 +279,46 @@ def kernel_code(name: str, dtype: str, arch: int = 90) -> dict:
     return _KERNEL_CODE[key]
 
 
-def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dict = H100) -> dict:
+#: Degrees of the recurrence per iteration of each kernel's loop.
+DEGREES_PER_ITERATION = {"synth_kernel": 2, "adjoint_kernel": 2, "synth_dot_kernel": 16, "adjoint_dot_kernel": 16}
+
+
+def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dict = H100,
+               kernel: str = "dot") -> dict:
     """As-compiled time of one fused Legendre launch: issue cycles of the compiled loop times
-    the iterations every warp runs, over the SMs' schedulers (132 SMs x 4 at 1.755 GHz on an H100)."""
-    name = "synth_kernel" if kind == "synthesis" else "adjoint_kernel"
+    the iterations every warp runs, over the SMs' schedulers (132 SMs x 4 at 1.755 GHz on an H100),
+    or its bytes at the bandwidth when that is longer. ``kernel``: "dot" (tl.dot tiles) or
+    "loop" (the per-degree accumulation of the first version); "workspace": the alternative of
+    recomputing table tiles into a bounded workspace and multiplying them with ``torch.bmm``
+    (modelled: the dot kernel's recurrence plus writing and reading every table value once)."""
+    suffix = "_dot_kernel" if kernel in ("dot", "workspace") else "_kernel"
+    name = ("synth" if kind == "synthesis" else "adjoint") + suffix
     code = kernel_code(name, dtype)
+    degrees = DEGREES_PER_ITERATION[name]
     M = lmax + 1
-    steps = (lmax + 1) * lmax / 2  # sum over m of lmax - m
+    iterations_per_block = sum(-(-(lmax - m + 1) // degrees) for m in range(M))
     col_blocks = -(-ncol // code["BC"])
     ring_blocks = -(-nr // code["BR"])
-    iterations = steps / 2 * ring_blocks * col_blocks  # the loop runs two degrees per iteration
+    iterations = iterations_per_block * ring_blocks * col_blocks
     cycles = iterations * code["num_warps"] * code["loop_cycles"]
     schedulers = device.get("sms", 132) * 4
     seconds = cycles / schedulers / device.get("clock_hz", 1.755e9)
     itemsize = 4 if dtype == "float32" else 8
-    moved = (alm_size(lmax) * ncol * ring_blocks if kind == "synthesis" else alm_size(lmax) * ncol * 2 * ring_blocks)
-    moved = moved * itemsize + M * 2 * nr * ncol * itemsize + M * nr * 12
-    useful = 2.0 * alm_size(lmax) * nr * ncol
-    roof = max(moved / device["bandwidth"], useful / device["fp32" if dtype == "float32" else "fp64"])
-    return {"seconds": max(seconds, moved / device["bandwidth"]), "roofline_s": roof, "bytes": moved, "flops": useful,
-            **code}
+    nalm = alm_size(lmax)
+    coef_passes = ring_blocks if kind == "synthesis" else 2 * ring_blocks  # adjoint: read + write per ring block
+    moved = nalm * ncol * itemsize * coef_passes + M * 2 * nr * ncol * itemsize + M * nr * 12
+    useful = 2.0 * nalm * nr * ncol
+    peak = device["fp32" if dtype == "float32" else "fp64"]
+    roof = max((nalm * ncol * itemsize + M * 2 * nr * ncol * itemsize) / device["bandwidth"], useful / peak)
+    if kernel == "workspace":  # the recurrence alone (one column block) + every value written and read once
+        recurrence = iterations_per_block * ring_blocks * code["num_warps"] * code["loop_cycles"] / schedulers / device.get(
+            "clock_hz", 1.755e9)
+        table = nalm * nr * itemsize
+        seconds = recurrence + max(2 * table / device["bandwidth"], useful / peak)
+        moved += 2 * table
+    else:
+        seconds = max(seconds, moved / device["bandwidth"])
+    return {"seconds": seconds, "roofline_s": roof, "bytes": moved, "flops": useful, "kernel": name, **code}
 
 
 # ----------------------------------------------------------------------------- the model
@@ -331,7 +351,9 @@ def _meta_geometry(nside: int, direct: bool, dtype: torch.dtype, device: torch.d
 class Model:
     """Runs one scattering call on meta tensors under a :class:`Recorder`."""
 
-    def __init__(self, device: dict = H100, memory_bytes: int = 80 << 30, engine: str = "auto") -> None:
+    def __init__(self, device: dict = H100, memory_bytes: int = 80 << 30, engine: str = "auto",
+                 kernel: str = "dot") -> None:
+        self.kernel = kernel  # fused Legendre kernel: "dot", "loop" or "workspace" (see fused_time)
         self.device = device
         self.memory_bytes = memory_bytes
         self.budget = int(memory_bytes * torch_sht.DEFAULT_MEMORY_BUDGET_CUDA_FRACTION)
@@ -364,7 +386,7 @@ class Model:
             nr = x.shape[0]
             ncol = data.shape[-1]
             self.fused.append({"kind": kind, "lmax": lmax, "nr": nr, "ncol": ncol, "dtype": dtype,
-                               **fused_time(kind, lmax, nr, ncol, dtype, self.device)})
+                               **fused_time(kind, lmax, nr, ncol, dtype, self.device, self.kernel)})
             if kind == "synthesis":
                 return torch.empty((lmax + 1, 2, nr, ncol), dtype=data.dtype, device="meta")
             return torch.empty((nalm, ncol), dtype=data.dtype, device="meta")
@@ -445,7 +467,7 @@ class Model:
             "roofline_s": roof, "as_built_s": as_built, "fused_as_compiled_s": fused_s, "fused_roofline_s": fused_roof,
             "roofline_maps_per_s": batch / roof, "as_built_maps_per_s": batch / as_built,
             "time_share": {k: v / roof for k, v in by_kind.items()},
-            "fused": [{k: f[k] for k in ("kind", "lmax", "ncol", "dtype", "seconds", "roofline_s", "registers",
+            "fused": [{k: f[k] for k in ("kind", "kernel", "lmax", "ncol", "dtype", "seconds", "roofline_s", "registers",
                                           "loop_cycles")} for f in self.fused],
         }
 
@@ -480,11 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--engine", choices=["auto", "tables", "fused"], default="auto")
+    ap.add_argument("--kernel", choices=["dot", "loop", "workspace"], default="dot",
+                    help="fused Legendre step: tl.dot tiles (the engine's), the first per-degree loop, or table tiles + bmm")
     ap.add_argument("--memory-gib", type=float, default=80.0, help="device memory (H100: 80)")
     ap.add_argument("--max-peak-gib", type=float, default=None, help="skip (nside, batch) whose peak exceeds this")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine)
+    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine, kernel=args.kernel)
     rows = []
     for nside in args.nside:
         for batch in args.batch:
@@ -496,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"as built {r['as_built_maps_per_s']:.1f} maps/s, peak {r['peak_bytes'] / 2**30:.1f} GiB", flush=True)
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"device": "H100 SXM (model)", "figures": H100, "engine": args.engine,
+        args.json.write_text(json.dumps({"device": "H100 SXM (model)", "figures": H100, "engine": args.engine, "kernel": args.kernel,
                                          "rows": rows}, indent=1))
     return 0
 

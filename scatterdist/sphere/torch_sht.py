@@ -621,6 +621,7 @@ def clear_legendre_cache() -> None:
     """Drop every cached Legendre table and transform plan."""
     with _LOCK:
         _CACHE.clear()
+        _FUSED_FAILED.clear()
         _PLANS.clear()
         _GEOMETRIES.clear()
 
@@ -667,14 +668,52 @@ def _choose(plan: _Plan, budget: int) -> str:
                 return f"G{groups}"
         if engine == "tables":
             return f"G{TABLE_GROUPS[-1]}"
-    if engine in ("auto", "fused") and triton_legendre.usable(plan.device):
+    if engine == "fused" or (engine == "auto" and triton_legendre.usable(plan.device)
+                             and str(plan.device) not in _FUSED_FAILED):
+        if engine == "fused" and not triton_legendre.usable(plan.device):
+            raise RuntimeError(
+                f"Legendre engine 'fused' requested but the Triton kernels cannot run on {plan.device} here "
+                f"(triton importable: {triton_legendre.available()}); set LEGENDRE_ENGINE='auto'"
+            )
         return "fused"
-    if engine == "fused":
-        raise RuntimeError(
-            f"Legendre engine 'fused' requested but the Triton kernels cannot run on {plan.device} here "
-            f"(triton importable: {triton_legendre.available()}); set LEGENDRE_ENGINE='auto'"
-        )
     return "stream"
+
+
+#: Devices on which a Triton launch failed (compiler, driver, toolchain): device -> the error.
+#: The "auto" engine uses the stream engine there for the rest of the process.
+_FUSED_FAILED: dict[str, str] = {}
+
+
+class TritonFallbackWarning(RuntimeWarning):
+    """The fused Triton kernels failed on a device; the stream engine (pure torch) runs instead."""
+
+
+def _fused_or_fallback(plan: _Plan, budget: int, run, fallback):
+    """``run()`` (a fused launch); on a Triton failure under the "auto" engine: one warning per
+    device, the device marked, and ``fallback()`` (the stream engine) returns the same numbers.
+    Out-of-memory is not a Triton failure and propagates (the caller retries with fewer maps)."""
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # triton raises CompilationError, RuntimeError, OSError, CalledProcessError...
+        if _engine_setting() == "fused":
+            raise
+        key = str(plan.device)
+        with _LOCK:
+            first = key not in _FUSED_FAILED
+            _FUSED_FAILED[key] = f"{type(exc).__name__}: {exc}"
+        if first:
+            import warnings
+
+            warnings.warn(
+                f"the fused Triton Legendre kernels failed on {key} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "using the pure-torch stream engine for this process (slower, same numbers). Usual causes: a "
+                "driver older than Triton's bundled ptxas needs (set TRITON_PTXAS_PATH to an older ptxas), no "
+                "C compiler or Python headers for Triton's first launch",
+                TritonFallbackWarning, stacklevel=3,
+            )
+        return fallback()
 
 
 def _engine_setting() -> str:
@@ -736,7 +775,10 @@ def _legendre_synthesis(plan: _Plan, coeffs: torch.Tensor, budget: int) -> torch
     transposed view of a contiguous ``(M, 2, C, nnorth)``)."""
     name = _choose(plan, budget)
     if name == "fused":
-        return triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, plan.lmax)
+        return _fused_or_fallback(
+            plan, budget,
+            lambda: triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, plan.lmax),
+            lambda: _legendre_synthesis(plan, coeffs, budget))
     layout = _layout(plan, name)
     nr, ncol = plan.nnorth, coeffs.shape[1]
     gathered = coeffs.index_select(0, layout.gather)
@@ -755,7 +797,11 @@ def _legendre_adjoint(plan: _Plan, td: torch.Tensor, budget: int) -> torch.Tenso
     """``(nalm, C)``: ``sum_r lambda_lm(r) TD[m, (l - m) % 2, r]`` of ``TD (M, 2, nnorth, C)``."""
     name = _choose(plan, budget)
     if name == "fused":
-        return triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, plan.lmax, plan.nalm)
+        return _fused_or_fallback(
+            plan, budget,
+            lambda: triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, plan.lmax,
+                                                         plan.nalm),
+            lambda: _legendre_adjoint(plan, td, budget))
     layout = _layout(plan, name)
     nr, ncol = plan.nnorth, td.shape[-1]
     td_t = td.transpose(2, 3).contiguous()  # (M, 2, C, nnorth): (C, nnorth) @ table^T is the fast form
