@@ -30,6 +30,6 @@ def test_no_register_spills(compiled) -> None:
         assert c.registers > 0, c
         assert not c.spills and c.stack_bytes == 0, (
             f"{c.kernel} ({c.dtype}, sm_{c.arch}, {c.constexprs}) spills {c.local_bytes} bytes/thread "
-            f"to local memory with {c.registers} registers"
+            f"to local memory (stack {c.stack_bytes} bytes) with {c.registers} registers"
         )
         assert c.registers <= 255

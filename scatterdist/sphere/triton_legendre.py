@@ -104,7 +104,7 @@ if triton is not None:
         tile = tl.zeros((BR, 16), dtype=OUT)
         for s in tl.static_range(16):
             v = (p1 * _factor(k)).to(OUT)
-            tile = tl.where(cols[None, :] == s, v[:, None], tile)
+            tile = tl.where(cols[None, :] == s, v, tile)  # v (BR, 1): the tile's own layout, no shuffle
             p, p2, k = _advance(p1, p2, k, x, ab_ptr, row + s + 1, row + s + 1 <= last)
             p1 = p
         return tile, p1, p2, k
@@ -120,9 +120,10 @@ if triton is not None:
         rmask = r < nr
         cmask = c < ncol
         OUT: tl.constexpr = coef_ptr.dtype.element_ty
-        x = tl.load(x_ptr + r, mask=rmask, other=0.0)
-        p1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)
-        k = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)
+        # recurrence state as (BR, 1) columns: the layout of the (BR, 16) tile it fills
+        x = tl.load(x_ptr + r, mask=rmask, other=0.0)[:, None]
+        p1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)[:, None]
+        k = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)[:, None]
         p2 = tl.zeros_like(p1)
         base = m * (2 * lmax + 1 - m) // 2 + m  # row of (l, m) = (m, m)
         last = base + lmax - m
@@ -165,9 +166,9 @@ if triton is not None:
             offs = r[:, None] * ncol + c[None, :]
             td_e = tl.load(td_ptr + (m * 2) * nr * ncol + offs, mask=mask, other=0.0)
             td_o = tl.load(td_ptr + (m * 2 + 1) * nr * ncol + offs, mask=mask, other=0.0)
-            x = tl.load(x_ptr + r, mask=rmask, other=0.0)
-            p1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)
-            k = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)
+            x = tl.load(x_ptr + r, mask=rmask, other=0.0)[:, None]
+            p1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)[:, None]
+            k = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)[:, None]
             p2 = tl.zeros_like(p1)
             for i0 in range(0, lmax - m + 1, 16):
                 row = base + i0
@@ -225,20 +226,22 @@ def launch_configs() -> list[dict]:
         common = {"x_ptr": "*fp64", "start_ptr": "*fp64", "scale_ptr": "*i32", "out_ptr": ptr,
                   "lmax": "i32", "nr": "i32", "ncol": "i32"}
         dot = {"coef_ptr": ptr, "ab_ptr": "*fp64", **common}
-        br = DOT_BLOCK_RINGS[getattr(torch, dtype)]
-        consts = {"BR": br, "BC": DOT_BLOCK_COLS, "PRECISION": DOT_PRECISION[getattr(torch, dtype)]}
-        configs.append({"name": "synth_dot_kernel", "fn": synth_dot_kernel, "dtype": dtype,
-                        "signature": dot, "constexprs": dict(consts)})
+        tdtype = getattr(torch, dtype)
+        consts = {"BC": DOT_BLOCK_COLS, "PRECISION": DOT_PRECISION[tdtype]}
+        configs.append({"name": "synth_dot_kernel", "fn": synth_dot_kernel, "dtype": dtype, "signature": dot,
+                        "constexprs": {"BR": DOT_BLOCK_RINGS["synthesis", tdtype], **consts}})
         adj = {"td_ptr": ptr, **{k: v for k, v in dot.items() if k != "coef_ptr"}}
-        configs.append({"name": "adjoint_dot_kernel", "fn": adjoint_dot_kernel, "dtype": dtype,
-                        "signature": adj, "constexprs": dict(consts)})
+        configs.append({"name": "adjoint_dot_kernel", "fn": adjoint_dot_kernel, "dtype": dtype, "signature": adj,
+                        "constexprs": {"BR": DOT_BLOCK_RINGS["adjoint", tdtype], **consts}})
     configs.append({"name": "coefficients_kernel", "fn": coefficients_kernel, "dtype": "float64",
                     "signature": {"ab_ptr": "*fp64", "lmax": "i32"}, "constexprs": {"BL": 256}})
     return configs
 
 
-#: Rings per program of the tl.dot kernels, by dtype (registers: float64 accumulators are twice as wide).
-DOT_BLOCK_RINGS = {torch.float32: 64, torch.float64: 64}
+#: Rings per program of the tl.dot kernels, by (kernel, dtype): one ring per thread of 4 warps where
+#: the registers allow it (the compile test proves no spills on sm_80 and sm_90).
+DOT_BLOCK_RINGS = {("synthesis", torch.float32): 128, ("synthesis", torch.float64): 64,
+                   ("adjoint", torch.float32): 64, ("adjoint", torch.float64): 64}
 #: Columns per program of the tl.dot kernels (tl.dot needs >= 16).
 DOT_BLOCK_COLS = 16
 #: tl.dot input precision: float32 by three tf32 passes (fp32 accuracy on tensor cores); float64 exact.
@@ -270,7 +273,7 @@ def synthesis_legendre(
     coeffs = coeffs.contiguous()
     ab = recurrence_table(lmax, coeffs.device)
     out = torch.empty((M, 2, nr, ncol), dtype=coeffs.dtype, device=coeffs.device)
-    br = DOT_BLOCK_RINGS[coeffs.dtype]
+    br = DOT_BLOCK_RINGS["synthesis", coeffs.dtype]
     grid = (M, triton_cdiv(nr, br), triton_cdiv(ncol, DOT_BLOCK_COLS))
     with device_guard(coeffs.device):
         synth_dot_kernel[grid](coeffs, ab, x, start, scale, out, lmax, nr, ncol,
@@ -287,7 +290,7 @@ def adjoint_legendre(
     td = td.contiguous()
     ab = recurrence_table(lmax, td.device)
     out = torch.zeros((nalm, ncol), dtype=td.dtype, device=td.device)
-    br = DOT_BLOCK_RINGS[td.dtype]
+    br = DOT_BLOCK_RINGS["adjoint", td.dtype]
     grid = (M, triton_cdiv(ncol, DOT_BLOCK_COLS))
     with device_guard(td.device):
         adjoint_dot_kernel[grid](td, ab, x, start, scale, out, lmax, nr, ncol,
