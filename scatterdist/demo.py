@@ -90,16 +90,22 @@ def cut_sky(store: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo-output", help="output directory (replaced)")
+    parser.add_argument("--out", default="demo-output", help="output directory (an earlier demo's output there is replaced; any other content is refused)")
     parser.add_argument("--n", type=int, default=64, help="simulated skies")
     parser.add_argument("--alpha", type=float, default=0.05, help="non-Gaussianity of the odd skies")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    marker = out / ".scatterdist-demo"
     if out.exists():
+        # Replace only what an earlier demo made (or an empty directory): never a user's folder.
+        if not (marker.exists() or (out.is_dir() and not any(out.iterdir()))):
+            raise SystemExit(f"demo: --out {out} exists and is not an earlier demo's output: "
+                             "choose another directory (nothing was touched)")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    marker.write_text("made by python -m scatterdist.demo; replaced by the next demo run\n")
 
     banner("1. the scattering transform")
     transform_table()

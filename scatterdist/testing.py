@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scatterdist.catalog import Catalog, Entry, MapRef
+from scatterdist.inputs import Catalog, Entry, MapRef
 from scatterdist.sphere import alm_l_index, alm_size, nside2npix, synthesis
 from scatterdist.store import create, write_shard
 
@@ -111,7 +111,7 @@ def write_synthetic_store(
     failed: tuple[int, ...] = (),
     todo: tuple[int, ...] = (),
     seed: int = 0,
-    fields: tuple[str, ...] | None = None,
+    fields: tuple[str, ...] | None = ("I",),
     mask: str | None = None,
     min_coverage: float = 0.5,
 ) -> np.ndarray:
@@ -122,7 +122,8 @@ def write_synthetic_store(
     ``n_channels`` is the number of paths.
 
     ``fields=None`` and ``mask=None`` write the schema of stores made before fields existed
-    (``coefficients (map, path, pixel)``). ``fields`` (e.g. ``("I", "E", "B")``) writes the
+    (``coefficients (map, path, pixel)``), which every reader refuses (to test that refusal).
+    ``fields`` (default ``("I",)``) (e.g. ``("I", "E", "B")``) writes the
     current schema ``coefficients (map, field, path, pixel)`` with every field an independent
     synthetic map of the same class. ``mask="shared"`` or ``"per_map"`` cuts a hole in every sky
     (:func:`synthetic_coverage`; one shared ``coverage (path, pixel)`` or ``(map, path, pixel)``):

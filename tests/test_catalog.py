@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from scatterdist.catalog import (
+from scatterdist.inputs import (
     BadMapError,
     Catalog,
     CatalogError,
@@ -19,6 +19,7 @@ from scatterdist.catalog import (
     check_fields,
     load_maps,
     parse_sim_spec,
+    read_labels_csv,
     stack_maps,
 )
 
@@ -174,11 +175,24 @@ def test_labels_csv(fits_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="not in the inputs"):
         Catalog.from_inputs([str(store)], labels_csv=str(csv))
     csv.write_text("name,class\nm00,1\n")
-    with pytest.raises(CatalogError, match="id,label"):
+    with pytest.raises(CatalogError, match=r"columns id \(or map\) and label"):
         Catalog.from_inputs([str(store)], labels_csv=str(csv))
     csv.write_text("id,label\nm00,cat\n")
     with pytest.raises(CatalogError, match="not an integer"):
         Catalog.from_inputs([str(store)], labels_csv=str(csv))
+    # Issue 17 row 10: labels of any integer value (was OverflowError at 128), int64 in the
+    # catalog; the id column may be spelled "map" as train --labels accepts.
+    csv.write_text("MAP, Label\nm00,128\nm01,-5\nm02,1099511627776\n")
+    labels = Catalog.from_inputs([str(store)], labels_csv=str(csv)).labels
+    assert labels.dtype == np.int64 and labels.tolist() == [128, -5, 2**40]
+    assert read_labels_csv(str(csv)) == {"m00": 128, "m01": -5, "m02": 2**40}
+    assert read_labels_csv(str(csv), integer=False) == {"m00": "128", "m01": "-5", "m02": "1099511627776"}
+    csv.write_text("id,label\nm00,1\nm00,2\n")
+    with pytest.raises(CatalogError, match="listed twice"):
+        read_labels_csv(str(csv))
+    csv.write_text("id,label\nm00,99999999999999999999\n")
+    with pytest.raises(CatalogError, match="64-bit"):
+        _ = Catalog.from_inputs([str(store)], labels_csv=str(csv)).labels
 
 
 def test_mixed_inputs_keep_order_and_refuse_other_nside(fits_dir: Path, tmp_path: Path) -> None:
@@ -329,7 +343,7 @@ def test_bad_fields_and_masks_are_per_map_errors(tmp_path: Path) -> None:
     paths = [WMAP, temp_only, tiny, allmasked, inf, WMAP_V]
     out = load_maps(Catalog.from_fits([str(p) for p in paths]).refs, NSIDE, fields=("I", "E"))
     assert isinstance(out[0], LoadedMap) and isinstance(out[-1], LoadedMap)
-    for got, words in zip(out[1:-1], ["has 1 field(s); field(s) E need(s) Stokes Q and U",
+    for got, words in zip(out[1:-1], ["field(s) E need(s) Stokes Q and U and no column is named so", 
                                       "usable sky fraction 0.004069 is below min_fsky 0.01",
                                       "entirely masked", "1 infinite pixels"]):
         assert isinstance(got, BadMapError), got

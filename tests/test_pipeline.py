@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 
 from scatterdist import Scattering
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog, parse_sim_spec
+from scatterdist.inputs import Catalog, parse_sim_spec
 from scatterdist.cli import main as cli_main
 from scatterdist.pipeline import scatter
 
@@ -462,14 +462,39 @@ def test_global_mask_on_simulations_shares_one_coverage(client: Client, tmp_path
     assert not (tmp_path / "bad.zarr").exists()
 
 
-def test_store_made_before_fields_resumes_as_it_was(client: Client, small, tmp_path: Path) -> None:
+def test_store_made_before_fields_is_refused_in_one_line(small, tmp_path: Path, capsys) -> None:
+    """The pre-field schema is gone: resuming one (or ``info`` on it) says how to re-create it."""
     maps_path, maps, sc, expected = small
-    cat = Catalog.from_inputs([str(maps_path)])
     out = tmp_path / "old.zarr"
-    first = scatter(cat, out, sc.config(), client=client, shard_size=4, progress=False, fields=None)
-    assert first.ok == 24 and zstore.read_rows(out, 0, 24).shape == (24, sc.n_paths, sc.npix_out)
-    zstore.write_status(out, 8, np.zeros(4, np.int8), [""] * 4)  # shard 2 unfinished
-    again = scatter(cat, out, sc.config(), client=client, progress=False)  # default fields: resumes
-    assert (again.ok, again.shards_computed, again.skipped) == (4, 1, 20)
-    assert "field" not in zstore.open_coefficients(out).coefficients.dims
-    np.testing.assert_array_equal(zstore.read_rows(out, 0, 24), expected[:, 0])
+    zstore.create(out, Catalog.from_inputs([str(maps_path)]), sc, shard_size=4, fields=None)
+    for argv in (["scatter", str(maps_path), "--output", str(out), "--cluster", "nope://x"], ["info", str(out)]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pre-field schema" in err[0] and f"--output {out} --overwrite" in err[0], err
+
+
+def test_gpu_placement_survives_a_worker_restart(client: Client) -> None:
+    """The GPU a worker is given is applied by a WorkerPlugin in every process that worker starts:
+    a worker restarted by its nanny (new process, same name) still has its assignment."""
+    from scatterdist.pipeline.device import assign_gpu, assigned_gpu
+    from scatterdist.pipeline.placement import PLUGIN_NAME, GpuPlacement
+
+    workers = client.scheduler_info()["workers"]
+    names = {addr: str(w["name"]) for addr, w in workers.items()}
+    plan = {name: k + 1 for k, name in enumerate(sorted(names.values()))}
+    client.register_plugin(GpuPlacement(plan), name=PLUGIN_NAME)
+    try:
+        before = client.run(assigned_gpu)
+        assert {names[a]: g for a, g in before.items()} == plan
+        victim = sorted(names)[0]
+        old_pid = client.run(os.getpid, workers=[victim])[victim]
+        client.restart_workers([victim])
+        client.wait_for_workers(2, timeout=60)
+        after = client.run(assigned_gpu)
+        new_names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+        assert {new_names[a]: g for a, g in after.items()} == plan
+        pids = client.run(os.getpid)
+        assert old_pid not in pids.values()  # really a new process
+    finally:
+        client.unregister_worker_plugin(PLUGIN_NAME)
+        client.run(assign_gpu, None)

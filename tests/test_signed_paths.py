@@ -35,7 +35,7 @@ def test_signed_and_power_paths_match_a_healpy_reference(red_maps):
     maps, _ = red_maps
     sc = Scattering(32, signed=True, powers=(2.5,))
     bank = sc.bank
-    alm = hp.map2alm(maps[0], lmax=sc.L - 1, iter=0, use_weights=False)
+    alm = hp.map2alm(maps[0] - maps[0].mean(), lmax=sc.L - 1, iter=0, use_weights=False)  # wavelets: no monopole
     ell_in = hp.Alm.getlm(sc.L - 1)[0]
     ell0 = hp.Alm.getlm(sc.L0 - 1)[0]
     got = sc.transform_alm(maps[0])

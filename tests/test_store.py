@@ -18,7 +18,7 @@ import zarr
 
 from scatterdist import Scattering
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog, Entry, MapRef
+from scatterdist.inputs import Catalog, Entry, MapRef
 
 NSIDE = 32
 
@@ -57,7 +57,7 @@ def test_schema_and_sharding(tmp_path: Path, sc: Scattering) -> None:
     assert ds.attrs["fields"] == ["I", "E", "B"] and ds.attrs["mask"] == "" and ds.attrs["min_fsky"] == 0.01
     assert ds.status.dtype == np.int8 and (ds.status.values == 0).all()
     assert np.isnan(ds.coefficients.values).all()  # nothing computed yet
-    assert ds.label.dtype == np.int8 and ds.label.values.tolist() == [i % 3 for i in range(10)]
+    assert ds.label.dtype == np.int64 and ds.label.values.tolist() == [i % 3 for i in range(10)]
     assert ds.source.values[3] == "/data/m03.fits" and ds["map"].values[0] == "m00"
     assert ds.path.values.tolist() == sc.path_labels
     assert ds.order.values.tolist() == [len(p) for p in sc.paths]
@@ -92,26 +92,17 @@ def test_schema_and_sharding(tmp_path: Path, sc: Scattering) -> None:
         zstore.create(tmp_path / "bad.zarr", _catalog(3), sc, shard_size=2, fields=("I", "T"))
 
 
-def test_legacy_schema_without_fields(tmp_path: Path, sc: Scattering) -> None:
-    # fields=None and mask=None: the schema before fields existed (what old stores hold).
+def test_legacy_schema_is_refused_in_one_line(tmp_path: Path, sc: Scattering) -> None:
+    # fields=None and mask=None write the schema before fields existed (what old stores hold):
+    # every reader and a resume refuse it with the command that re-creates it.
     path = tmp_path / "old.zarr"
     zstore.create(path, _catalog(5), sc, shard_size=2, fields=None)
-    ds = xr.open_zarr(path)
-    assert ds.coefficients.dims == ("map", "path", "pixel")
-    assert "field" not in ds.dims and "coverage" not in ds and "sky_fraction" not in ds
-    assert ds.attrs["config_hash"] == zstore.config_hash(sc.config())
-    lay = zstore.layout(path)
-    assert lay.fields == () and lay.n_fields == 1 and lay.coverage_layout == ""
-    data = np.random.default_rng(1).standard_normal((2, sc.n_paths, sc.npix_out)).astype(np.float32)
-    zstore.write_shard(path, 0, data, np.ones(2, np.int8), ["", ""])
-    zstore.write_shard(path, 1, data[:, None], np.ones(2, np.int8), ["", ""])  # (k, 1, P, N) too
-    np.testing.assert_array_equal(zstore.read_rows(path, 0, 4), np.concatenate([data, data]))
-    shard = zstore.read_shard(path, 1)
-    np.testing.assert_array_equal(shard.coefficients, data[:, None])
-    assert shard.coverage is None and shard.sky_fraction is None
-    # A request with fields cannot resume it: refused with the reason.
-    with pytest.raises(zstore.StoreConfigError, match="field dimension"):
-        zstore.create(path, _catalog(5), sc, shard_size=2, fields=("I",))
+    assert xr.open_zarr(path).coefficients.dims == ("map", "path", "pixel")
+    for call in (zstore.layout, zstore.open_coefficients, zstore.read_status_table, zstore.mask_summary,
+                 lambda p: zstore.create(p, _catalog(5), sc, shard_size=2, fields=("I",))):
+        with pytest.raises(zstore.LegacyStoreError, match="pre-field schema") as err:
+            call(path)
+        assert "\n" not in str(err.value) and f"--output {path} --overwrite" in str(err.value)
 
 
 def test_coverage_layout_rule(tmp_path: Path, sc: Scattering) -> None:
@@ -194,7 +185,7 @@ def test_write_shard(tmp_path: Path, sc: Scattering) -> None:
         zstore.write_shard(path, 0, data, np.array([1, 1], np.int8), ["", ""])
     with pytest.raises(zstore.StoreError, match="out of range"):
         zstore.write_shard(path, 3, data, np.array([1, 1], np.int8), ["", ""])
-    with pytest.raises(zstore.StoreError, match="not a scatterdist store"):
+    with pytest.raises(zstore.StoreError, match="no store at .*nothing.zarr: the path does not exist"):
         zstore.layout(tmp_path / "nothing.zarr")
 
 
@@ -220,12 +211,12 @@ def test_resume_checks(tmp_path: Path, sc: Scattering) -> None:
     # Execution details are not part of the configuration.
     assert zstore.config_hash({**sc.config(), "nthreads": 7, "backend": "torch"}) == \
         zstore.config_hash(sc.config())
-    # overwrite starts again; it refuses to delete what is not a Zarr store.
+    # overwrite starts again; it refuses to delete what is not a scatterdist store.
     assert zstore.create(path, _catalog(6), other, shard_size=3, overwrite=True) is True
     assert zstore.read_status(path).tolist() == [0] * 6
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("x")
-    with pytest.raises(zstore.StoreError, match="not a Zarr store"):
+    with pytest.raises(zstore.OutputRefusedError, match="not a scatterdist store"):
         zstore.create(tmp_path / "precious", _catalog(6), sc, shard_size=2, overwrite=True)
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
@@ -320,8 +311,10 @@ def test_plain_xarray_in_a_fresh_process(tmp_path: Path, sc: Scattering) -> None
     assert got["vars"]["coefficients"][1] == "float32" and got["vars"]["status"] == [["map"], "int8"]
     assert got["vars"]["sky_fraction"] == [["map"], "float32"]
     assert got["vars"]["coverage"] == [["map", "path", "pixel"], "float32"]
-    assert {"error", "source", "label"} <= set(got["vars"])
-    assert got["coords"] == sorted(["map", "field", "path", "order", "j1", "j2", "kind", "exponent",
+    assert {"error", "source", "label", "failure", "input_path", "input_size", "input_mtime",
+            "input_sha256"} <= set(got["vars"])
+    assert got["vars"]["label"] == [["map"], "int64"] and got["vars"]["failure"] == [["map"], "int8"]
+    assert got["coords"] == sorted(["map", "map_id", "field", "path", "order", "j1", "j2", "kind", "exponent",
                                     "pixel", "cell_ids"])
     assert got["pixel_attrs"] == {"grid_name": "healpix", "level": 3, "indexing_scheme": "ring"}
     assert {"config_hash", "scatterdist_version", "created", "nside", "L", "J0", "lam", "depth",
@@ -348,8 +341,6 @@ def test_mask_summary(tmp_path: Path, sc: Scattering) -> None:
     assert c["covered"] == pytest.approx(1 - 0.25 / 2 / sc.n_paths)
     assert c["mean"] == pytest.approx(1 - 0.5 * 0.25 / 2 / sc.n_paths)
     assert zstore.mask_summary(path, min_coverage=0.4)["coverage"]["covered"] == 1.0
-    zstore.create(tmp_path / "old.zarr", _catalog(2), sc, shard_size=2, fields=None)
-    assert zstore.mask_summary(tmp_path / "old.zarr")["fields"] == ["I"]
 
 
 def test_extra_path_coords_of_the_transform(tmp_path: Path) -> None:

@@ -1,14 +1,18 @@
-"""``scatterdist scatter`` (maps -> Zarr store of coefficients, on Dask) and ``scatterdist info``.
+"""``scatterdist scatter`` (maps -> Zarr store of coefficients, on Dask), ``scatterdist info`` and
+``scatterdist verify``.
 
-Exit status of ``scatter``: 0 when every map of the store is ok, 1 when some map failed (a
-table of failures is printed), 2 for a refused run (store locked, other configuration, bad
-inputs or options).
+Exit status of ``scatter``: 0 when every map of the store is ok, 1 when some map failed or is
+still todo (a table of failures, one line per map, says which failed on their input and which on
+the machine, and how to retry each), 2 for a refused run (an output that is not a store path, a
+locked store, other configuration, bad inputs or options, a damaged ``status``). ``verify``: 0
+sound, 1 maps marked todo, 2 refused. Tracebacks only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -33,9 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS")
     p.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store directory")
-    p.add_argument("--labels", default=None, metavar="CSV", help="CSV file with columns id,label")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="CSV file with columns id (or map) and label (any integer; -1: none)")
     t = p.add_argument_group("transform")
-    t.add_argument("--nside", type=int, default=None, help="input nside (default: from the inputs)")
+    t.add_argument("--nside", type=int, default=None,
+                   help="run nside; FITS maps of another nside are resampled to it in harmonic space "
+                        "(default: the first input's header nside, and maps of another nside fail)")
     t.add_argument("--L", type=int, default=None, help="bandlimit (default 2*nside)")
     t.add_argument("--J0", type=int, default=None, help="lowest wavelet scale (default: lam**J0 ~ 16)")
     t.add_argument("--lam", type=float, default=2.0, help="dilation factor (default 2)")
@@ -52,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("cut sky and fields")
     d.add_argument("--fields", default="I", metavar="I,Q,U,E,B",
                    help="what is scattered from each input, any subset in any order (default I): "
-                        "I, Q, U are FITS fields 0, 1, 2; E and B are made from Q and U by the "
+                        "I, Q, U are found by FITS column name (TEMPERATURE/I_STOKES/I, Q_POLARISATION/"
+                        "Q_STOKES/Q, U_...); E and B are made from Q and U by the "
                         "spin-2 transform. Stored as coefficients (map, field, path, pixel)")
     d.add_argument("--mask", default=None, metavar="PATH",
                    help="a mask for every map (FITS 0/1 or weights in [0, 1], any nside, or "
@@ -70,9 +78,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--shard-size", type=int, default=None, metavar="K",
                    help="maps per shard (default: ceil(n/16) in [1, 32]; the store's when resuming)")
-    r.add_argument("--retries", type=int, default=3, help="Dask retries per shard task (default 3)")
-    r.add_argument("--retry-failed", action="store_true", help="recompute maps whose status is -1")
-    r.add_argument("--overwrite", action="store_true", help="delete an existing store first")
+    r.add_argument("--retries", type=int, default=3,
+                   help="Dask retries per shard task when it raises or its worker dies (default 3, >= 0)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="also recompute maps that failed on their input (maps that failed on the "
+                        "machine are retried by every run)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing scatterdist store (nothing else is ever deleted)")
+    r.add_argument("--keep-changed-inputs", action="store_true",
+                   help="on resume, keep the results of maps whose input file changed since they "
+                        "were computed (default: recompute them); they are listed either way")
+    r.add_argument("--debug", action="store_true",
+                   help="show worker logs and the tracebacks of failed tasks")
     r.add_argument("--gpu-batch", type=int, default=None, metavar="B",
                    help="maps per transform call, independent of --shard-size (default 32 on a GPU, "
                         "halved automatically when the GPU runs out of memory; 8 on CPU); a torch "
@@ -87,12 +104,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_scatter)
 
     q = subparsers.add_parser("info", help="configuration and status counts of a store",
-                              description="Print a scatter store's configuration and status counts.")
+                              description="Print a scatter store's configuration, status counts, "
+                                          "a running writer and damaged shards (quick check).")
     q.add_argument("store", metavar="STORE")
     q.add_argument("--failures", action="store_true", help="list every failed map")
     q.add_argument("--coverage", action="store_true",
                    help="list the covered fraction of every path (default: the least covered 3)")
     q.set_defaults(func=run_info)
+
+    v = subparsers.add_parser(
+        "verify", help="read every shard of a store; mark damaged maps todo",
+        description="Read every chunk of a store (missing, truncated or checksum-failing chunks; "
+                    "maps that read as NaN although their status is ok), mark the damaged maps "
+                    "todo (status 0) and list them: the next scatter run recomputes them. Exit 0 "
+                    "when nothing is damaged, 1 when maps were marked, 2 when refused.")
+    v.add_argument("store", metavar="STORE")
+    v.add_argument("--quick", action="store_true",
+                   help="read only the shard indexes (the check every resume runs)")
+    v.add_argument("--inputs", action="store_true",
+                   help="also re-read every input file and compare the sha256 of its pixels with "
+                        "the recorded one; maps whose input changed are marked todo")
+    v.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    v.set_defaults(func=run_verify)
 
 
 def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
@@ -150,34 +183,100 @@ def _gpu_setup(args: argparse.Namespace, client: Any) -> dict[str, float] | None
     return resources
 
 
-def _failures_table(ids: Any, errors: Any, stream, limit: int = _TABLE_ROWS) -> None:
-    rows = list(zip(ids, errors))
-    width = min(40, max([len("map")] + [len(str(i)) for i, _ in rows]))
-    print(f"\n{len(rows)} failed map(s):", file=stream)
-    print(f"  {'map':<{width}}  error", file=stream)
-    for i, e in rows[:limit]:
-        print(f"  {str(i):<{width}}  {e}", file=stream)
-    if len(rows) > limit:
-        print(f"  ... and {len(rows) - limit} more (scatterdist info STORE --failures)", file=stream)
+def _kind_name(code: int) -> str:
+    from scatterdist import store as zstore
+
+    return {zstore.FAILURE_INPUT: "input", zstore.FAILURE_MACHINE: "machine"}.get(int(code), "")
+
+
+def _failures_table(table: Any, rows: np.ndarray, stream, limit: int = _TABLE_ROWS) -> None:
+    """One line per failed map (id, input/machine, reason), then how to retry each kind."""
+    from scatterdist import store as zstore
+
+    ids, errs, kinds = table.ids[rows], table.errors[rows], table.failure[rows]
+    width = min(40, max([len("map")] + [len(str(i)) for i in ids]))
+    print(f"\n{len(ids)} failed map(s):", file=stream)
+    print(f"  {'map':<{width}}  {'failed on':<9}  error", file=stream)
+    for i, k, e in list(zip(ids, kinds, errs))[:limit]:
+        print(f"  {str(i):<{width}}  {_kind_name(k) or '?':<9}  {zstore.one_line(e)}", file=stream)
+    if len(ids) > limit:
+        print(f"  ... and {len(ids) - limit} more (scatterdist info STORE --failures)", file=stream)
+    n_machine = int(np.sum(kinds == zstore.FAILURE_MACHINE))
+    n_input = len(ids) - n_machine
+    if n_machine:
+        print(f"{n_machine} map(s) failed on the machine (worker lost, out of memory, no space): "
+              "run the same command again to retry them", file=stream)
+    if n_input:
+        print(f"{n_input} map(s) failed on their input: fix the inputs, then run the same command "
+              "with --retry-failed to recompute them", file=stream)
+
+
+def _quiet_workers(debug: bool) -> None:
+    """Without ``--debug``, workers started by this process log errors only (no per-task
+    tracebacks on the terminal: each failure is one line of the closing table)."""
+    import logging
+
+    if debug:
+        return
+    # Dask reads DASK_LOGGING in every worker process it spawns (merged into its defaults).
+    os.environ.setdefault("DASK_LOGGING", repr({"distributed.worker": "critical"}))
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+
+
+def _say_checks(summary: Any) -> None:
+    """The resume's findings: damaged maps (recomputed) and changed inputs, one line each."""
+    for mid, why in summary.damaged:
+        print(f"damaged: {mid}: {why} (recomputed)", file=sys.stderr)
+    if summary.damaged:
+        print(f"{len(summary.damaged)} map(s) were damaged on disk and are recomputed: "
+              + ", ".join(m for m, _ in summary.damaged[:20])
+              + (" ..." if len(summary.damaged) > 20 else ""), file=sys.stderr)
+    if summary.changed:
+        what = "recomputed" if summary.recomputed_changed else "KEPT (--keep-changed-inputs)"
+        print(f"{len(summary.changed)} map(s) whose input changed since they were computed, {what}: "
+              + ", ".join(f"{m} ({why})" for m, why in summary.changed[:20])
+              + (" ..." if len(summary.changed) > 20 else ""), file=sys.stderr)
+    if summary.retried_machine:
+        print(f"retrying {summary.retried_machine} map(s) that failed on the machine earlier",
+              file=sys.stderr)
 
 
 def run_scatter(args: argparse.Namespace) -> int:
     """Handler of ``scatterdist scatter``."""
     from scatterdist import store as zstore
-    from scatterdist.catalog import Catalog, CatalogError
     from scatterdist.cluster import ClusterError, client_from_args
+    from scatterdist.inputs import Catalog, CatalogError, plan_inputs
     from scatterdist.pipeline import check_data_options, scatter
 
+    if args.retries < 0:
+        print(f"scatterdist scatter: refused: --retries must be >= 0, got {args.retries}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        zstore.check_output(args.output, args.overwrite)  # before anything is touched
+        if zstore.store_kind(args.output) == "store" and not args.overwrite:
+            zstore.layout(args.output)  # a store this version cannot resume: say so before starting
+        writer = zstore.live_writer(args.output)
+        if writer is not None:  # the run would be refused by the lock: say so before starting
+            raise zstore.StoreLockedError(
+                f"store {args.output} is being written by pid {writer.get('pid')} on host "
+                f"{writer.get('host')} since {writer.get('time')}: wait for it to finish")
+    except zstore.StoreError as exc:
+        print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     try:
         catalog = Catalog.from_inputs(args.inputs, labels_csv=args.labels)
-        nside = args.nside if args.nside is not None else catalog.infer_nside()
+        plan = plan_inputs(catalog, args.nside, args.mask)  # nside rule, resampling, mask frame
+        catalog, nside = plan.catalog, plan.nside
         config = _config(args, nside)
         check_data_options(nside, args.fields, args.mask, args.min_fsky)
     except (CatalogError, ValueError) as exc:  # MaskError is a ValueError
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    for line in plan.lines:
+        print(line, file=sys.stderr)
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
+    _quiet_workers(args.debug)
     try:
         with client_from_args(args) as client:
             resources = _gpu_setup(args, client)
@@ -186,25 +285,44 @@ def run_scatter(args: argparse.Namespace) -> int:
                               retry_failed=args.retry_failed, progress=args.progress,
                               overwrite=args.overwrite, resources=resources,
                               batch_size=args.gpu_batch, prefetch=args.prefetch,
-                              fields=args.fields, mask=args.mask, min_fsky=args.min_fsky)
+                              fields=args.fields, mask=args.mask, min_fsky=args.min_fsky,
+                              keep_changed=args.keep_changed_inputs)
+    except zstore.DamagedStoreError as exc:
+        print(f"scatterdist: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except (zstore.StoreError, ClusterError, ValueError) as exc:
         print(f"scatterdist scatter: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except OSError as exc:  # cannot reach the scheduler, cannot write the store
-        print(f"scatterdist scatter: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except OSError as exc:  # cannot reach the scheduler, cannot write the store (disk full)
+        if args.debug:
+            raise
+        print(f"scatterdist: error: {type(exc).__name__}: {zstore.one_line(str(exc))} "
+              f"(store {args.output})", file=sys.stderr)
         return EXIT_REFUSED
+    _say_checks(summary)
+    if args.debug:
+        for tb in summary.tracebacks:
+            print(tb, file=sys.stderr)
     print(f"computed {summary.shards_computed} shard(s), skipped {summary.shards_skipped}; "
           f"maps ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"{summary.maps_per_s:.2f} maps/s over {summary.seconds:.1f} s"
           + (f"; tasks per device {summary.devices}, devices busy {100 * summary.device_busy:.0f}% "
              "of their tasks' time" if summary.devices and args.backend == "torch" else ""), flush=True)
-    ds = zstore.open_coefficients(args.output)
-    status = ds["status"].values
+    try:
+        table = zstore.read_status_table(args.output)
+    except zstore.StoreError as exc:
+        print(f"scatterdist: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    status = table.status
     if (status == zstore.STATUS_OK).all():
         print(f"all {status.size} maps ok -> {args.output}")
         return EXIT_OK
-    bad = status != zstore.STATUS_OK
-    _failures_table(ds["map"].values[bad], ds["error"].values[bad], sys.stdout)
+    failed = status == zstore.STATUS_FAILED
+    if failed.any():
+        _failures_table(table, failed, sys.stdout)
+    todo = int(np.sum(status == zstore.STATUS_TODO))
+    if todo:
+        print(f"{todo} map(s) not computed yet: run the same command again")
     return EXIT_FAILED_MAPS
 
 
@@ -212,14 +330,14 @@ def _print_sky(summary: dict[str, Any], all_paths: bool = False) -> None:
     """The fields / mask / sky fraction / coverage lines of ``scatterdist info``."""
     print("fields     " + ", ".join(summary["fields"]))
     print(f"mask       {summary['mask'] or 'none (each map: its own UNSEEN/NaN pixels or coverage)'}")
-    sky = summary["sky_fraction"]
+    sky = summary.get("sky_fraction")
     if sky is None:
         print("sky        full sky (store without masks)" if not summary["coverage_layout"]
               else "sky        no map done yet")
     else:
         print(f"sky        fraction min {sky['min']:.3f}, median {sky['median']:.3f}, max {sky['max']:.3f} "
               f"over {sky['n']} map(s)")
-    cov = summary["coverage"]
+    cov = summary.get("coverage")
     if cov is not None:
         per_path = sorted(cov["per_path"].items(), key=lambda kv: (np.nan_to_num(kv[1], nan=-1.0), kv[0]))
         shown = per_path if all_paths else per_path[:3]
@@ -236,29 +354,82 @@ def run_info(args: argparse.Namespace) -> int:
 
     try:
         ds = zstore.open_coefficients(args.store)
-    except zstore.StoreError as exc:
-        print(f"scatterdist info: error: {exc}", file=sys.stderr)
+        table = zstore.read_status_table(args.store)
+        summary = zstore.mask_summary(args.store)
+        report = zstore.verify(args.store, depth="quick")
+    except (zstore.StoreError, OSError) as exc:
+        print(f"scatterdist: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     attrs = ds.attrs
     print(f"store      {args.store}")
     print(f"created    {attrs.get('created')} by scatterdist {attrs.get('scatterdist_version')}")
+    writer = zstore.live_writer(args.store)
+    print("writer     " + (f"running: pid {writer.get('pid')} on host {writer.get('host')} since "
+                           f"{writer.get('time')}" if writer else "none"))
     config = json.loads(attrs.get("scattering_config", "{}"))
     print("config     " + ", ".join(f"{k}={v}" for k, v in config.items()))
     print(f"hash       {attrs.get('config_hash')}")
-    fields = f"field={ds.sizes['field']} " if "field" in ds.sizes else ""
-    print(f"shape      map={ds.sizes['map']} {fields}path={ds.sizes['path']} pixel={ds.sizes['pixel']} "
-          f"(nside_out {attrs.get('nside_out')}), shard size {attrs.get('shard_size')}")
-    _print_sky(zstore.mask_summary(args.store), args.coverage)
+    print(f"shape      map={ds.sizes['map']} field={ds.sizes['field']} path={ds.sizes['path']} "
+          f"pixel={ds.sizes['pixel']} (nside_out {attrs.get('nside_out')}), shard size {attrs.get('shard_size')}")
+    _print_sky(summary, args.coverage)
     print("paths      " + ", ".join(str(p) for p in ds["path"].values))
-    status = ds["status"].values
-    counts = {name: int((status == code).sum()) for name, code in
-              (("ok", zstore.STATUS_OK), ("failed", zstore.STATUS_FAILED), ("todo", zstore.STATUS_TODO))}
-    print("status     " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if "label" in ds:
-        labels, n = np.unique(ds["label"].values, return_counts=True)
+    counts = table.counts()
+    failed = table.status == zstore.STATUS_FAILED
+    n_machine = int(np.sum(failed & (table.failure == zstore.FAILURE_MACHINE)))
+    kinds = f" (input {counts['failed'] - n_machine}, machine {n_machine})" if counts["failed"] else ""
+    print(f"status     ok {counts['ok']}, failed {counts['failed']}{kinds}, todo {counts['todo']}")
+    if table.labels is not None:
+        labels, n = np.unique(table.labels, return_counts=True)
         print("labels     " + ", ".join(f"{int(a)}: {int(b)}" for a, b in zip(labels, n)))
-    bad = status == zstore.STATUS_FAILED
-    if bad.any():
-        ids, errs = ds["map"].values[bad], ds["error"].values[bad]
-        _failures_table(ids, errs, sys.stdout, limit=len(ids) if args.failures else 5)
+    if report.ok:
+        print(f"damaged    none (quick check of the shard indexes, {report.seconds:.2f} s)")
+    else:
+        lay = zstore.layout(args.store)
+        shards = sorted({i // lay.shard_size for i in report.damaged} |
+                        {a // lay.shard_size for a, _ in report.status_damaged})
+        print(f"damaged    {len(report.damaged)} map(s) in shard(s) {', '.join(map(str, shards[:20]))}"
+              f"{' ...' if len(shards) > 20 else ''}: run `scatterdist verify {args.store}` to mark "
+              "them todo, then scatter again")
+    if failed.any():
+        _failures_table(table, failed, sys.stdout, limit=int(failed.sum()) if args.failures else 5)
     return EXIT_OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Handler of ``scatterdist verify``."""
+    from scatterdist import store as zstore
+
+    try:
+        zstore.layout(args.store)
+        with zstore.StoreLock(args.store):  # no writer may run while maps are marked
+            report = zstore.verify(args.store, depth="quick" if args.quick else "full")
+            changed: list[tuple[int, str]] = []
+            if args.inputs:
+                from scatterdist.pipeline.identity import content_changes
+
+                changed = content_changes(args.store)
+            if not args.dry_run:
+                zstore.repair(report)
+                zstore.mark_todo(args.store, [i for i, _ in changed])
+            ids = zstore.read_map_ids(args.store)
+    except (zstore.StoreError, OSError) as exc:
+        print(f"scatterdist: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    for a, b in report.status_damaged:
+        print(f"status of maps {ids[a]}..{ids[b - 1]} cannot be read"
+              + ("" if args.dry_run else ": rewritten as todo"))
+    for i, why in sorted(report.damaged.items()):
+        print(f"{ids[i]}: {why}")
+    for i, why in changed:
+        print(f"{ids[i]}: input {why}")
+    n = len(set(report.damaged) | {i for a, b in report.status_damaged for i in range(a, b)}
+             | {i for i, _ in changed})
+    depth = "shard indexes" if args.quick else "every chunk"
+    if n == 0:
+        print(f"ok: {report.n_maps} maps, {depth} read in {report.seconds:.2f} s"
+              + (", inputs unchanged" if args.inputs else ""))
+        return EXIT_OK
+    what = ("found (nothing changed: --dry-run)" if args.dry_run
+            else "marked todo: run scatter again to recompute them")
+    print(f"{n} map(s) damaged or changed, {what} ({depth} read in {report.seconds:.2f} s)")
+    return EXIT_FAILED_MAPS

@@ -4,7 +4,7 @@ For every non-Gaussianity amplitude ``alpha`` and every seed:
 
 1. a mixed :class:`~scatterdist.sims.SimulationSpec` of ``2 N`` skies (labels alternate 0/1;
    optionally with survey conditions: beam, white noise, Galactic cut) is turned into a
-   :class:`~scatterdist.catalog.Catalog`; the skies are generated inside the Dask tasks from
+   :class:`~scatterdist.inputs.Catalog`; the skies are generated inside the Dask tasks from
    their seeds and never stored;
 2. :func:`scatterdist.pipeline.scatter` writes three stores through the same pipeline: the
    paper's scattering transform (``Scattering(nside)``), the signed option
@@ -254,7 +254,7 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
     Existing stores are resumed (the pipeline skips finished shards); existing feature files
     are reused when they were made from the same simulation spec and feature version.
     """
-    from scatterdist.catalog import Catalog
+    from scatterdist.inputs import Catalog
     from scatterdist.experiments.features import BIN_WIDTH, FEATURES_VERSION, baseline_features
     from scatterdist.pipeline import scatter
 
@@ -358,22 +358,18 @@ def store_invariants(store: str) -> tuple[np.ndarray, np.ndarray, list[str], np.
     Returns (features, labels, map ids, path kind of every feature column: ``"modulus"``,
     ``"signed"``, ``"power"``, read from the path labels). The store must be complete.
     """
-    import xarray as xr
+    from scatterdist.store import StoreError, pixel_means
 
-    ds = xr.open_zarr(store, consolidated=False)
-    status = ds["status"].values
-    if not np.all(status == 1):
-        raise RuntimeError(f"store {store} has {int(np.sum(status != 1))} maps without coefficients; rerun to resume it")
-    coeffs = ds["coefficients"]
-    means = coeffs.mean("pixel").values.astype(np.float64)  # (map, [field,] path)
-    labels = [str(p) for p in ds["path"].values]
-    if "kind" in ds.coords:
-        kind = np.array([str(k) for k in ds["kind"].values])
+    try:
+        means, labels, ids, paths, kind_list = pixel_means(store)  # (map, field, path)
+    except StoreError as exc:
+        raise RuntimeError(str(exc)) from exc
+    if kind_list is not None:
+        kind = np.array(kind_list)
     else:  # stores written before the kind coord: the label says it
-        kind = np.array(["signed" if lab.endswith(" signed") else "power" if " q=" in lab else "modulus" for lab in labels])
+        kind = np.array(["signed" if lab.endswith(" signed") else "power" if " q=" in lab else "modulus" for lab in paths])
     kinds = np.broadcast_to(kind, means.shape[1:]).reshape(-1)
-    return means.reshape(means.shape[0], -1), ds["label"].values, [str(m) for m in ds["map"].values], kinds
-
+    return means.reshape(means.shape[0], -1), labels, ids, kinds
 
 def _record(alpha: float, seed: int, model: str, scores: dict[str, Any], seconds: float | None, **extra: Any) -> dict[str, Any]:
     return {"alpha": alpha, "seed": seed, "model": model, **scores, "seconds": seconds, **extra}

@@ -71,6 +71,10 @@ class ScatteringPlan:
         return alm[..., self._index[key]]
 
 
+#: ``a_00`` of the constant map 1 (orthonormal spherical harmonics: Y_00 = 1 / sqrt(4 pi)).
+_SQRT_4PI = float(np.sqrt(4.0 * np.pi))
+
+
 def _pointwise(u: Array, path: KindPath) -> Array:
     """The extra path's nonlinearity on wavelet maps ``u`` (numpy or torch; ``u`` untouched)."""
     if path.kind == SIGNED:
@@ -94,7 +98,13 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
     B = maps.shape[0]
     if mask is not None:
         maps = mask.fill_input(maps)
-    alm_in = be.analysis(maps, L - 1, mode=analysis)
+    # The monopole is removed exactly in pixel space and restored in a_00 (it reaches order 0
+    # only: every wavelet kernel is 0 at l = 0): quadrature analysis leaks a constant into
+    # l >= 1 at ~5e-4 of its value, which an offset would otherwise carry into every path.
+    # Full sky: the pixel mean (equal-area pixels); cut sky: the weighted mean of the data.
+    mono = maps.mean(-1) if mask is None else mask.input_mean
+    alm_in = be.analysis(maps - mono[:, None], L - 1, mode=analysis)
+    alm_in = be.concatenate([alm_in[:, :1] + mono[:, None] * _SQRT_4PI, alm_in[:, 1:]], axis=1)
     smoothed = {(): plan.truncate(alm_in, L, L0) * plan.eta}
 
     # frontier: (path, alm of the signal that the next wavelet filters, its bandlimit)

@@ -281,6 +281,7 @@ class MaskedCall:
         x = maps * self.through[()]  # a new array: safe to write into
         if self.bad_index is not None:  # UNSEEN * 0 is 0, but NaN * 0 is NaN
             x.reshape(-1)[self.bad_index] = 0.0
+        self.input_mean = x.sum(-1) / self.total[()]  # the monopole the core removes and restores
         if LOCAL_MEAN_PRIOR is None:
             self._fill((), x)
             return x
