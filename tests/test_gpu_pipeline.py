@@ -338,3 +338,57 @@ def test_gpu_worker_pipeline_matches_the_bare_transform(small, tmp_path: Path):
     bare = Scattering(nside=32, backend="torch", device="cuda")(torch.as_tensor(maps, dtype=torch.float32))
     np.testing.assert_allclose(zstore.read_rows(tmp_path / "g.zarr", 0, 24)[:, 0], bare.cpu().numpy(),
                                rtol=1e-5, atol=1e-6 * float(bare.abs().max()))
+
+
+def test_oom_retry_runs_after_the_failed_attempt_is_freed():
+    """The half batches run once the failed attempt's tensors are unreachable (outside the
+    ``except`` block, whose traceback would keep them alive), and the limit sticks."""
+    import gc
+    import weakref
+
+    from scatterdist.pipeline import task as ptask
+
+    class Workspace:  # stands for the device tensors of an attempt
+        pass
+
+    attempts: list[tuple[int, bool]] = []
+    last: list = []
+
+    class FakeScattering:
+        n_paths, npix_out = 2, 12
+        _scatterdist_key = "oom-retry-test"
+
+        def __call__(self, rows):
+            gc.collect()
+            attempts.append((len(rows), bool(last) and last[-1]() is None))
+            work = Workspace()
+            last.append(weakref.ref(work))
+            if len(rows) > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return np.ones((len(rows), self.n_paths, self.npix_out), dtype=np.float32)
+
+    ptask._BATCH_LIMIT.pop("oom-retry-test", None)
+    try:
+        tr = ptask._Transformer(FakeScattering(), None, 1)
+        out, cov, errors = tr(np.zeros((8, 48), dtype=np.float32), None)
+        assert errors == [""] * 8 and np.all(out == 1.0)
+        assert attempts[0] == (8, False)
+        # every retry started with the previous attempt's workspace already collected
+        assert all(freed for _, freed in attempts[1:]), attempts
+        assert [n for n, _ in attempts] == [8, 4, 2, 2, 4, 2, 2] or max(n for n, _ in attempts[1:]) <= 4
+        assert ptask._BATCH_LIMIT["oom-retry-test"] == 2
+    finally:
+        ptask._BATCH_LIMIT.pop("oom-retry-test", None)
+
+
+def test_default_gpu_batch_is_sized_to_free_memory():
+    from scatterdist.pipeline import task as ptask
+
+    h100 = 79 * 2**30
+    assert ptask.gpu_batch_size({"nside": 512}, "cuda:0", free_bytes=h100) == ptask.GPU_BATCH
+    at2048 = ptask.gpu_batch_size({"nside": 2048}, "cuda:0", free_bytes=h100)
+    assert 4 <= at2048 <= 14  # the model: 24 GiB at batch 4, +3.2 GiB per map: fits 80 GB with the tables
+    assert ptask.gpu_batch_size({"nside": 2048}, "cuda:0", free_bytes=39 * 2**30) == 5  # A100 40 GB: ~28 GiB
+    assert ptask.gpu_batch_size({"nside": 2048, "dtype": "float64"}, "cuda:0", free_bytes=h100) == at2048 // 2
+    assert ptask.gpu_batch_size({"nside": 4096}, "cuda:0", free_bytes=10 * 2**30) == 1
+    assert ptask.default_batch_size({"backend": "numpy", "nside": 2048}, "cuda:0") == ptask.TRANSFORM_BATCH
