@@ -392,3 +392,16 @@ def test_default_gpu_batch_is_sized_to_free_memory():
     assert ptask.gpu_batch_size({"nside": 2048, "dtype": "float64"}, "cuda:0", free_bytes=h100) == at2048 // 2
     assert ptask.gpu_batch_size({"nside": 4096}, "cuda:0", free_bytes=10 * 2**30) == 1
     assert ptask.default_batch_size({"backend": "numpy", "nside": 2048}, "cuda:0") == ptask.TRANSFORM_BATCH
+
+
+def test_gpu_prefetch_depth_is_bounded_by_bytes():
+    """Staged batches (pinned host + device copies) stay within PREFETCH_BYTES, one ahead at least."""
+    from scatterdist.pipeline import task as ptask
+
+    npix512, npix2048 = 12 * 512**2, 12 * 2048**2
+    assert ptask.gpu_prefetch(2, 32, 1, npix512) == 2  # 0.4 GB a batch
+    assert ptask.gpu_prefetch(2, 12, 1, npix2048) == 1  # 2.4 GB a batch: one ahead
+    assert ptask.gpu_prefetch(2, 32, 3, npix2048) == 1  # 19 GB a batch: still one, never zero
+    assert ptask.gpu_prefetch(0, 32, 1, npix512) == 0  # the caller's "no prefetch" stands
+    ahead = ptask.gpu_prefetch(8, 4, 1, npix2048)
+    assert ahead * 4 * npix2048 * 4 <= ptask.PREFETCH_BYTES

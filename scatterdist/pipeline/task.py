@@ -26,7 +26,7 @@ from scatterdist.pipeline.device import device_name, resolved_config, transform_
 from scatterdist.pipeline.identity import loaded_identity, stat_identity
 
 __all__ = ["ShardResult", "ShardTask", "TaskResult", "DataOptions", "ShardBuffer", "run_shards",
-           "run_shard", "default_batch_size", "gpu_batch_size", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
+           "run_shard", "default_batch_size", "gpu_batch_size", "gpu_prefetch", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
 
 #: Maps per transform call on the numpy backend (bounds worker memory).
 TRANSFORM_BATCH = 8
@@ -42,6 +42,18 @@ GPU_BYTES_PER_PIXEL = 70
 GPU_MEMORY_SHARE = 0.5
 #: Batches loaded ahead of the one being transformed.
 PREFETCH = 2
+
+
+#: Bytes of staged input batches (pinned host memory, and their device copies) a GPU worker may
+#: hold ahead of the transform: bounds the prefetch depth at survey resolution.
+PREFETCH_BYTES = 4 << 30
+
+
+def gpu_prefetch(prefetch: int, batch_maps: int, n_fields: int, npix: int, itemsize: int = 4) -> int:
+    """Prefetch depth of a GPU worker: at most ``prefetch`` batches ahead and at most
+    :data:`PREFETCH_BYTES` of them, but at least one (loading overlaps the transform)."""
+    per_batch = max(1, batch_maps * n_fields * npix * itemsize)
+    return min(int(prefetch), max(1, PREFETCH_BYTES // per_batch)) if prefetch > 0 else 0
 
 
 def default_batch_size(config: dict[str, Any], device: str | None = None) -> int:
@@ -456,6 +468,9 @@ def run_shards(
         return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], identity, good,
                        staged, masks, frac, n_full)
 
+    if stager.cuda and getattr(sc, "nside", None):  # staged batches: pinned host memory + device copies, bounded
+        itemsize = 8 if str(getattr(sc.backend, "dtype", "")).endswith("float64") else 4
+        prefetch = gpu_prefetch(prefetch, bsize, F, 12 * sc.nside ** 2, itemsize)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scatterdist-write")
     writes = []
     transform = _Transformer(sc, device, F)
