@@ -405,3 +405,34 @@ def test_gpu_prefetch_depth_is_bounded_by_bytes():
     assert ptask.gpu_prefetch(0, 32, 1, npix512) == 0  # the caller's "no prefetch" stands
     ahead = ptask.gpu_prefetch(8, 4, 1, npix2048)
     assert ahead * 4 * npix2048 * 4 <= ptask.PREFETCH_BYTES
+
+
+def test_mask_geometry_is_built_in_the_loader_threads(tmp_path: Path, monkeypatch):
+    """Masked maps: their geometry is built while loading (feed threads), not on the consumer
+    thread that drives the device; the stored numbers are those of the direct call."""
+    from scatterdist.scattering import masked
+    from scatterdist.sphere.mask import read_mask
+
+    built: list[str] = []
+    original = masked.MaskGeometry
+
+    def recording(*args, **kwargs):
+        built.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(masked, "MaskGeometry", recording)
+    wmap = Path(__file__).parent / "data" / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
+    text = "sim:kind=mixed,n=4,nside=32,seed=2,alpha=1.0"
+    sc = Scattering(nside=32)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,  # in-process: the patch applies
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        summary = scatter(Catalog.from_inputs([text]), tmp_path / "m.zarr", sc.config(), client=client,
+                          shard_size=2, progress=False, mask=wmap)
+    assert (summary.ok, summary.failed) == (4, 0)
+    # the worker's task thread (the device's consumer) builds none; the client (MainThread)
+    # builds the run's shared coverage once, before any task
+    assert any(name.startswith("scatterdist-feed") for name in built), built
+    assert all(name.startswith("scatterdist-feed") or name == "MainThread" for name in built), built
+    ds = zstore.open_coefficients(tmp_path / "m.zarr")
+    mask = read_mask(str(wmap), 32)
+    np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)

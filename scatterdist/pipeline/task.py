@@ -292,6 +292,21 @@ def _accepts_mask(sc: Any) -> bool:
         return False
 
 
+def _warm_geometry(sc: Any, masks: np.ndarray | None, n_full: int) -> None:
+    """Build the mask geometry of a batch's masked maps here, in the loader thread, so that the
+    transform (consumer thread, device busy) finds it cached instead of computing it while the
+    device idles. Rows are those the transform will see (float64 weights); errors are left for
+    the transform to raise on its map."""
+    cache = getattr(sc, "_geometry", None)
+    if cache is None or masks is None or n_full >= len(masks):
+        return
+    for row in masks[n_full:]:
+        try:
+            cache.get(np.asarray(row, dtype=np.float64))
+        except Exception:  # noqa: BLE001 - the transform raises it again, on the right map
+            continue
+
+
 class _Transformer:
     """Transforms staged batches of maps with ``F`` fields each (rows ``i*F .. i*F+F-1`` are
     map ``i``): masked maps through ``sc(x, mask=..., return_coverage=True)``, full-sky batches
@@ -465,6 +480,7 @@ def run_shards(
             x, masks, frac = stack_maps([loaded[j] for j in good])
             x = x.reshape(len(good) * F, x.shape[-1])
             staged = stager.stage(x)
+            _warm_geometry(sc, masks, n_full)
         return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], identity, good,
                        staged, masks, frac, n_full)
 
