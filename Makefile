@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench cmb docs clean
+.PHONY: install demo test test-all bench cmb docs clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 # The CMB study at L = 1024 (3 alphas x 3 seeds x 50 skies per class, every model; its wall time is in results/cmb.md)
 cmb: $(STAMP)
 	$(BIN)/scatterdist experiment cmb --out results
+
+# The first device call (issue 20): GPU tests + benchmarks, JSON and markdown in $(OUT) (default gpu_check_out)
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
 docs: $(STAMP)
 	$(BIN)/python scripts/make_api_docs.py

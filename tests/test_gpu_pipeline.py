@@ -338,3 +338,101 @@ def test_gpu_worker_pipeline_matches_the_bare_transform(small, tmp_path: Path):
     bare = Scattering(nside=32, backend="torch", device="cuda")(torch.as_tensor(maps, dtype=torch.float32))
     np.testing.assert_allclose(zstore.read_rows(tmp_path / "g.zarr", 0, 24)[:, 0], bare.cpu().numpy(),
                                rtol=1e-5, atol=1e-6 * float(bare.abs().max()))
+
+
+def test_oom_retry_runs_after_the_failed_attempt_is_freed():
+    """The half batches run once the failed attempt's tensors are unreachable (outside the
+    ``except`` block, whose traceback would keep them alive), and the limit sticks."""
+    import gc
+    import weakref
+
+    from scatterdist.pipeline import task as ptask
+
+    class Workspace:  # stands for the device tensors of an attempt
+        pass
+
+    attempts: list[tuple[int, bool]] = []
+    last: list = []
+
+    class FakeScattering:
+        n_paths, npix_out = 2, 12
+        _scatterdist_key = "oom-retry-test"
+
+        def __call__(self, rows):
+            gc.collect()
+            attempts.append((len(rows), bool(last) and last[-1]() is None))
+            work = Workspace()
+            last.append(weakref.ref(work))
+            if len(rows) > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return np.ones((len(rows), self.n_paths, self.npix_out), dtype=np.float32)
+
+    ptask._BATCH_LIMIT.pop("oom-retry-test", None)
+    try:
+        tr = ptask._Transformer(FakeScattering(), None, 1)
+        out, cov, errors = tr(np.zeros((8, 48), dtype=np.float32), None)
+        assert errors == [""] * 8 and np.all(out == 1.0)
+        assert attempts[0] == (8, False)
+        # every retry started with the previous attempt's workspace already collected
+        assert all(freed for _, freed in attempts[1:]), attempts
+        assert [n for n, _ in attempts] == [8, 4, 2, 2, 4, 2, 2] or max(n for n, _ in attempts[1:]) <= 4
+        assert ptask._BATCH_LIMIT["oom-retry-test"] == 2
+    finally:
+        ptask._BATCH_LIMIT.pop("oom-retry-test", None)
+
+
+def test_default_gpu_batch_is_sized_to_free_memory():
+    from scatterdist.pipeline import task as ptask
+
+    h100 = 79 * 2**30
+    assert ptask.gpu_batch_size({"nside": 512}, "cuda:0", free_bytes=h100) == ptask.GPU_BATCH
+    at2048 = ptask.gpu_batch_size({"nside": 2048}, "cuda:0", free_bytes=h100)
+    assert 4 <= at2048 <= 14  # the model: 24 GiB at batch 4, +3.2 GiB per map: fits 80 GB with the tables
+    assert ptask.gpu_batch_size({"nside": 2048}, "cuda:0", free_bytes=39 * 2**30) == 5  # A100 40 GB: ~28 GiB
+    assert ptask.gpu_batch_size({"nside": 2048, "dtype": "float64"}, "cuda:0", free_bytes=h100) == at2048 // 2
+    assert ptask.gpu_batch_size({"nside": 4096}, "cuda:0", free_bytes=10 * 2**30) == 1
+    assert ptask.default_batch_size({"backend": "numpy", "nside": 2048}, "cuda:0") == ptask.TRANSFORM_BATCH
+
+
+def test_gpu_prefetch_depth_is_bounded_by_bytes():
+    """Staged batches (pinned host + device copies) stay within PREFETCH_BYTES, one ahead at least."""
+    from scatterdist.pipeline import task as ptask
+
+    npix512, npix2048 = 12 * 512**2, 12 * 2048**2
+    assert ptask.gpu_prefetch(2, 32, 1, npix512) == 2  # 0.4 GB a batch
+    assert ptask.gpu_prefetch(2, 12, 1, npix2048) == 1  # 2.4 GB a batch: one ahead
+    assert ptask.gpu_prefetch(2, 32, 3, npix2048) == 1  # 19 GB a batch: still one, never zero
+    assert ptask.gpu_prefetch(0, 32, 1, npix512) == 0  # the caller's "no prefetch" stands
+    ahead = ptask.gpu_prefetch(8, 4, 1, npix2048)
+    assert ahead * 4 * npix2048 * 4 <= ptask.PREFETCH_BYTES
+
+
+def test_mask_geometry_is_built_in_the_loader_threads(tmp_path: Path, monkeypatch):
+    """Masked maps: their geometry is built while loading (feed threads), not on the consumer
+    thread that drives the device; the stored numbers are those of the direct call."""
+    from scatterdist.scattering import masked
+    from scatterdist.sphere.mask import read_mask
+
+    built: list[str] = []
+    original = masked.MaskGeometry
+
+    def recording(*args, **kwargs):
+        built.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(masked, "MaskGeometry", recording)
+    wmap = Path(__file__).parent / "data" / "wmap_temperature_analysis_mask_r9_7yr_v4_udgraded32.fits"
+    text = "sim:kind=mixed,n=4,nside=32,seed=2,alpha=1.0"
+    sc = Scattering(nside=32)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,  # in-process: the patch applies
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        summary = scatter(Catalog.from_inputs([text]), tmp_path / "m.zarr", sc.config(), client=client,
+                          shard_size=2, progress=False, mask=wmap)
+    assert (summary.ok, summary.failed) == (4, 0)
+    # the worker's task thread (the device's consumer) builds none; the client (MainThread)
+    # builds the run's shared coverage once, before any task
+    assert any(name.startswith("scatterdist-feed") for name in built), built
+    assert all(name.startswith("scatterdist-feed") or name == "MainThread" for name in built), built
+    ds = zstore.open_coefficients(tmp_path / "m.zarr")
+    mask = read_mask(str(wmap), 32)
+    np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)

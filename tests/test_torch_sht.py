@@ -306,9 +306,9 @@ from scatterdist.sphere import torch_sht, triton_legendre
 assert triton_legendre.interpret_mode() and triton_legendre.usable(torch.device("cpu"))
 torch.set_num_threads(1)
 errors = {}
-# 1. the kernels against tabulated values, where lambda_mm underflows near the poles (m >= 57)
-nside, lmax = 32, 63
-for dtype in (torch.float64,):
+# 1. the kernels against tabulated values, where lambda_mm is scaled near the poles
+nside, lmax = 8, 23
+for dtype in (torch.float64, torch.float32):
     plan = torch_sht._get_plan(nside, lmax, dtype, torch.device("cpu"))
     assert int(plan.scale.min()) < 0  # the 2**-300 exponent path is exercised
     gen = torch.Generator().manual_seed(3)
@@ -324,7 +324,7 @@ for dtype in (torch.float64,):
     errors[f"adjoint {dtype}"] = float((fused - tables).abs().max() / tables.abs().max())
 # 2. whole transforms through the fused engine against ducc0
 torch_sht.LEGENDRE_ENGINE = "fused"
-nside, lmax = 8, 23
+nside, lmax = 4, 11
 assert torch_sht.legendre_engine(nside, lmax) == "fused"
 maps = np.random.default_rng(5).standard_normal((2, 12 * nside**2))
 ref = sphere.analysis(maps, lmax, nthreads=1)

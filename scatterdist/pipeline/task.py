@@ -26,21 +26,56 @@ from scatterdist.pipeline.device import device_name, resolved_config, transform_
 from scatterdist.pipeline.identity import loaded_identity, stat_identity
 
 __all__ = ["ShardResult", "ShardTask", "TaskResult", "DataOptions", "ShardBuffer", "run_shards",
-           "run_shard", "default_batch_size", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
+           "run_shard", "default_batch_size", "gpu_batch_size", "gpu_prefetch", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
 
 #: Maps per transform call on the numpy backend (bounds worker memory).
 TRANSFORM_BATCH = 8
-#: Default maps per transform call on a CUDA device (halved automatically on out-of-memory).
+#: Most maps per transform call on a CUDA device (the default is sized to the device's free
+#: memory by :func:`gpu_batch_size`, and halved automatically on out-of-memory).
 GPU_BATCH = 32
+#: Device bytes per map pixel of one depth-2 float32 scattering call beyond its fixed plans and
+#: tables: the slope of peak memory against batch in ``benchmarks/gpu_model.py`` (68 at nside
+#: 2048, 54 at 1024, 36 at 256: the largest, so the default batch is safe at every nside).
+GPU_BYTES_PER_PIXEL = 70
+#: Share of the device's free memory (at the worker's start) the default batch may fill; the
+#: rest holds the Legendre tables (a quarter of the device), plans and cuFFT work areas.
+GPU_MEMORY_SHARE = 0.5
 #: Batches loaded ahead of the one being transformed.
 PREFETCH = 2
 
 
+#: Bytes of staged input batches (pinned host memory, and their device copies) a GPU worker may
+#: hold ahead of the transform: bounds the prefetch depth at survey resolution.
+PREFETCH_BYTES = 4 << 30
+
+
+def gpu_prefetch(prefetch: int, batch_maps: int, n_fields: int, npix: int, itemsize: int = 4) -> int:
+    """Prefetch depth of a GPU worker: at most ``prefetch`` batches ahead and at most
+    :data:`PREFETCH_BYTES` of them, but at least one (loading overlaps the transform)."""
+    per_batch = max(1, batch_maps * n_fields * npix * itemsize)
+    return min(int(prefetch), max(1, PREFETCH_BYTES // per_batch)) if prefetch > 0 else 0
+
+
 def default_batch_size(config: dict[str, Any], device: str | None = None) -> int:
-    """Maps per transform call: :data:`GPU_BATCH` on a CUDA device, :data:`TRANSFORM_BATCH` otherwise."""
+    """Maps per transform call: :func:`gpu_batch_size` on a CUDA device, :data:`TRANSFORM_BATCH` otherwise."""
     if config.get("backend", "numpy") == "torch" and (device or "").startswith("cuda"):
-        return GPU_BATCH
+        return gpu_batch_size(config, device)
     return TRANSFORM_BATCH
+
+
+def gpu_batch_size(config: dict[str, Any], device: str | None = None, free_bytes: int | None = None) -> int:
+    """Maps per call that fit :data:`GPU_MEMORY_SHARE` of the device's free memory at
+    :data:`GPU_BYTES_PER_PIXEL` per pixel and map (float64: twice), between 1 and :data:`GPU_BATCH`.
+    An H100 (80 GB) gets 32 at nside 512 and 1024, 12 at 2048 (the constant 32 needed ~115 GiB there),
+    an A100 (40 GB) 5 at 2048."""
+    if free_bytes is None:
+        import torch
+
+        free_bytes = torch.cuda.mem_get_info(torch.device(device or "cuda"))[0]
+    npix = 12 * int(config.get("nside", 0)) ** 2
+    itemsize_factor = 2 if str(config.get("dtype", "float32")).endswith("float64") else 1
+    per_map = max(1, GPU_BYTES_PER_PIXEL * npix * itemsize_factor)
+    return max(1, min(GPU_BATCH, int(GPU_MEMORY_SHARE * free_bytes) // per_map))
 
 
 @dataclass
@@ -257,6 +292,21 @@ def _accepts_mask(sc: Any) -> bool:
         return False
 
 
+def _warm_geometry(sc: Any, masks: np.ndarray | None, n_full: int) -> None:
+    """Build the mask geometry of a batch's masked maps here, in the loader thread, so that the
+    transform (consumer thread, device busy) finds it cached instead of computing it while the
+    device idles. Rows are those the transform will see (float64 weights); errors are left for
+    the transform to raise on its map."""
+    cache = getattr(sc, "_geometry", None)
+    if cache is None or masks is None or n_full >= len(masks):
+        return
+    for row in masks[n_full:]:
+        try:
+            cache.get(np.asarray(row, dtype=np.float64))
+        except Exception:  # noqa: BLE001 - the transform raises it again, on the right map
+            continue
+
+
 class _Transformer:
     """Transforms staged batches of maps with ``F`` fields each (rows ``i*F .. i*F+F-1`` are
     map ``i``): masked maps through ``sc(x, mask=..., return_coverage=True)``, full-sky batches
@@ -307,21 +357,28 @@ class _Transformer:
             for s in range(a, b, limit):
                 self._run(x, masks, s, min(b, s + limit), out, cov, errors)
             return
+        refused = oom = None
         try:
             self._call(x, masks, a, b, out, cov)
         except ValueError as exc:
+            refused = f"{type(exc).__name__}: {exc}"
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            oom = True
+        # Retries run here, after the except blocks: the exception's traceback (and with it every
+        # tensor of the failed attempt's frames) is gone, so the device memory can be given back.
+        if refused is not None:
             # A map the loader accepted but the transform refuses (InvalidMapError is a
             # ValueError, e.g. a map whose sky is entirely masked): map by map, only it fails.
             if n == 1:
-                errors[a] = f"{type(exc).__name__}: {exc}"
+                errors[a] = refused
                 out[a] = np.nan
                 cov[a] = np.nan
                 return
             for i in range(a, b):
                 self._run(x, masks, i, i + 1, out, cov, errors)
-        except RuntimeError as exc:
-            if not _is_oom(exc):
-                raise
+        elif oom:
             _free_device_memory(self.device)
             if n == 1:
                 errors[a] = (f"{_OOM_PREFIX}out of device memory for one map on {self.device}: "
@@ -423,9 +480,13 @@ def run_shards(
             x, masks, frac = stack_maps([loaded[j] for j in good])
             x = x.reshape(len(good) * F, x.shape[-1])
             staged = stager.stage(x)
+            _warm_geometry(sc, masks, n_full)
         return _Loaded([m if isinstance(m, BadMapError) else None for m in loaded], identity, good,
                        staged, masks, frac, n_full)
 
+    if stager.cuda and getattr(sc, "nside", None):  # staged batches: pinned host memory + device copies, bounded
+        itemsize = 8 if str(getattr(sc.backend, "dtype", "")).endswith("float64") else 4
+        prefetch = gpu_prefetch(prefetch, bsize, F, 12 * sc.nside ** 2, itemsize)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scatterdist-write")
     writes = []
     transform = _Transformer(sc, device, F)

@@ -96,7 +96,7 @@ TABLE_SHARE = 0.6
 #: Small keys (a whole rectangle of orders x degrees/2 within this fraction of the budget) use
 #: one group: twice the values of the triangle, one matmul fewer per transform.
 ONE_GROUP_SHARE = 1 / 16
-#: Groups of polar-ring lengths, one chirp-z FFT length each (more groups: less padding, more calls).
+#: Chirp-z (Bluestein) FFT groups per transform: one, for every ring that is not equatorial (mirror pairs share it).
 POLAR_GROUPS = 1
 #: SHT engine: "auto" (ducc0 for CPU tensors; on CUDA tables within the budget, else fused
 #: when usable, else stream), "torch" (the torch engines for every device: tables within the
@@ -153,56 +153,86 @@ class _Layout:
 
 
 @dataclass
-class _ChirpGroup:
-    """Rings transformed together by one chirp-z (Bluestein) FFT of length ``P``; batch last.
+class _Geometry:
+    """Everything about (nside, ring classes, dtype, device) that no lmax changes, shared by the
+    plans of every lmax up to ``mmax - 1`` (so a scattering call holds one per grid, not one per
+    bandlimit: DESIGN.md "GPU engine rules", issue 20's plan budget).
 
-    Synthesis ``f_j = Re sum_m c_m F_m exp(i m (phi0 + 2 pi j / n))`` (c_0 = 1, c_m = 2) and
-    analysis ``H_m = exp(-i m phi0) sum_j f_j exp(-2 pi i j m / n)`` for every m <= lmax,
-    aliasing included, each ring with its own n, all through one FFT length.
+    Ring classes: when ``direct`` (lmax < 2*nside), the equatorial rings (length ``neq``) go
+    through one real FFT and the polar rings through one chirp-z (Bluestein) transform; else
+    every ring goes through the chirp-z transform. Chirp-z rings come in mirror **pairs**
+    (northern ring i and its southern mirror have the same length and first longitude), so
+    every chirp tensor is stored once per pair, shape ``(., 1, R, 1)``, and broadcast over
+    the two halves of ``(., 2, R, B)``; the equator (no mirror) pairs with the spare zero ring.
+
+    Synthesis ``f_j = Re sum_m c_m F_m exp(i m (phi0 + 2 pi j / n))`` (c_0 = 1, c_m = 2):
+    pre-chirp ``pre``, FFT of length ``P``, product with ``kernel`` (the FFT of
+    ``exp(-i pi d^2/n)``), inverse FFT, post-chirp ``post``, real part. The adjoint uses the
+    same three tensors (no adjoint copies): its result is ``c_m conj(spectrum)``, fixed by one
+    product with ``(1/c_m, -1/c_m)`` at the end (see :func:`_adjoint_raw`).
     """
 
-    rings: torch.Tensor  # (R,) int64 positions in the [north | south mirror] ring axis
-    nmax: int  # longest ring of the group
-    P: int  # FFT length >= M + nmax - 1
-    slot0: int  # first pixel slot of the group; slots (nmax, R) j-major
-    syn_pre: torch.Tensor  # (M, R, 1) complex: c_m exp(i m phi0) exp(i pi m^2/n)
-    syn_kernel: torch.Tensor  # (P, R, 1) complex: FFT of exp(-i pi d^2/n), d = j - m
-    syn_post: torch.Tensor  # (nmax, R, 1) complex: exp(i pi j^2/n)
-    adj_pre: torch.Tensor  # (nmax, R, 1) complex: exp(-i pi j^2/n), 0 for j >= n
-    adj_kernel: torch.Tensor  # (P, R, 1) complex: FFT of exp(i pi d^2/n), d = m - j
-    adj_post: torch.Tensor  # (M, R, 1) complex: exp(-i pi m^2/n) exp(-i m phi0)
+    nside: int
+    direct: bool
+    mmax: int  # plans of this geometry have lmax + 1 <= mmax
+    dtype: torch.dtype
+    device: torch.device
+    nring: int
+    nnorth: int  # rings 0 .. 2*nside-1 (equator last)
+    npix: int
+    cos_theta: torch.Tensor  # (nnorth,) float64
+    start: torch.Tensor  # (mmax, nnorth) float64 mantissa of lambda_mm
+    scale: torch.Tensor  # (mmax, nnorth) int32 exponent (<= 0) of lambda_mm, in units of SCALE_BITS
+    # equatorial rings (direct only): RING rings eq_first .. eq_first + count - 1, pixels [eq_pix0, eq_pix1)
+    eq_rings: torch.Tensor | None  # (count,) int64 positions in the [north | south mirror] ring axis
+    eq_shifted: int  # first shifted ring (phi0 = pi/neq) among them; they alternate
+    eq_shift: torch.Tensor | None  # (mmax, 1, 1) complex exp(i m pi / neq)
+    eq_pix: tuple[int, int]
+    neq: int  # 4*nside
+    # chirp-z pairs
+    pair_rings: torch.Tensor  # (2R,) int64 ring-axis positions: [north rings | their mirrors]
+    npair: int  # R
+    nmax: int  # longest ring of the pairs
+    P: int  # FFT length >= mmax + nmax - 1
+    pre: torch.Tensor  # (mmax, 1, R, 1) complex: c_m exp(i m phi0) exp(i pi m^2/n)
+    kernel: torch.Tensor  # (P, 1, R, 1) complex: FFT of exp(-i pi d^2/n), d = j - m (circular)
+    post: torch.Tensor  # (nmax, 1, R, 1) complex: exp(i pi j^2/n)
+    # RING pixels of the chirp rings: pixels [a, b) <- slots index (int32) of the flattened (nmax, 2, R) output
+    segments: list[tuple[int, int, torch.Tensor]]
+
+    def nbytes(self) -> int:
+        tensors = [self.cos_theta, self.start, self.scale, self.eq_rings, self.eq_shift, self.pair_rings,
+                   self.pre, self.kernel, self.post] + [s[2] for s in self.segments]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @dataclass
 class _Plan:
-    """Everything about (nside, lmax, dtype, device) that is not a Legendre value."""
+    """One (nside, lmax, dtype, device): views of its :class:`_Geometry` plus the Legendre layouts."""
 
     nside: int
     lmax: int
     dtype: torch.dtype  # real dtype of the transform
     device: torch.device
-    nring: int
-    nnorth: int  # rings 0 .. 2*nside-1 (equator last)
+    geo: _Geometry
+    nnorth: int
     npix: int
     nalm: int
     cos_theta: torch.Tensor  # (nnorth,) float64
-    start: torch.Tensor  # (M, nnorth) float64 mantissa of lambda_mm
-    scale: torch.Tensor  # (M, nnorth) int32 exponent (<= 0) of lambda_mm, in units of SCALE_BITS
-    # equatorial rings by one real FFT (only when lmax < 2*nside: no aliasing there)
-    eq_rings: torch.Tensor | None  # (count,) int64 positions in the [north | south mirror] axis
-    eq_phase_syn: torch.Tensor | None  # (M, count, 1) complex exp(i m phi0)
-    eq_phase_adj: torch.Tensor | None  # (M, count, 1) complex exp(-i m phi0)
-    neq: int  # 4*nside
-    chirp: list[_ChirpGroup]
-    pixel_source: torch.Tensor  # (npix,) int64 slot of each pixel: [equator (neq, count) | groups]
-    slot_pixels: torch.Tensor  # (nslots,) int64 pixel of each slot (any pixel for padding slots)
-    south: torch.Tensor  # (nnorth,) int64 [north | south mirror] position of each ring's mirror (zero row: equator)
-    m_weight: torch.Tensor  # (nalm,) real: 1 for m = 0, 2 for m > 0
+    start: torch.Tensor  # (M, nnorth) float64 mantissa of lambda_mm (a prefix of geo.start)
+    scale: torch.Tensor  # (M, nnorth) int32 exponent
+    pre: torch.Tensor  # (M, 1, R, 1) complex: geo.pre[:M]
+    eq_shift: torch.Tensor | None  # (M, 1, 1) complex: geo.eq_shift[:M]
+    eq_adjoint: torch.Tensor | None  # (M, 1, 1, 2) real (c_m, -c_m): conj(x) c_m on view_as_real(x)
     layouts: dict = field(default_factory=dict)  # name -> _Layout
 
 
+#: Geometries kept (one per grid nside and ring class; a depth-2 call at nside 4096 uses 10).
+_GEOMETRIES_MAX = 32
+#: Plans kept (thin: views of geometries plus small index layouts; a depth-2 call at nside 4096 uses ~27).
+_PLANS_MAX = 128
+_GEOMETRIES: "OrderedDict[tuple, _Geometry]" = OrderedDict()
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
-_PLANS_MAX = 16
 _LOCK = threading.RLock()
 
 
@@ -296,120 +326,122 @@ def _chirp(n: np.ndarray, k: np.ndarray, sign: float) -> np.ndarray:
     return np.exp(sign * 1j * np.pi * ((k.astype(np.int64) ** 2) % (2 * n)) / n)
 
 
-def _chirp_group(pos: np.ndarray, n: np.ndarray, phi0: np.ndarray, M: int, slot0: int, cdtype: torch.dtype,
-                 device: torch.device) -> _ChirpGroup:
-    """Chirp-z tables of rings with lengths ``n`` and first-pixel longitudes ``phi0`` (arrays ``(R,)``)."""
-    n = n[None, :].astype(np.int64)
-    nmax = int(n.max())
-    P = _smooth_length(M + nmax - 1)
-    m = np.arange(M)[:, None]
-    j = np.arange(nmax)[:, None]
-    cm = np.where(m == 0, 1.0, 2.0)
-    d = np.arange(P)[:, None]
-    d_syn = np.abs(np.where(d < P - M + 1, d, d - P))  # circular offsets j - m
-    d_adj = np.abs(np.where(d < P - nmax + 1, d, d - P))  # circular offsets m - j
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a[:, :, None]), device=device).to(cdtype)
-
-    return _ChirpGroup(
-        rings=torch.as_tensor(pos, device=device),
-        nmax=nmax,
-        P=P,
-        slot0=slot0,
-        syn_pre=t(cm * np.exp(1j * m * phi0[None, :]) * _chirp(n, m, 1.0)),
-        syn_kernel=t(np.fft.fft(_chirp(n, d_syn, -1.0), axis=0)),
-        syn_post=t(_chirp(n, j, 1.0)),
-        adj_pre=t(_chirp(n, j, -1.0) * (j < n)),
-        adj_kernel=t(np.fft.fft(_chirp(n, d_adj, 1.0), axis=0)),
-        adj_post=t(_chirp(n, m, -1.0) * np.exp(-1j * m * phi0[None, :])),
-    )
+def _geometry_mmax(nside: int, direct: bool) -> int:
+    """Orders covered by one geometry: lmax < 2*nside (direct) or up to 3*nside - 1."""
+    return 2 * nside if direct else 3 * nside
 
 
-def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -> _Plan:
+def _build_geometry(nside: int, direct: bool, dtype: torch.dtype, device: torch.device) -> _Geometry:
     geo = ring_geometry(nside)
     nphi = geo["nphi"].astype(np.int64)
-    start = geo["ringstart"].astype(np.int64)
+    ringstart = geo["ringstart"].astype(np.int64)
     phi0 = geo["phi0"]
     nring = nphi.size
     nnorth = 2 * nside
     npix = 12 * nside * nside
-    M = lmax + 1
+    M = _geometry_mmax(nside, direct)
     neq = 4 * nside
     theta = geo["theta"][:nnorth]
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
 
-    # ring axis of the Legendre output: [north rings 0..nnorth-1 | mirrors of north rings 0..nnorth-2]
-    ring = np.arange(nring)
-    pos = np.where(ring < nnorth, ring, nnorth + (nring - 1 - ring))
-    # classes: equatorial rings by one irfft when lmax < 2*nside, the rest by chirp-z groups
-    # of lengths (nmax/2^(g+1), nmax/2^g] (the last group takes the rest)
-    slot_of_ring = np.zeros(nring, dtype=np.int64)  # first slot; slot of pixel j = slot + j * stride
-    stride = np.zeros(nring, dtype=np.int64)
-    slot = 0
-    eq = nphi == neq
-    direct = lmax < 2 * nside
-    eq_rings = eq_phase = None
-    if direct:
-        ids = np.flatnonzero(eq)
-        slot_of_ring[ids] = np.arange(ids.size)
-        stride[ids] = ids.size
-        slot += ids.size * neq
-        eq_rings = ids
-        eq_phase = np.exp(1j * np.arange(M)[:, None] * phi0[None, ids])
-        rest = np.flatnonzero(~eq)
-    else:
-        rest = ring
-    groups = []
-    if rest.size:
-        nmax_all = int(nphi[rest].max())
-        bounds = [nmax_all / 2 ** (g + 1) for g in range(POLAR_GROUPS - 1)] + [0.0]
-        upper = np.inf
-        for lower in bounds:
-            ids = rest[(nphi[rest] > lower) & (nphi[rest] <= upper)]
-            upper = lower
-            if ids.size == 0:
-                continue
-            group = _chirp_group(pos[ids], nphi[ids], phi0[ids], M, slot, cdtype, device)
-            slot_of_ring[ids] = slot + np.arange(ids.size)
-            stride[ids] = ids.size
-            slot += ids.size * group.nmax
-            groups.append(group)
-    ring_of_pixel = np.repeat(ring, nphi)
-    j = np.arange(npix) - start[ring_of_pixel]
-    pixel_source = slot_of_ring[ring_of_pixel] + j * stride[ring_of_pixel]
-    slot_pixels = np.zeros(slot, dtype=np.int64)  # padding slots read pixel 0 (times a zero chirp)
-    slot_pixels[pixel_source] = np.arange(npix)
-    south = np.where(np.arange(nnorth) < nnorth - 1, nnorth + np.arange(nnorth), 2 * nnorth - 1)
-    m_weight = np.where(np.repeat(np.arange(M), np.arange(M, 0, -1)) > 0, 2.0, 1.0)
-    diag, scale = _diagonal_start(lmax, theta)
-
-    def t(a: np.ndarray | None, dt: torch.dtype) -> torch.Tensor | None:
-        if a is None:
-            return None
+    def t(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.array(a, order="C"), device=device).to(dt)  # a writable copy
 
+    m = np.arange(M)
+    eq_rings = eq_shift = None
+    eq_shifted, eq_pix = 0, (0, 0)
+    if direct:  # rings of length 4*nside: nside-1 .. 3*nside-1, shifted and unshifted alternating
+        ids = np.flatnonzero(nphi == neq)
+        shifted = phi0[ids] > 0
+        eq_shifted = int(not shifted[0])
+        assert (shifted[eq_shifted::2]).all() and not shifted[1 - eq_shifted :: 2].any()
+        eq_rings = t(np.where(ids < nnorth, ids, nnorth + (nring - 1 - ids)), torch.int64)
+        eq_shift = t(np.exp(1j * m * np.pi / neq)[:, None, None], cdtype)
+        eq_pix = (int(ringstart[ids[0]]), int(ringstart[ids[-1]] + neq))
+        north = np.arange(nside - 1)  # polar caps
+    else:
+        north = np.arange(nnorth)  # every northern ring; the equator pairs with the spare ring
+    R = north.size
+    n = nphi[north][None, :]
+    nmax = int(n.max())
+    P = _smooth_length(M + nmax - 1)
+    cm = np.where(m == 0, 1.0, 2.0)[:, None]
+    j = np.arange(nmax)[:, None]
+    d = np.arange(P)[:, None]
+    d_syn = np.abs(np.where(d < P - M + 1, d, d - P))  # circular offsets j - m
+
+    def pair(a: np.ndarray) -> torch.Tensor:
+        return t(a[:, None, :, None], cdtype)
+
+    # pixels of each chirp ring: slot j * 2R + half * R + i of the flattened (nmax, 2, R) output
+    rings = np.concatenate([north, nring - 1 - north[north < nnorth - 1]])
+    half = np.concatenate([np.zeros(R, np.int64), np.ones(rings.size - R, np.int64)])
+    index = np.concatenate([north, north[north < nnorth - 1]])
+    slot_of_ring = np.zeros(nring, dtype=np.int64)
+    slot_of_ring[rings] = half * R + index
+    if direct:
+        ncap = int(ringstart[nside - 1])
+        pieces = [(0, ncap), (npix - ncap, npix)]
+    else:
+        pieces = [(0, npix)]
+    segments = []
+    for a, b in pieces:
+        p = np.arange(a, b)
+        ring = np.searchsorted(ringstart, p, side="right") - 1
+        segments.append((a, b, t(slot_of_ring[ring] + (p - ringstart[ring]) * 2 * R, torch.int32)))
+    diag, scale = _diagonal_start(M - 1, theta)
+    return _Geometry(
+        nside=nside, direct=direct, mmax=M, dtype=dtype, device=device, nring=nring, nnorth=nnorth, npix=npix,
+        cos_theta=t(np.cos(theta), torch.float64), start=t(diag, torch.float64), scale=t(scale, torch.int32),
+        eq_rings=eq_rings, eq_shifted=eq_shifted, eq_shift=eq_shift, eq_pix=eq_pix, neq=neq,
+        pair_rings=t(np.concatenate([north, nnorth + north]), torch.int64), npair=R, nmax=nmax, P=P,
+        pre=pair(cm * np.exp(1j * m[:, None] * phi0[north][None, :]) * _chirp(n, m[:, None], 1.0)),
+        kernel=pair(np.fft.fft(_chirp(n, d_syn, -1.0), axis=0)),
+        post=pair(_chirp(n, j, 1.0)),
+        segments=segments,
+    )
+
+
+def geometry_nbytes(nside: int, direct: bool, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the :class:`_Geometry` of (nside, ring classes, dtype), by formula (nothing built):
+    the plan memory of a grid at any nside (tests check it against built geometries)."""
+    csize = 8 if dtype == torch.float32 else 16
+    nnorth, npix, M = 2 * nside, 12 * nside * nside, _geometry_mmax(nside, direct)
+    R = nside - 1 if direct else nnorth
+    nmax = 4 * R if direct else 4 * nside
+    P = _smooth_length(M + nmax - 1)
+    total = 8 * nnorth + 12 * M * nnorth + 8 * 2 * R + csize * R * (M + P + nmax)
+    if direct:
+        total += 8 * (2 * nside + 1) + csize * M + 4 * 2 * (2 * nside * (nside - 1))
+    else:
+        total += 4 * npix
+    return total
+
+
+def _get_geometry(nside: int, direct: bool, dtype: torch.dtype, device: torch.device) -> _Geometry:
+    key = (nside, direct, dtype, str(device))
+    with _LOCK:
+        geo = _GEOMETRIES.get(key)
+        if geo is not None:
+            _GEOMETRIES.move_to_end(key)
+            return geo
+    geo = _build_geometry(nside, direct, dtype, device)
+    with _LOCK:
+        geo = _GEOMETRIES.setdefault(key, geo)
+        while len(_GEOMETRIES) > _GEOMETRIES_MAX:
+            _GEOMETRIES.popitem(last=False)
+    return geo
+
+
+def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -> _Plan:
+    geo = _get_geometry(nside, lmax < 2 * nside, dtype, device)
+    M = lmax + 1
     return _Plan(
-        nside=nside,
-        lmax=lmax,
-        dtype=dtype,
-        device=device,
-        nring=nring,
-        nnorth=nnorth,
-        npix=npix,
-        nalm=alm_size(lmax),
-        cos_theta=t(np.cos(theta), torch.float64),
-        start=t(diag, torch.float64),
-        scale=t(scale, torch.int32),
-        eq_rings=t(None if eq_rings is None else pos[eq_rings], torch.int64),
-        eq_phase_syn=t(None if eq_phase is None else eq_phase[:, :, None], cdtype),
-        eq_phase_adj=t(None if eq_phase is None else eq_phase.conj()[:, :, None], cdtype),
-        neq=neq,
-        chirp=groups,
-        pixel_source=t(pixel_source, torch.int64),
-        slot_pixels=t(slot_pixels, torch.int64),
-        south=t(south, torch.int64),
-        m_weight=t(m_weight, dtype),
+        nside=nside, lmax=lmax, dtype=dtype, device=device, geo=geo, nnorth=geo.nnorth, npix=geo.npix,
+        nalm=alm_size(lmax), cos_theta=geo.cos_theta, start=geo.start[:M], scale=geo.scale[:M], pre=geo.pre[:M],
+        eq_shift=None if geo.eq_shift is None else geo.eq_shift[:M],
+        eq_adjoint=None if geo.eq_shift is None else torch.as_tensor(
+            (np.where(np.arange(M) == 0, 1.0, 2.0)[:, None] * np.array([1.0, -1.0]))[:, None, None, :], device=device).to(dtype),
     )
 
 
@@ -422,10 +454,19 @@ def _get_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -
             return plan
     plan = _build_plan(nside, lmax, dtype, device)
     with _LOCK:
-        _PLANS[key] = plan
+        plan = _PLANS.setdefault(key, plan)
         while len(_PLANS) > _PLANS_MAX:
             _PLANS.popitem(last=False)
     return plan
+
+
+def plan_nbytes(device: torch.device | str | None = None) -> int:
+    """Bytes of the cached transform plans (geometries and index layouts) on ``device`` (default: all)."""
+    with _LOCK:
+        geos = [g for g in _GEOMETRIES.values() if device is None or str(g.device) == str(torch.device(device))]
+        plans = [p for p in _PLANS.values() if device is None or str(p.device) == str(torch.device(device))]
+        layouts = sum(lay.gather.numel() * 8 + lay.inverse.numel() * 8 for p in plans for lay in p.layouts.values())
+        return sum(g.nbytes() for g in geos) + layouts
 
 
 # ----------------------------------------------------------------- Legendre values
@@ -580,7 +621,9 @@ def clear_legendre_cache() -> None:
     """Drop every cached Legendre table and transform plan."""
     with _LOCK:
         _CACHE.clear()
+        _FUSED_FAILED.clear()
         _PLANS.clear()
+        _GEOMETRIES.clear()
 
 
 def default_memory_budget(device: torch.device | str | None = None) -> int:
@@ -625,14 +668,52 @@ def _choose(plan: _Plan, budget: int) -> str:
                 return f"G{groups}"
         if engine == "tables":
             return f"G{TABLE_GROUPS[-1]}"
-    if engine in ("auto", "fused") and triton_legendre.usable(plan.device):
+    if engine == "fused" or (engine == "auto" and triton_legendre.usable(plan.device)
+                             and str(plan.device) not in _FUSED_FAILED):
+        if engine == "fused" and not triton_legendre.usable(plan.device):
+            raise RuntimeError(
+                f"Legendre engine 'fused' requested but the Triton kernels cannot run on {plan.device} here "
+                f"(triton importable: {triton_legendre.available()}); set LEGENDRE_ENGINE='auto'"
+            )
         return "fused"
-    if engine == "fused":
-        raise RuntimeError(
-            f"Legendre engine 'fused' requested but the Triton kernels cannot run on {plan.device} here "
-            f"(triton importable: {triton_legendre.available()}); set LEGENDRE_ENGINE='auto'"
-        )
     return "stream"
+
+
+#: Devices on which a Triton launch failed (compiler, driver, toolchain): device -> the error.
+#: The "auto" engine uses the stream engine there for the rest of the process.
+_FUSED_FAILED: dict[str, str] = {}
+
+
+class TritonFallbackWarning(RuntimeWarning):
+    """The fused Triton kernels failed on a device; the stream engine (pure torch) runs instead."""
+
+
+def _fused_or_fallback(plan: _Plan, budget: int, run, fallback):
+    """``run()`` (a fused launch); on a Triton failure under the "auto" engine: one warning per
+    device, the device marked, and ``fallback()`` (the stream engine) returns the same numbers.
+    Out-of-memory is not a Triton failure and propagates (the caller retries with fewer maps)."""
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # triton raises CompilationError, RuntimeError, OSError, CalledProcessError...
+        if _engine_setting() == "fused":
+            raise
+        key = str(plan.device)
+        with _LOCK:
+            first = key not in _FUSED_FAILED
+            _FUSED_FAILED[key] = f"{type(exc).__name__}: {exc}"
+        if first:
+            import warnings
+
+            warnings.warn(
+                f"the fused Triton Legendre kernels failed on {key} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "using the pure-torch stream engine for this process (slower, same numbers). Usual causes: a "
+                "driver older than Triton's bundled ptxas needs (set TRITON_PTXAS_PATH to an older ptxas), no "
+                "C compiler or Python headers for Triton's first launch",
+                TritonFallbackWarning, stacklevel=3,
+            )
+        return fallback()
 
 
 def _engine_setting() -> str:
@@ -694,7 +775,10 @@ def _legendre_synthesis(plan: _Plan, coeffs: torch.Tensor, budget: int) -> torch
     transposed view of a contiguous ``(M, 2, C, nnorth)``)."""
     name = _choose(plan, budget)
     if name == "fused":
-        return triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, plan.lmax)
+        return _fused_or_fallback(
+            plan, budget,
+            lambda: triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, plan.lmax),
+            lambda: _legendre_synthesis(plan, coeffs, budget))
     layout = _layout(plan, name)
     nr, ncol = plan.nnorth, coeffs.shape[1]
     gathered = coeffs.index_select(0, layout.gather)
@@ -713,7 +797,11 @@ def _legendre_adjoint(plan: _Plan, td: torch.Tensor, budget: int) -> torch.Tenso
     """``(nalm, C)``: ``sum_r lambda_lm(r) TD[m, (l - m) % 2, r]`` of ``TD (M, 2, nnorth, C)``."""
     name = _choose(plan, budget)
     if name == "fused":
-        return triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, plan.lmax, plan.nalm)
+        return _fused_or_fallback(
+            plan, budget,
+            lambda: triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, plan.lmax,
+                                                         plan.nalm),
+            lambda: _legendre_adjoint(plan, td, budget))
     layout = _layout(plan, name)
     nr, ncol = plan.nnorth, td.shape[-1]
     td_t = td.transpose(2, 3).contiguous()  # (M, 2, C, nnorth): (C, nnorth) @ table^T is the fast form
@@ -730,9 +818,9 @@ def _combine(eo: torch.Tensor) -> torch.Tensor:
     """``(M, 2, nr, C)`` even / odd sums -> contiguous ``(M, 2, nr, C)`` of (even + odd, even - odd)."""
     nm, _, nr, ncol = eo.shape
     if eo.is_contiguous():
-        return torch.matmul(_hadamard(eo), eo.view(nm, 2, nr * ncol)).view(nm, 2, nr, ncol)
+        return torch.bmm(_hadamard(eo, nm), eo.view(nm, 2, nr * ncol)).view(nm, 2, nr, ncol)
     t = eo.transpose(2, 3)  # contiguous (M, 2, C, nr)
-    ns = torch.matmul(_hadamard(eo), t.reshape(nm, 2, ncol * nr)).view(nm, 2, ncol, nr)
+    ns = torch.bmm(_hadamard(eo, nm), t.reshape(nm, 2, ncol * nr)).view(nm, 2, ncol, nr)
     return ns.transpose(2, 3).contiguous()
 
 
@@ -784,12 +872,14 @@ def _m_weight(lmax: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 _HADAMARD: dict = {}
 
 
-def _hadamard(like: torch.Tensor) -> torch.Tensor:
-    """``[[1, 1], [1, -1]]`` in the dtype and on the device of ``like`` (cached)."""
-    key = (like.dtype, str(like.device))
+def _hadamard(like: torch.Tensor, nm: int) -> torch.Tensor:
+    """``(nm, 2, 2)`` copies of ``[[1, 1], [1, -1]]`` in the dtype and on the device of ``like``
+    (cached): one ``bmm`` launch, where ``matmul`` broadcasting a (2, 2) adds four view ops."""
+    key = (like.dtype, str(like.device), nm)
     h = _HADAMARD.get(key)
     if h is None:
-        h = _HADAMARD[key] = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=like.dtype, device=like.device)
+        h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=like.dtype)
+        h = _HADAMARD[key] = h2.expand(nm, 2, 2).contiguous().to(like.device)
     return h
 
 
@@ -799,6 +889,7 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
         return _ducc0_synthesis(alm, nside, lmax)
     real = alm.real.dtype
     plan = _get_plan(nside, lmax, real, alm.device)
+    geo = plan.geo
     nb = alm.shape[0]
     nr, nm = plan.nnorth, lmax + 1
     # rows (l, m) x columns (batch, re/im); the imaginary parts of the m = 0 coefficients
@@ -809,46 +900,76 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
     del eo
     spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
-    parts = []
-    if plan.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
-        x = spec.index_select(1, plan.eq_rings).mul_(plan.eq_phase_syn)
-        parts.append(torch.fft.irfft(x, n=plan.neq, dim=0, norm="forward").reshape(-1, nb))
-    for g in plan.chirp:  # chirp-z over m for every ring of the group at once
-        x = spec.index_select(1, g.rings).mul_(g.syn_pre)
-        z = torch.fft.ifft(torch.fft.fft(x, n=g.P, dim=0).mul_(g.syn_kernel), dim=0)[: g.nmax]
-        parts.append(z.mul_(g.syn_post).real.reshape(-1, nb))
-    del spec, ns
-    flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-    return flat.index_select(0, plan.pixel_source).t()
+    out = torch.empty((geo.npix, nb), dtype=real, device=alm.device)  # RING pixels x maps
+    if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
+        x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
+        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+        a, b = geo.eq_pix
+        torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
+                        out=out[a:b].view(-1, geo.neq, nb))
+    # chirp-z over m for every pair of polar rings at once
+    x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
+    z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
+    del spec, ns, x
+    flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
+    for a, b, index in geo.segments:
+        torch.index_select(flat, 0, index, out=out[a:b])
+    return out.t()
 
 
 def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
-    """Adjoint synthesis: maps ``(B, npix)`` real -> ``sum_p f_p conj(Y_lm(p))`` ``(B, nalm)``. No autograd."""
+    """Adjoint synthesis: maps ``(B, npix)`` real -> ``sum_p f_p conj(Y_lm(p))`` ``(B, nalm)``. No autograd.
+
+    The ring spectra are computed conjugated and times c_m (so that the synthesis chirps
+    serve: ``conj(ifft(fft(y) conj(K))) = fft(ifft(conj(y)) K)``); one product with
+    ``(1/c_m, -1/c_m)`` on (re, im) undoes both at the end.
+    """
     if _use_ducc0(maps.device):
         return _ducc0_adjoint(maps, lmax)
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
+    geo = plan.geo
     nb = maps.shape[0]
     nr, nm = plan.nnorth, lmax + 1
-    slots = maps.t().index_select(0, plan.slot_pixels)  # (nslots, B)
-    spec = torch.zeros((nm, 2 * nr, nb), dtype=torch.complex64 if maps.dtype == torch.float32 else torch.complex128,
-                       device=maps.device)  # [north | south mirrors | one zero ring]
-    if plan.eq_rings is not None:
-        count = plan.eq_rings.numel()
-        x = torch.fft.rfft(slots[: count * plan.neq].view(plan.neq, count, nb), dim=0)[:nm]
-        spec.index_copy_(1, plan.eq_rings, x.mul_(plan.eq_phase_adj))
-    for g in plan.chirp:
-        count = g.rings.numel()
-        y = slots[g.slot0 : g.slot0 + g.nmax * count].view(g.nmax, count, nb) * g.adj_pre
-        z = torch.fft.ifft(torch.fft.fft(y, n=g.P, dim=0).mul_(g.adj_kernel), dim=0)[:nm]
-        spec.index_copy_(1, g.rings, z.mul_(g.adj_post))
+    cdtype = torch.complex64 if maps.dtype == torch.float32 else torch.complex128
+    spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
+    pixels = maps.t()  # (npix, B) view
+    if geo.eq_rings is not None:  # c_m conj(rfft) by one real product, then the shifted rings' phase
+        a, b = geo.eq_pix
+        x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+        x = x.narrow(1, 0, nm).transpose(0, 1)  # (M, count, B) view
+        torch.view_as_real(x).mul_(plan.eq_adjoint)
+        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+        spec.index_copy_(1, geo.eq_rings, x)
+    slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
+    for a, b, index in geo.segments:
+        slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
+    y = slots.view(geo.nmax, 2, geo.npair, nb) * geo.post
     del slots
+    z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
+    del y
+    spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
+    del z
     ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
-    td = torch.matmul(_hadamard(ring_m), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
+    td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
     del ring_m, spec
-    out = _legendre_adjoint(plan, td, budget)
-    alm = out.view(plan.nalm, nb, 2).transpose(0, 1).contiguous()
+    out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
+    alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
+    torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)
     return torch.view_as_complex(alm)
+
+
+_UNWEIGHT: dict = {}
+
+
+def _unweight(lmax: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(nalm, 2)`` real ``(1/c_m, -1/c_m)``: undoes the adjoint's c_m and conjugation (cached)."""
+    key = (lmax, dtype, str(device))
+    w = _UNWEIGHT.get(key)
+    if w is None:
+        inv = 1.0 / _m_weight(lmax, torch.float64, torch.device("cpu"))
+        w = _UNWEIGHT[key] = torch.stack([inv, -inv], dim=1).to(dtype=dtype, device=device)
+    return w
 
 
 # ----------------------------------------------------------------------- autograd
