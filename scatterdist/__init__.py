@@ -14,7 +14,7 @@ from scatterdist.sphere.spin import qu_to_eb
 from scatterdist.stability import deformation_stability
 from scatterdist.scattering import InvalidMapError, Scattering
 from scatterdist.wavelet_transform import WaveletMaps, inverse_wavelet_transform, wavelet_transform
-from scatterdist.wavelets import axisym_kernels
+from scatterdist.wavelets import axisym_kernels, directional_kernels
 
 __all__ = [
     "InvalidMapError",
@@ -25,6 +25,7 @@ __all__ = [
     "apodize",
     "axisym_kernels",
     "deformation_stability",
+    "directional_kernels",
     "equivariance_error",
     "inverse_wavelet_transform",
     "mask_from_map",
