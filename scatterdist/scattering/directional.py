@@ -1,0 +1,176 @@
+"""Directional (steerable) wavelet transform on HEALPix rings, through spin-n syntheses.
+
+Convention (S2LET's, McEwen et al. 2018, arXiv:1509.06749): the wavelet coefficient of a
+real map f at position ``(theta, phi)`` and orientation ``gamma`` is the inner product with
+the wavelet rotated by the ZYZ Euler angles ``rho = (phi, theta, gamma)``,
+
+    W_j(rho) = sqrt(2 pi) <f, R_rho Psi_j>  =  sum_n e^{i n gamma} W_j,n(theta, phi),
+    W_j,n    = (-1)^n sum_lm f_lm conj(Psi_j,ln) _{-n}Y_lm(theta, phi)
+
+with S2LET's spin-weighted harmonics ``_sY_lm`` and ``Psi_j,ln = kappa_j(l) s_ln``
+(:func:`scatterdist.directional_kernels`): ``W_j,n`` is a spin-(-n) field. The factor ``sqrt(2 pi)`` makes
+``N = 1`` the axisymmetric transform ``sum_lm kappa_j(l) f_lm Y_lm`` exactly (S2LET's
+directional coefficients are ours divided by ``sqrt(2 pi)``: its kernels carry
+``sqrt((2l+1)/(8 pi**2))`` where the axisymmetric ones carry ``sqrt((2l+1)/(4 pi))``).
+
+Only orders ``n`` with ``s_ln != 0`` contribute: ``|n| < N`` with ``n = N - 1 (mod 2)``
+(:func:`scatterdist.wavelets.steer_orders`), and f real gives ``W_j,-n = conj(W_j,n)``. So
+the transform at any set of orientations is a real linear combination (:func:`steering_matrix`)
+of exactly N real maps: ``W_j,0`` (odd N) and the two components of ``W_j,n`` for each
+``n > 0``, each pair one ducc0 spin-n synthesis on the HEALPix rings (``mode="GRAD_ONLY"``:
+``s_ln`` is real for odd N and imaginary for even N, so one of ducc0's E/B inputs is zero).
+No SO(3) grid is built. ``W(gamma + pi) = (-1)^(N-1) W(gamma)``, so the N orientations
+``gamma_k = k pi / N`` (:func:`orientations`) determine the coefficient at every gamma.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from scatterdist.sphere.alm import alm_l_index, alm_size, alm_truncate_index
+from scatterdist.sphere.healpix import check_nside, ring_geometry
+from scatterdist.sphere.sht import default_nthreads
+from scatterdist.wavelets import _check_N, directional_kernels, steer_orders, wavelet_bandlimit
+
+
+def orientations(N: int) -> np.ndarray:
+    """The N sampled orientations ``gamma_k = k pi / N``, radians, float64 ``(N,)``."""
+    N = _check_N(N)
+    return np.arange(N) * (np.pi / N)
+
+
+def _phase(N: int) -> complex:
+    """``s_ln / |s_ln|``: 1 for odd N, i for even N (the same for every l and n)."""
+    return 1.0 if N % 2 else 1j
+
+
+def steering_matrix(N: int, gammas: Any = None) -> np.ndarray:
+    """Real weights ``(len(gammas), N)`` taking the N component maps to the orientations ``gammas``.
+
+    Components, in the order of :func:`component_kernels`: for each ``n`` of
+    ``steer_orders(N)``, ``n = 0`` gives one map (the scalar synthesis of ``f_lm |Psi_ln|``),
+    ``n > 0`` two (ducc0's spin-n ``GRAD_ONLY`` synthesis ``(Q, U)`` of ``f_lm |Psi_ln|``). With
+    ``z = e^{-i n gamma} s_ln/|s_ln|``, ``W(gamma) = W_0 + sum_{n>0} (-2 Re z) Q_n + (2 Im z) U_n``:
+    ducc0's spin-n field is ``Q + iU = -sum (E_lm) sY_lm`` in healpy's sign convention, which
+    differs from S2LET's ``_sY_lm`` by ``(-1)^n``; the test against ``pys2let`` pins all signs.
+    ``gammas`` default: :func:`orientations`.
+    """
+    N = _check_N(N)
+    g = orientations(N) if gammas is None else np.asarray(gammas, dtype=np.float64).reshape(-1)
+    cols = []
+    for n in steer_orders(N):
+        if n == 0:
+            cols.append(np.ones_like(g))
+            continue
+        z = np.exp(-1j * n * g) * _phase(N)
+        cols += [-2.0 * z.real, 2.0 * z.imag]
+    return np.stack(cols, axis=1)
+
+
+def component_kernels(psi_j: np.ndarray, lmax: int) -> list[tuple[int, np.ndarray]]:
+    """``[(n, |Psi_j,ln| on the alm layout of lmax)]`` for every ``n`` of ``steer_orders(N)``.
+
+    ``psi_j``: one scale of :func:`scatterdist.directional_kernels`, complex ``(L, 2N - 1)``
+    (only ``l <= lmax`` is used). Real float64 arrays ``(alm_size(lmax),)``.
+    """
+    N = (psi_j.shape[1] + 1) // 2
+    ell = alm_l_index(lmax)
+    return [(int(n), np.ascontiguousarray(np.abs(psi_j[: lmax + 1, n + N - 1])[ell])) for n in steer_orders(N)]
+
+
+def _geometry(nside: int | None, geometry: dict | None) -> dict:
+    if (nside is None) == (geometry is None):
+        raise ValueError("give exactly one of nside (HEALPix rings) or geometry (ducc0 ring arrays)")
+    return ring_geometry(check_nside(nside)) if geometry is None else geometry
+
+
+def spin_synthesis(alm: np.ndarray, lmax: int, spin: int, nside: int | None = None,
+                   geometry: dict | None = None, nthreads: int | None = None) -> np.ndarray:
+    """ducc0 synthesis of gradient-only coefficients ``(M, nalm)`` -> ``(M, 2, npix)`` real ``(Q, U)``.
+
+    ``spin = 0`` returns ``(M, 1, npix)`` (the scalar synthesis). On HEALPix RING pixels of
+    ``nside``, or on any ducc0 ring ``geometry`` (``theta, nphi, phi0, ringstart``).
+    """
+    import ducc0
+
+    geo = _geometry(nside, geometry)
+    alm = np.ascontiguousarray(alm, dtype=np.complex128)
+    if alm.ndim != 2 or alm.shape[-1] != alm_size(lmax):
+        raise ValueError(f"alm must be (M, {alm_size(lmax)}) for lmax={lmax}, got {alm.shape}")
+    mode = "STANDARD" if spin == 0 else "GRAD_ONLY"
+    return ducc0.sht.synthesis(alm=alm[:, None, :], lmax=lmax, spin=int(spin), mode=mode,
+                               nthreads=default_nthreads(nthreads), **geo)
+
+
+def directional_components(alm: np.ndarray, psi_j: np.ndarray, lmax: int, nside: int | None = None,
+                           geometry: dict | None = None, nthreads: int | None = None) -> np.ndarray:
+    """The N real component maps ``(N, M, npix)`` of one scale (see :func:`steering_matrix`).
+
+    ``alm``: ``(M, nalm(lmax))`` coefficients of real maps; ``psi_j``: ``(L, 2N - 1)``, L > lmax.
+    Costs one scalar synthesis (odd N) plus ``floor(N/2)`` spin-n syntheses.
+    """
+    out = []
+    for n, kernel in component_kernels(psi_j, lmax):
+        maps = spin_synthesis(alm * kernel, lmax, n, nside=nside, geometry=geometry, nthreads=nthreads)
+        out += [maps[:, c] for c in range(maps.shape[1])]
+    return np.stack(out, axis=0)
+
+
+def steer(components: np.ndarray, N: int, gammas: Any = None) -> np.ndarray:
+    """Component maps ``(N, ...)`` -> the coefficient at each orientation ``(len(gammas), ...)``."""
+    S = steering_matrix(N, gammas)
+    return (S @ components.reshape(components.shape[0], -1)).reshape((S.shape[0],) + components.shape[1:])
+
+
+def orientation_harmonics(moduli: np.ndarray, harmonics: int) -> list[np.ndarray]:
+    """Rotation-invariant reductions of ``|W(gamma_k)|`` ``(N, ...)`` over the orientation axis 0.
+
+    Returns ``harmonics + 1`` real arrays ``(...)``: ``h = 0`` the mean over gamma, ``h >= 1``
+    the modulus of the Fourier coefficient ``(1/N) sum_k |W(gamma_k)| e^{-2 i h gamma_k}``
+    (``|W|`` has period pi in gamma; a rotation of the sphere turns the local frame, which
+    shifts gamma and only changes the phase of each harmonic).
+    """
+    N = moduli.shape[0]
+    if not 0 <= harmonics <= (N - 1) // 2:
+        raise ValueError(f"orientation harmonics must be in [0, {(N - 1) // 2}] for N={N} (below Nyquist)")
+    spec = np.fft.rfft(moduli, axis=0) / N
+    return [spec[0].real] + [np.abs(spec[h]) for h in range(1, harmonics + 1)]
+
+
+def directional_wavelet_transform(alm: Any, L: int, lam: float = 2.0, J0: int = 0, N: int = 1,
+                                  nside: int | None = None, gammas: Any = None, oversample: int = 1,
+                                  nthreads: int | None = None) -> dict[int, np.ndarray]:
+    """Directional wavelet coefficients of real maps given by their alm, on HEALPix, per scale.
+
+    Parameters
+    ----------
+    alm : complex ``(nalm(L - 1),)`` or ``(B, nalm(L - 1))``, healpy layout
+    L, lam, J0, N : the filter bank (:func:`scatterdist.directional_kernels`)
+    nside : output resolution for every scale; default: multiresolution, scale j at the
+        smallest power of two with ``2 nside >= L_j`` times ``oversample``
+    gammas : orientations, radians (default ``k pi / N``, ``k = 0..N-1``)
+
+    Returns
+    -------
+    ``{j: (..., len(gammas), npix_j)}`` float64, the coefficient ``sqrt(2 pi) <f, R_(phi, theta, gamma) Psi_j>``
+    at every pixel centre (``pys2let.analysis_lm2wav`` times ``sqrt(2 pi)``).
+    """
+    from scatterdist.scattering.filters import next_pow2
+
+    a = np.asarray(alm, dtype=np.complex128)
+    was_1d = a.ndim == 1
+    a = a.reshape(-1, a.shape[-1])
+    if a.shape[-1] != alm_size(L - 1):
+        raise ValueError(f"alm has {a.shape[-1]} coefficients, expected {alm_size(L - 1)} for L={L}")
+    _, psi = directional_kernels(L, lam, J0, N)
+    out = {}
+    for i, psi_j in enumerate(psi):
+        j = J0 + i
+        Lj = wavelet_bandlimit(j, L, lam)
+        nside_j = nside if nside is not None else next_pow2(-(-Lj // 2)) * int(oversample)
+        comps = directional_components(a[:, alm_truncate_index(L - 1, Lj - 1)], psi_j, Lj - 1, nside=nside_j, nthreads=nthreads)
+        w = np.moveaxis(steer(comps, N, gammas), 0, 1)
+        out[j] = w[0] if was_1d else w
+    return out
