@@ -77,7 +77,8 @@ def test_n1_is_the_axisymmetric_transform():
         assert w.shape == (1, 12 * nside**2)
         Lj = wavelet_bandlimit(j, L, lam)
         ref = synthesis(alm[alm_truncate_index(L - 1, Lj - 1)] * kappa[i][alm_l_index(Lj - 1)], nside, Lj - 1)
-        np.testing.assert_array_equal(w[0], ref)
+        # ducc0's threaded sums are not bitwise reproducible from call to call: round-off.
+        np.testing.assert_allclose(w[0], ref, rtol=0, atol=1e-14 * np.abs(ref).max())
 
 
 def test_pole_value_is_the_rotated_wavelet():
@@ -113,6 +114,7 @@ def test_healpix_transform_shapes_and_multiresolution():
         Lj = wavelet_bandlimit(j, L, lam)
         assert w.shape == (2, N, 12 * max(1, -(-Lj // 2)) ** 2)
     # Each scale on its own grid, as with an explicit nside.
-    np.testing.assert_array_equal(dr.directional_wavelet_transform(alm, L, lam, J0, N, nside=16)[4], out[4])
+    np.testing.assert_allclose(dr.directional_wavelet_transform(alm, L, lam, J0, N, nside=16)[4], out[4],
+                               rtol=0, atol=1e-14 * np.abs(out[4]).max())
     with pytest.raises(ValueError, match="expected 2080 for L=64"):
         dr.directional_wavelet_transform(alm[:, :-1], L, lam, J0, N)
