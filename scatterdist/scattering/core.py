@@ -22,9 +22,10 @@ full-sky algorithm.
 
 Directional wavelets (``bank.N > 1``, numpy backend): each wavelet signal is synthesised as
 its N component maps (one scalar and/or ``floor(N/2)`` spin-n syntheses,
-:mod:`scatterdist.scattering.directional`), steered to the orientations ``k pi / N``; the
-modulus of each orientation is reduced over orientation to the mean (the plain path, which
-also feeds the next order) and the moduli of the harmonics ``h = 1..(N-1)//2``
+:mod:`scatterdist.scattering.directional`), steered to the 2N orientations ``k pi / (2N)``
+(:func:`~scatterdist.scattering.directional.modulus_orientations`); the modulus of each
+orientation is reduced over orientation to the mean (the plain path, which also feeds the
+next order) and the moduli of the harmonics ``h = 1..N//2``
 (:class:`~scatterdist.scattering.filters.OrientedPath`, smoothed only). ``N = 1`` runs the
 code above unchanged.
 """
@@ -104,7 +105,7 @@ class ScatteringPlan:
             else:
                 qu = be.spin_synthesis(alm * s, nside, Lj - 1, n)
                 comps += [qu[:, 0], qu[:, 1]]
-        w = directional.steer(be.stack(comps, axis=0), N)
+        w = directional.steer(be.stack(comps, axis=0), N, directional.modulus_orientations(N))
         reduced = directional.orientation_harmonics(be.modulus(w), self.bank.harmonics)
         return reduced[0], reduced[1:]
 

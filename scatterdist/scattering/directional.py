@@ -124,19 +124,42 @@ def steer(components: np.ndarray, N: int, gammas: Any = None) -> np.ndarray:
     return (S @ components.reshape(components.shape[0], -1)).reshape((S.shape[0],) + components.shape[1:])
 
 
+def modulus_orientations(N: int) -> np.ndarray:
+    """Orientations at which the scattering takes the modulus: ``gamma_k = k pi / (2N)``, ``k < 2N``.
+
+    ``W`` itself is fixed by N samples, but ``|W(gamma)|`` is not bandlimited in gamma: its
+    mean over N samples aliases, and a rotation of the sphere (which turns the local frame,
+    shifting gamma) changes the aliased part. Twice as many samples (steered from the same N
+    component maps: no extra SHT) bring the measured equivariance error back to N = 1's
+    (``scatterdist equivariance --N 4 --oversample 2``, README).
+    """
+    N = _check_N(N)
+    return np.arange(2 * N) * (np.pi / (2 * N))
+
+
+def max_harmonic(N: int) -> int:
+    """Highest orientation harmonic the scattering keeps: ``N // 2`` (0 for N = 1)."""
+    return _check_N(N) // 2
+
+
 def orientation_harmonics(moduli: np.ndarray, harmonics: int) -> list[np.ndarray]:
-    """Rotation-invariant reductions of ``|W(gamma_k)|`` ``(N, ...)`` over the orientation axis 0.
+    """Rotation-invariant reductions of ``|W(gamma_k)|`` ``(K, ...)``, ``gamma_k = k pi / K``, over axis 0.
 
     Returns ``harmonics + 1`` real arrays ``(...)``: ``h = 0`` the mean over gamma, ``h >= 1``
-    the modulus of the Fourier coefficient ``(1/N) sum_k |W(gamma_k)| e^{-2 i h gamma_k}``
+    the modulus of the Fourier coefficient ``(1/K) sum_k |W(gamma_k)| e^{-2 i h gamma_k}``
     (``|W|`` has period pi in gamma; a rotation of the sphere turns the local frame, which
     shifts gamma and only changes the phase of each harmonic).
     """
-    N = moduli.shape[0]
-    if not 0 <= harmonics <= (N - 1) // 2:
-        raise ValueError(f"orientation harmonics must be in [0, {(N - 1) // 2}] for N={N} (below Nyquist)")
-    spec = np.fft.rfft(moduli, axis=0) / N
-    return [spec[0].real] + [np.abs(spec[h]) for h in range(1, harmonics + 1)]
+    K = moduli.shape[0]
+    if not 0 <= harmonics < K / 2:
+        raise ValueError(f"orientation harmonics must be in [0, {K / 2}) for {K} orientations (below Nyquist)")
+    phase = 2.0 * np.pi * np.arange(K) / K  # 2 h gamma_k for h = 1
+    rows = [np.ones(K)]
+    for h in range(1, harmonics + 1):
+        rows += [np.cos(h * phase), np.sin(h * phase)]
+    flat = (np.stack(rows) / K) @ moduli.reshape(K, -1)
+    flat = flat.reshape((len(rows),) + moduli.shape[1:])
+    return [flat[0]] + [np.hypot(flat[2 * h - 1], flat[2 * h]) for h in range(1, harmonics + 1)]
 
 
 def directional_wavelet_transform(alm: Any, L: int, lam: float = 2.0, J0: int = 0, N: int = 1,

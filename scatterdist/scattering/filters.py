@@ -244,8 +244,10 @@ class FilterBank:
 
     @property
     def harmonics(self) -> int:
-        """Highest orientation harmonic kept: ``(N - 1) // 2`` (below Nyquist; 0 for N = 1, 2)."""
-        return (int(self.N) - 1) // 2
+        """Highest orientation harmonic kept: ``N // 2`` (0 for N = 1)."""
+        from scatterdist.scattering.directional import max_harmonic
+
+        return max_harmonic(self.N)
 
     def steer_alm_kernels(self, Lj: int) -> list[tuple[int, np.ndarray]]:
         """``[(n, |s_ln| on the alm layout of lmax Lj - 1)]``: times ``kappa_j`` gives each

@@ -64,10 +64,11 @@ class Scattering:
     nthreads : threads for the SHT engine (default ``$OMP_NUM_THREADS``, else all cores)
     backend : ``"numpy"`` (ducc0, float64) or ``"torch"`` (``device=``, ``dtype=`` options)
     N : azimuthal band of the wavelets (:func:`scatterdist.directional_kernels`); 1 (default)
-        is the axisymmetric transform. ``N > 1``: each wavelet modulus is taken at the N
-        orientations ``k pi / N`` and reduced over them to rotation-invariant scalar maps: the
-        mean over orientation (the plain path, which the next order filters) and the moduli of
-        the orientation harmonics ``h = 1..(N-1)//2`` (paths labelled ``"... h=1"``, coordinate
+        is the axisymmetric transform. ``N > 1``: each wavelet modulus is taken at the 2N
+        orientations ``k pi / (2N)`` (steered from N component maps: about N spin transforms
+        per wavelet) and reduced over them to rotation-invariant scalar maps: the mean over
+        orientation (the plain path, which the next order filters) and the moduli of the
+        orientation harmonics ``h = 1..N//2`` (paths labelled ``"... h=1"``, coordinate
         ``orientation_harmonic`` in :meth:`path_coords`). Full sky, numpy backend, modulus paths
         only for now.
 
