@@ -118,10 +118,26 @@ def directional_components(alm: np.ndarray, psi_j: np.ndarray, lmax: int, nside:
     return np.stack(out, axis=0)
 
 
+#: Pixels per block of the small matrix products over orientation: the blocks stay in cache
+#: (measured at nside 256, 2 maps: 0.07 s in blocks of 16384 against 0.8 s in one product).
+_BLOCK = 16384
+
+
+def _blocked(matrix: np.ndarray, x: np.ndarray, then: Any = None) -> np.ndarray:
+    """``matrix @ x`` over axis 0 of ``x`` ``(C, ...)`` in pixel blocks; ``then(block_result)`` (e.g. the
+    orientation reductions) is applied to each block before it is stored."""
+    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    rows = matrix.shape[0] if then is None else then(np.zeros((matrix.shape[0], 1))).shape[0]
+    out = np.empty((rows, flat.shape[1]))
+    for start in range(0, flat.shape[1], _BLOCK):
+        block = matrix @ flat[:, start : start + _BLOCK]
+        out[:, start : start + _BLOCK] = block if then is None else then(block)
+    return out.reshape((rows,) + x.shape[1:])
+
+
 def steer(components: np.ndarray, N: int, gammas: Any = None) -> np.ndarray:
     """Component maps ``(N, ...)`` -> the coefficient at each orientation ``(len(gammas), ...)``."""
-    S = steering_matrix(N, gammas)
-    return (S @ components.reshape(components.shape[0], -1)).reshape((S.shape[0],) + components.shape[1:])
+    return _blocked(steering_matrix(N, gammas), components)
 
 
 def modulus_orientations(N: int) -> np.ndarray:
@@ -150,16 +166,34 @@ def orientation_harmonics(moduli: np.ndarray, harmonics: int) -> list[np.ndarray
     (``|W|`` has period pi in gamma; a rotation of the sphere turns the local frame, which
     shifts gamma and only changes the phase of each harmonic).
     """
-    K = moduli.shape[0]
+    flat = _blocked(_harmonic_matrix(moduli.shape[0], harmonics), moduli)
+    return [flat[0]] + [np.hypot(flat[2 * h - 1], flat[2 * h]) for h in range(1, harmonics + 1)]
+
+
+def _harmonic_matrix(K: int, harmonics: int) -> np.ndarray:
+    """Rows ``1/K``, then ``cos(2 h gamma_k)/K``, ``sin(2 h gamma_k)/K`` for h = 1..harmonics ``(2H + 1, K)``."""
     if not 0 <= harmonics < K / 2:
         raise ValueError(f"orientation harmonics must be in [0, {K / 2}) for {K} orientations (below Nyquist)")
     phase = 2.0 * np.pi * np.arange(K) / K  # 2 h gamma_k for h = 1
     rows = [np.ones(K)]
     for h in range(1, harmonics + 1):
         rows += [np.cos(h * phase), np.sin(h * phase)]
-    flat = (np.stack(rows) / K) @ moduli.reshape(K, -1)
-    flat = flat.reshape((len(rows),) + moduli.shape[1:])
-    return [flat[0]] + [np.hypot(flat[2 * h - 1], flat[2 * h]) for h in range(1, harmonics + 1)]
+    return np.stack(rows) / K
+
+
+def oriented_moduli(components: np.ndarray, N: int, harmonics: int) -> list[np.ndarray]:
+    """Component maps ``(N, ...)`` -> :func:`orientation_harmonics` of ``|W|`` at :func:`modulus_orientations`,
+    fused block by block (the ``2N`` oriented maps never exist whole)."""
+    S = steering_matrix(N, modulus_orientations(N))
+    R = _harmonic_matrix(S.shape[0], harmonics)
+
+    def reduce(w: np.ndarray) -> np.ndarray:
+        r = R @ np.abs(w, out=w)
+        sq = r[1:] * r[1:]
+        return np.concatenate([r[:1], np.sqrt(sq[0::2] + sq[1::2])])
+
+    flat = _blocked(S, components, then=reduce)
+    return [flat[h] for h in range(harmonics + 1)]
 
 
 def directional_wavelet_transform(alm: Any, L: int, lam: float = 2.0, J0: int = 0, N: int = 1,
