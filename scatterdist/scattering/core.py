@@ -105,7 +105,7 @@ class ScatteringPlan:
             else:
                 qu = be.spin_synthesis(alm * s, nside, Lj - 1, n)
                 comps += [qu[:, 0], qu[:, 1]]
-        reduced = directional.oriented_moduli(be.stack(comps, axis=0), N, self.bank.harmonics)
+        reduced = directional.oriented_moduli(comps, N, self.bank.harmonics)
         return reduced[0], reduced[1:]
 
 

@@ -123,16 +123,29 @@ def directional_components(alm: np.ndarray, psi_j: np.ndarray, lmax: int, nside:
 _BLOCK = 16384
 
 
-def _blocked(matrix: np.ndarray, x: np.ndarray, then: Any = None) -> np.ndarray:
-    """``matrix @ x`` over axis 0 of ``x`` ``(C, ...)`` in pixel blocks; ``then(block_result)`` (e.g. the
-    orientation reductions) is applied to each block before it is stored."""
-    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+def _blocked(matrix: np.ndarray, components: Any, then: Any = None) -> np.ndarray:
+    """``matrix @ components`` over the component axis, in cache-sized pixel blocks.
+
+    ``components``: an array ``(C, ...)`` or a list of C arrays of one shape (views, e.g. the
+    Q and U planes of a spin synthesis: no copy of the whole maps is made). ``then(block)``
+    (e.g. the orientation reductions) is applied to each ``(rows, n)`` block before it is
+    stored. Returns ``(rows,) + shape``.
+    """
+    comps = [np.asarray(c) for c in components]
+    shape = comps[0].shape
+    planes = [c.reshape(-1, shape[-1]) if c.ndim > 1 else c.reshape(1, -1) for c in comps]
+    nrow, npix = planes[0].shape
     rows = matrix.shape[0] if then is None else then(np.zeros((matrix.shape[0], 1))).shape[0]
-    out = np.empty((rows, flat.shape[1]))
-    for start in range(0, flat.shape[1], _BLOCK):
-        block = matrix @ flat[:, start : start + _BLOCK]
-        out[:, start : start + _BLOCK] = block if then is None else then(block)
-    return out.reshape((rows,) + x.shape[1:])
+    out = np.empty((rows, nrow, npix))
+    per = max(1, _BLOCK // npix)  # whole rows per block (small grids) or pixel blocks (large grids)
+    for r0 in range(0, nrow, per):
+        r1 = min(nrow, r0 + per)
+        for p0 in range(0, npix, _BLOCK if per == 1 else npix):
+            p1 = min(npix, p0 + (_BLOCK if per == 1 else npix))
+            x = np.stack([q[r0:r1, p0:p1].reshape(-1) for q in planes])
+            block = matrix @ x
+            out[:, r0:r1, p0:p1] = (block if then is None else then(block)).reshape(rows, r1 - r0, p1 - p0)
+    return out.reshape((rows,) + shape)
 
 
 def steer(components: np.ndarray, N: int, gammas: Any = None) -> np.ndarray:
@@ -183,7 +196,8 @@ def _harmonic_matrix(K: int, harmonics: int) -> np.ndarray:
 
 def oriented_moduli(components: np.ndarray, N: int, harmonics: int) -> list[np.ndarray]:
     """Component maps ``(N, ...)`` -> :func:`orientation_harmonics` of ``|W|`` at :func:`modulus_orientations`,
-    fused block by block (the ``2N`` oriented maps never exist whole)."""
+    fused block by block (the ``2N`` oriented maps never exist whole). ``components``: an
+    array ``(N, ...)`` or a list of N arrays of one shape."""
     S = steering_matrix(N, modulus_orientations(N))
     R = _harmonic_matrix(S.shape[0], harmonics)
 
