@@ -20,6 +20,7 @@ Gauss-Legendre rule that is exact to round-off for this smooth integrand.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,9 +57,18 @@ def _bump2_over_t(u: np.ndarray, lam: float) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
+def _gauss_legendre() -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the Gauss-Legendre rule (an eigenvalue problem: computed once)."""
+    x, w = np.polynomial.legendre.leggauss(_GL_NODES)
+    x.setflags(write=False)
+    w.setflags(write=False)
+    return x, w
+
+
 def _integral_to_one(a: np.ndarray, lam: float) -> np.ndarray:
     """``int_a^1 s_lam(u)^2 / u du`` for each ``a`` in ``[1/lam, 1]`` (vectorised Gauss-Legendre)."""
-    x, w = np.polynomial.legendre.leggauss(_GL_NODES)
+    x, w = _gauss_legendre()
     half = (1.0 - a)[:, None] / 2.0
     u = (1.0 + a)[:, None] / 2.0 + half * x[None, :]
     return (half * _bump2_over_t(u, lam) * w[None, :]).sum(axis=1)

@@ -26,3 +26,28 @@ def test_anisotropy_study_runs(tmp_path):
                          "power spectrum", "pixel moments", "wavelet moments"}
     assert all(0 <= r["accuracy"] <= 1 and r["se"] > 0 for r in rows.values())
     assert rows["scattering N=4"]["features"] > rows["scattering N=1"]["features"]
+
+
+def test_scatter_cli_stores_directional_paths(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from scatterdist import Scattering
+
+    nside, n = 16, 4
+    maps = np.random.default_rng(5).standard_normal((n, 12 * nside**2))
+    xr.Dataset({"maps": (("map", "pixel"), maps)},
+               coords={"map": np.array([f"sky{i}" for i in range(n)], dtype=object)}).to_zarr(
+        tmp_path / "maps.zarr", zarr_format=3, consolidated=False)
+    out = tmp_path / "coeffs.zarr"
+    proc = subprocess.run([sys.executable, "-m", "scatterdist", "scatter", str(tmp_path / "maps.zarr"), "--output", str(out),
+                           "--N", "4", "--workers", "1", "--shard-size", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ds = xr.open_zarr(out, consolidated=False)
+    sc = Scattering(nside, N=4)
+    assert ds.attrs["N"] == 4 and json.loads(ds.attrs["scattering_config"])["N"] == 4
+    np.testing.assert_array_equal(ds["orientation_harmonic"].values, sc.path_coords()["orientation_harmonic"])
+    assert list(ds["path"].values) == sc.path_labels
+    coeffs = ds["coefficients"].values
+    coeffs = coeffs[:, 0] if coeffs.ndim == 4 else coeffs  # (map, field, path, pixel) -> field I
+    np.testing.assert_allclose(coeffs, sc(maps), rtol=1e-5, atol=1e-5 * np.abs(sc(maps)).max())
