@@ -13,6 +13,7 @@ from scatterdist.sphere.mask import MaskError, apodize, mask_from_map, read_mask
 from scatterdist.sphere.spin import qu_to_eb
 from scatterdist.stability import deformation_stability
 from scatterdist.scattering import InvalidMapError, Scattering
+from scatterdist.scattering.directional import directional_wavelet_transform
 from scatterdist.wavelet_transform import WaveletMaps, inverse_wavelet_transform, wavelet_transform
 from scatterdist.wavelets import axisym_kernels, directional_kernels
 
@@ -26,6 +27,7 @@ __all__ = [
     "axisym_kernels",
     "deformation_stability",
     "directional_kernels",
+    "directional_wavelet_transform",
     "equivariance_error",
     "inverse_wavelet_transform",
     "mask_from_map",

@@ -38,24 +38,24 @@ def test_paths_labels_and_coords():
     plain = base.paths
     assert sc.paths[: len(plain)] == plain
     extra = sc.paths[len(plain):]
-    assert extra == [OrientedPath(p, h) for h in (1, 2) for p in plain if p]
-    assert sc.n_paths == 3 * len(plain) - 2
-    assert path_label(extra[0]) == "S1 j1=3 h=1" and sc.path_labels[-1] == "S2 j1=6 j2=5 h=2"
+    assert extra == [OrientedPath(p, 1) for p in plain if p]
+    assert sc.n_paths == 2 * len(plain) - 1
+    assert path_label(extra[0]) == "S1 j1=3 h=1" and sc.path_labels[-1] == "S2 j1=6 j2=5 h=1"
     coords = sc.path_coords()
-    np.testing.assert_array_equal(coords["orientation_harmonic"], [0] * len(plain) + [1] * (len(plain) - 1) + [2] * (len(plain) - 1))
+    np.testing.assert_array_equal(coords["orientation_harmonic"], [0] * len(plain) + [1] * (len(plain) - 1))
     assert coords["order"].tolist() == [len(p) for p in sc.paths]
     assert sc.config()["N"] == 4 and Scattering(**sc.config()).paths == sc.paths
     assert OrientedPath((5,), 1) != (5,) and hash(OrientedPath((5,), 1)) != hash((5,))
     import pickle
 
     assert pickle.loads(pickle.dumps(sc.paths)) == sc.paths
-    # Harmonics h <= N // 2.
+    # The first harmonic for every N > 1.
     assert Scattering(nside=32, depth=2, J0=3, N=2).n_paths == 2 * len(plain) - 1
     assert Scattering(nside=32, depth=2, J0=3, N=3).n_paths == 2 * len(plain) - 1
 
 
 def test_first_order_by_hand():
-    # S1 j1, N = 4, h = 0, 1, 2 recomputed from the public directional transform at the 2N
+    # S1 j1, N = 4, h = 0, 1 recomputed from the public directional transform at the 2N
     # orientations k pi / (2N).
     nside, L, lam, J0, N = 16, 32, 2.0, 3, 4
     f = np.random.default_rng(1).standard_normal(12 * nside**2)
@@ -72,7 +72,7 @@ def test_first_order_by_hand():
         u = np.abs(w[j])  # (N, npix_j)
         mean = analysis(u.mean(0), sc.L0 - 1) * eta
         np.testing.assert_allclose(out[sc.paths.index((j,))], mean, atol=1e-12 * np.abs(mean).max())
-        for h in (1, 2):
+        for h in (1,):
             ref = analysis(np.abs((u * np.exp(-2j * h * gammas)[:, None]).mean(0)), sc.L0 - 1) * eta
             np.testing.assert_allclose(out[sc.paths.index(OrientedPath((j,), h))], ref, atol=1e-12 * np.abs(ref).max())
 
@@ -136,7 +136,7 @@ def test_cli_equivariance_reports_each_harmonic():
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit() and "rotations" not in line]
     kinds = {(r[0], " ".join(r[1:-3])) for r in rows}
-    assert {("1", "modulus"), ("2", "modulus"), ("1", "modulus h=1"), ("2", "modulus h=2")} <= kinds
+    assert {("1", "modulus"), ("2", "modulus"), ("1", "modulus h=1"), ("2", "modulus h=1")} <= kinds
     assert all(float(r[-1]) < 0.2 for r in rows)
     bad = subprocess.run([sys.executable, "-m", "scatterdist", "equivariance", "--nside", "16", "--N", "0"],
                          capture_output=True, text=True, timeout=120)

@@ -25,7 +25,7 @@ def add_transform_arguments(parser: argparse.ArgumentParser, nside_default: int 
                         help="add first-order paths |f*Psi_j|**Q * Phi for each Q (> 0, != 1)")
     parser.add_argument("--N", type=int, default=1,
                         help="azimuthal band of the wavelets: 1 axisymmetric (default), N > 1 directional "
-                        "(reduced over orientation to the mean and harmonics h <= N//2)")
+                        "(reduced over orientation to the mean and the first harmonic, h = 1)")
 
 
 def scattering_from_args(args: argparse.Namespace, **extra):

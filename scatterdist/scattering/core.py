@@ -25,7 +25,7 @@ its N component maps (one scalar and/or ``floor(N/2)`` spin-n syntheses,
 :mod:`scatterdist.scattering.directional`), steered to the 2N orientations ``k pi / (2N)``
 (:func:`~scatterdist.scattering.directional.modulus_orientations`); the modulus of each
 orientation is reduced over orientation to the mean (the plain path, which also feeds the
-next order) and the moduli of the harmonics ``h = 1..N//2``
+next order) and the modulus of the first harmonic ``h = 1``
 (:class:`~scatterdist.scattering.filters.OrientedPath`, smoothed only). ``N = 1`` runs the
 code above unchanged.
 """

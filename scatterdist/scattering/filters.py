@@ -244,7 +244,7 @@ class FilterBank:
 
     @property
     def harmonics(self) -> int:
-        """Highest orientation harmonic kept: ``N // 2`` (0 for N = 1)."""
+        """Highest orientation harmonic kept: 1 for N > 1, 0 for N = 1."""
         from scatterdist.scattering.directional import max_harmonic
 
         return max_harmonic(self.N)

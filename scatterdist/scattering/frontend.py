@@ -67,8 +67,8 @@ class Scattering:
         is the axisymmetric transform. ``N > 1``: each wavelet modulus is taken at the 2N
         orientations ``k pi / (2N)`` (steered from N component maps: about N spin transforms
         per wavelet) and reduced over them to rotation-invariant scalar maps: the mean over
-        orientation (the plain path, which the next order filters) and the moduli of the
-        orientation harmonics ``h = 1..N//2`` (paths labelled ``"... h=1"``, coordinate
+        orientation (the plain path, which the next order filters) and the modulus of the
+        first orientation harmonic ``h = 1`` (paths labelled ``"... h=1"``, coordinate
         ``orientation_harmonic`` in :meth:`path_coords`). Full sky, numpy backend, modulus paths
         only for now.
 
@@ -188,8 +188,10 @@ class Scattering:
         }
 
     def path_coords(self) -> dict[str, np.ndarray]:
-        """Per-path ``label``, ``order``, ``j1``, ``j2`` (j = -1 where absent), ``kind``, ``exponent`` arrays,
-        and ``orientation_harmonic`` (int16, 0 = mean over orientation) when ``N > 1``."""
+        """Per-path ``label``, ``order``, ``j1``, ``j2`` (-1 where absent), ``kind``, ``exponent`` (+ ``orientation_harmonic`` if N > 1).
+
+        ``orientation_harmonic`` (int16): 0 for the mean over orientation, h for the modulus of
+        orientation harmonic h; present only when ``N > 1`` (N = 1 stores keep their schema)."""
         coords = {"label": np.array(self.path_labels), **path_arrays(self.paths)}
         if self.N > 1:
             coords["orientation_harmonic"] = orientation_harmonic_array(self.paths)
