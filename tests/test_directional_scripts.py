@@ -51,3 +51,12 @@ def test_scatter_cli_stores_directional_paths(tmp_path):
     coeffs = ds["coefficients"].values
     coeffs = coeffs[:, 0] if coeffs.ndim == 4 else coeffs  # (map, field, path, pixel) -> field I
     np.testing.assert_allclose(coeffs, sc(maps), rtol=1e-5, atol=1e-5 * np.abs(sc(maps)).max())
+
+
+def test_pys2let_comparison_script_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "directional_vs_pys2let.py"), "--L", "16", "--N", "1", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["1", "4"]
+    assert all(float(r[1]) < 1e-12 and float(r[2]) < 1e-4 for r in rows)
