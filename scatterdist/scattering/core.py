@@ -48,8 +48,8 @@ from scatterdist.scattering.filters import (
     extra_paths,
     oriented_paths,
     path_exponent,
-    path_kind,
     path_harmonic,
+    path_kind,
     scattering_paths,
 )
 
