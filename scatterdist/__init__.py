@@ -13,8 +13,9 @@ from scatterdist.sphere.mask import MaskError, apodize, mask_from_map, read_mask
 from scatterdist.sphere.spin import qu_to_eb
 from scatterdist.stability import deformation_stability
 from scatterdist.scattering import InvalidMapError, Scattering
+from scatterdist.scattering.directional import directional_wavelet_transform
 from scatterdist.wavelet_transform import WaveletMaps, inverse_wavelet_transform, wavelet_transform
-from scatterdist.wavelets import axisym_kernels
+from scatterdist.wavelets import axisym_kernels, directional_kernels
 
 __all__ = [
     "InvalidMapError",
@@ -25,6 +26,8 @@ __all__ = [
     "apodize",
     "axisym_kernels",
     "deformation_stability",
+    "directional_kernels",
+    "directional_wavelet_transform",
     "equivariance_error",
     "inverse_wavelet_transform",
     "mask_from_map",

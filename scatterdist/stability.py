@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scatterdist.equivariance import random_bandlimited_alm, random_rotation
-from scatterdist.scattering.core import path_arrays
+from scatterdist.scattering.core import orientation_harmonic_array, path_arrays
 from scatterdist.sphere import rotate_alm, synthesis
 
 
@@ -56,10 +56,13 @@ def equivariance_by_kind(scattering: Any, n_trials: int = 4, seed: int = 0) -> l
     """Per (order, path kind) summary of :func:`path_equivariance_errors`.
 
     Rows ``{"order", "kind", "paths", "mean", "max"}`` in path order of first appearance
-    (kinds: ``"modulus"`` for the paper's paths, ``"signed"``, ``"power"``).
+    (kinds: ``"modulus"`` for the paper's paths, ``"signed"``, ``"power"``; ``"modulus h=1"``
+    for the orientation harmonics of directional transforms).
     """
     err = path_equivariance_errors(scattering, n_trials=n_trials, seed=seed)
     coords = path_arrays(list(scattering.paths))
+    harmonic = orientation_harmonic_array(list(scattering.paths))
+    coords["kind"] = np.array([k if h == 0 else f"{k} h={h}" for k, h in zip(coords["kind"].tolist(), harmonic.tolist())])
     rows: list[dict[str, Any]] = []
     seen: list[tuple[int, str]] = []
     for o, k in zip(coords["order"].tolist(), coords["kind"].tolist()):

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--depth", type=int, default=2, help="scattering order (default 2)")
     t.add_argument("--oversample", type=int, default=1, help="oversampling of each scale (default 1)")
     t.add_argument("--analysis", choices=("quadrature", "lsq"), default="quadrature")
+    t.add_argument("--N", type=int, default=1,
+                   help="azimuthal band of the wavelets: 1 axisymmetric (default), N > 1 directional "
+                        "(full sky, --backend numpy; paths gain the coordinate orientation_harmonic)")
     t.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                    help="numpy (ducc0, CPU) or torch (each worker's GPU when it has one, see --device)")
     t.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
@@ -136,6 +139,8 @@ def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
         config["L"] = args.L
     if args.J0 is not None:
         config["J0"] = args.J0
+    if args.N != 1:
+        config["N"] = args.N
     from scatterdist import Scattering
 
     full = Scattering(**config).config()  # validates and fills the defaults

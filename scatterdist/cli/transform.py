@@ -23,6 +23,9 @@ def add_transform_arguments(parser: argparse.ArgumentParser, nside_default: int 
                         help="add signed first-order paths ((f*Psi_j)|f*Psi_j|)*Phi (keep the sign of f)")
     parser.add_argument("--powers", type=float, nargs="+", default=(), metavar="Q",
                         help="add first-order paths |f*Psi_j|**Q * Phi for each Q (> 0, != 1)")
+    parser.add_argument("--N", type=int, default=1,
+                        help="azimuthal band of the wavelets: 1 axisymmetric (default), N > 1 directional "
+                        "(reduced over orientation to the mean and the first harmonic, h = 1)")
 
 
 def scattering_from_args(args: argparse.Namespace, **extra):
@@ -31,7 +34,7 @@ def scattering_from_args(args: argparse.Namespace, **extra):
     return Scattering(args.nside, L=args.L, lam=args.lam, J0=args.J0, depth=args.depth,
                       oversample=args.oversample, analysis=args.analysis,
                       signed=getattr(args, "signed", False), powers=tuple(getattr(args, "powers", ()) or ()),
-                      **extra)
+                      N=getattr(args, "N", 1), **extra)
 
 
 def _equivariance(args: argparse.Namespace) -> int:
@@ -41,9 +44,10 @@ def _equivariance(args: argparse.Namespace) -> int:
     print(sc)
     start = time.perf_counter()
     rows = equivariance_by_kind(sc, n_trials=args.trials, seed=args.seed)
-    print(f"{'order':>5}  {'kind':>7}  {'paths':>5}  {'mean error':>11}  {'max error':>11}")
+    w = max(7, *(len(r["kind"]) for r in rows))
+    print(f"{'order':>5}  {'kind':>{w}}  {'paths':>5}  {'mean error':>11}  {'max error':>11}")
     for r in rows:
-        print(f"{r['order']:>5}  {r['kind']:>7}  {r['paths']:>5}  {r['mean']:>11.3e}  {r['max']:>11.3e}")
+        print(f"{r['order']:>5}  {r['kind']:>{w}}  {r['paths']:>5}  {r['mean']:>11.3e}  {r['max']:>11.3e}")
     print(f"{args.trials} random rotations of random red-spectrum maps, {time.perf_counter() - start:.1f} s")
     return 0
 

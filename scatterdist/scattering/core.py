@@ -19,6 +19,15 @@ further wavelet is filled the same way before its analysis (two hooks, nothing e
 changes); the frontend then normalises each output by the path's coverage. The design is
 documented in :mod:`scatterdist.scattering.masked`. Without ``mask`` this is exactly the
 full-sky algorithm.
+
+Directional wavelets (``bank.N > 1``, numpy backend): each wavelet signal is synthesised as
+its N component maps (one scalar and/or ``floor(N/2)`` spin-n syntheses,
+:mod:`scatterdist.scattering.directional`), steered to the 2N orientations ``k pi / (2N)``
+(:func:`~scatterdist.scattering.directional.modulus_orientations`); the modulus of each
+orientation is reduced over orientation to the mean (the plain path, which also feeds the
+next order) and the modulus of the first harmonic ``h = 1``
+(:class:`~scatterdist.scattering.filters.OrientedPath`, smoothed only). ``N = 1`` runs the
+code above unchanged.
 """
 
 
@@ -35,8 +44,11 @@ from scatterdist.scattering.filters import (
     SIGNED,
     FilterBank,
     KindPath,
+    OrientedPath,
     extra_paths,
+    oriented_paths,
     path_exponent,
+    path_harmonic,
     path_kind,
     scattering_paths,
 )
@@ -56,9 +68,19 @@ class ScatteringPlan:
         self.extra: list[KindPath] = extra_paths(list(bank.scales), signed, tuple(powers))
         if self.extra and bank.depth < 1:
             raise ValueError("signed/power paths are first-order paths: they need depth >= 1")
-        self.paths = scattering_paths(list(bank.scales), bank.depth) + self.extra
+        if self.extra and bank.N > 1:
+            raise ValueError("signed/power paths are defined for axisymmetric wavelets only: use N=1 with them")
+        plain = scattering_paths(list(bank.scales), bank.depth)
+        self.paths = plain + self.extra + oriented_paths(plain, bank.harmonics)
         self.eta = backend.from_numpy(bank.scaling_alm_kernel())
         self.kappa = {j: backend.from_numpy(bank.wavelet_alm_kernel(j)) for j in bank.scales}
+        self.steer = {}
+        if bank.N > 1:
+            if not hasattr(backend, "spin_synthesis"):
+                raise ValueError(f"N={bank.N} (directional wavelets) needs a backend with spin-n synthesis; "
+                                 f"the {backend.name!r} backend has none yet: use backend='numpy'")
+            self.steer = {bank.bandlimit(j): [(n, backend.from_numpy(k)) for n, k in bank.steer_alm_kernels(bank.bandlimit(j))]
+                          for j in bank.scales}
         self._index: dict[tuple[int, int], Any] = {}
 
     def truncate(self, alm: Array, L_in: int, L_out: int) -> Array:
@@ -69,6 +91,22 @@ class ScatteringPlan:
         if key not in self._index:
             self._index[key] = self.backend.from_numpy(self.bank.truncation(L_in - 1, L_out - 1))
         return alm[..., self._index[key]]
+
+    def oriented_moduli(self, alm: Array, nside: int, Lj: int) -> tuple[Array, list[Array]]:
+        """Wavelet alm ``(M, nalm(Lj - 1))`` (already times ``kappa_j``) -> the orientation mean of
+        ``|W(gamma_k)|`` ``(M, npix)`` and the moduli of its harmonics ``h = 1..harmonics``."""
+        from scatterdist.scattering import directional
+
+        be, N = self.backend, self.bank.N
+        comps = []
+        for n, s in self.steer[Lj]:
+            if n == 0:
+                comps.append(be.synthesis(alm * s, nside, Lj - 1))
+            else:
+                qu = be.spin_synthesis(alm * s, nside, Lj - 1, n)
+                comps += [qu[:, 0], qu[:, 1]]
+        reduced = directional.oriented_moduli(comps, N, self.bank.harmonics)
+        return reduced[0], reduced[1:]
 
 
 #: ``a_00`` of the constant map 1 (orthonormal spherical harmonics: Y_00 = 1 / sqrt(4 pi)).
@@ -123,10 +161,14 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
         frontier = []
         for (nside_j, Lj), items in by_grid.items():
             items.sort(key=lambda item: bank.analysis_bandlimit(item[0][-1], order))
-            w = be.synthesis(be.concatenate([a for _, a in items], axis=0), nside_j, Lj - 1)
-            if order == 1 and plan.extra:
-                _extra_paths(plan, w, [p for p, _ in items], B, smoothed)
-            u = be.modulus(w)
+            if bank.N > 1:
+                u, harmonics = plan.oriented_moduli(be.concatenate([a for _, a in items], axis=0), nside_j, Lj)
+                _oriented_paths(plan, harmonics, [p for p, _ in items], B, smoothed)
+            else:
+                w = be.synthesis(be.concatenate([a for _, a in items], axis=0), nside_j, Lj - 1)
+                if order == 1 and plan.extra:
+                    _extra_paths(plan, w, [p for p, _ in items], B, smoothed)
+                u = be.modulus(w)
             if mask is not None:
                 u = mask.fill_modulus([p for p, _ in items], u, bank.depth)
             start = 0
@@ -162,6 +204,21 @@ def _extra_paths(plan: ScatteringPlan, w: Array, parents: list[tuple[int, ...]],
         smoothed[p] = alm[k * B : (k + 1) * B] * plan.eta
 
 
+def _oriented_paths(plan: ScatteringPlan, harmonics: list[Array], parents: list[tuple[int, ...]], B: int,
+                    smoothed: dict) -> None:
+    """Smoothed orientation-harmonic paths: ``harmonics[h - 1]`` ``(len(parents) * B, npix_j)``,
+    all analysed to ``L0`` in one batched call."""
+    if not harmonics:
+        return
+    be, L0 = plan.backend, plan.bank.L0
+    alm = be.analysis(be.concatenate(harmonics, axis=0), L0 - 1, mode="quadrature")
+    per_h = len(parents) * B
+    for h in range(1, len(harmonics) + 1):
+        for k, p in enumerate(parents):
+            start = (h - 1) * per_h + k * B
+            smoothed[OrientedPath(p, h)] = alm[start : start + B] * plan.eta
+
+
 def path_arrays(paths: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Per-path coords for stores and tables.
 
@@ -175,3 +232,9 @@ def path_arrays(paths: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
     kind = np.array([path_kind(p) for p in paths], dtype="<U7")
     exponent = np.array([path_exponent(p) for p in paths], dtype=np.float32)
     return {"order": order, "j1": j1, "j2": j2, "kind": kind, "exponent": exponent}
+
+
+def orientation_harmonic_array(paths: list[tuple[int, ...]]) -> np.ndarray:
+    """Per-path ``orientation_harmonic`` (int16): 0 for the orientation mean (and ``S0``), h >= 1
+    for :class:`~scatterdist.scattering.filters.OrientedPath`."""
+    return np.array([path_harmonic(p) for p in paths], dtype=np.int16)

@@ -11,6 +11,10 @@ nonlinearity can be added (``Scattering(signed=True, powers=(q, ...))``): they a
 :class:`KindPath` tuples, which behave as ``(j1,)`` for ``len``/indexing (order 1, scale j1)
 but carry a ``kind`` (``"signed"``: ``(f * Psi_j) |f * Psi_j|``; ``"power"``:
 ``|f * Psi_j|**q``) and compare unequal to the modulus path of the same scale.
+
+Directional wavelets (``N > 1``, :mod:`scatterdist.scattering.directional`): each modulus is
+taken at the N orientations and reduced over them; the orientation mean keeps the plain path
+tuple, the modulus of orientation harmonic ``h >= 1`` is an :class:`OrientedPath`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from itertools import combinations
 import numpy as np
 
 from scatterdist.sphere import alm_l_index, alm_truncate_index
-from scatterdist.wavelets import axisym_kernels, j_max, scaling_bandlimit, wavelet_bandlimit
+from scatterdist.wavelets import (
+    _check_N,
+    axisym_kernels,
+    j_max,
+    scaling_bandlimit,
+    steerability_coefficients,
+    wavelet_bandlimit,
+)
 
 
 def next_pow2(x: int) -> int:
@@ -92,6 +103,51 @@ class KindPath(tuple):
         return f"KindPath({tuple(self)!r}, {self.kind!r}, {self.exponent:g})"
 
 
+class OrientedPath(tuple):
+    """A modulus path ``(j1, ...)`` reduced over orientation by harmonic ``h >= 1`` (``N > 1``).
+
+    Its last modulus is ``|(1/N) sum_k |W(gamma_k)| e^{-2 i h gamma_k}|`` instead of the
+    orientation mean (``h = 0``, the plain tuple). Behaves as the plain tuple for ``len`` and
+    indexing; equality and hash include ``harmonic``.
+    """
+
+    harmonic: int
+
+    def __new__(cls, scales: tuple[int, ...], harmonic: int) -> "OrientedPath":
+        if not scales:
+            raise ValueError("S0 has no orientation: an OrientedPath needs order >= 1")
+        if int(harmonic) < 1:
+            raise ValueError(f"orientation harmonic must be >= 1 (h = 0 is the plain path), got {harmonic!r}")
+        self = super().__new__(cls, tuple(int(j) for j in scales))
+        self.harmonic = int(harmonic)
+        return self
+
+    def __getnewargs__(self) -> tuple:
+        return (tuple(self), self.harmonic)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OrientedPath) and tuple(self) == tuple(other) and self.harmonic == other.harmonic
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), "h", self.harmonic))
+
+    def __repr__(self) -> str:
+        return f"OrientedPath({tuple(self)!r}, h={self.harmonic})"
+
+
+def path_harmonic(path: tuple[int, ...]) -> int:
+    """Orientation harmonic of the path's last modulus: 0 (mean over orientation, or N = 1) or h."""
+    return path.harmonic if isinstance(path, OrientedPath) else 0
+
+
+def oriented_paths(paths: list[tuple[int, ...]], harmonics: int) -> list[OrientedPath]:
+    """The paths of orientation harmonics ``h = 1..harmonics`` of every modulus path of order >= 1."""
+    return [OrientedPath(p, h) for h in range(1, harmonics + 1) for p in paths if p]
+
+
 def path_kind(path: tuple[int, ...]) -> str:
     """``"modulus"`` for the paper's paths (``S0`` included), else the :class:`KindPath` kind."""
     return path.kind if isinstance(path, KindPath) else MODULUS
@@ -120,6 +176,8 @@ def path_label(path: tuple[int, ...]) -> str:
         return label + " signed"
     if kind == POWER:
         return label + f" q={path_exponent(path):g}"
+    if isinstance(path, OrientedPath):
+        return label + f" h={path.harmonic}"
     return label
 
 
@@ -132,6 +190,7 @@ class FilterBank:
     J0: int
     depth: int
     oversample: int
+    N: int = 1
     J: int = field(init=False)
     L0: int = field(init=False)
     scales: tuple[int, ...] = field(init=False)
@@ -143,6 +202,7 @@ class FilterBank:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
         if int(self.oversample) != self.oversample or self.oversample < 1 or next_pow2(self.oversample) != self.oversample:
             raise ValueError(f"oversample must be a power of two >= 1 (1, 2, 4, ...), got {self.oversample}")
+        _check_N(self.N)
         phi, psi = axisym_kernels(self.L, self.lam, self.J0)
         J = j_max(self.L, self.lam)
         object.__setattr__(self, "J", J)
@@ -181,6 +241,20 @@ class FilterBank:
     def scaling_alm_kernel(self) -> np.ndarray:
         """eta expanded on the alm layout of lmax ``L0 - 1``."""
         return np.ascontiguousarray(self.phi[alm_l_index(self.L0 - 1)])
+
+    @property
+    def harmonics(self) -> int:
+        """Highest orientation harmonic kept: 1 for N > 1, 0 for N = 1."""
+        from scatterdist.scattering.directional import max_harmonic
+
+        return max_harmonic(self.N)
+
+    def steer_alm_kernels(self, Lj: int) -> list[tuple[int, np.ndarray]]:
+        """``[(n, |s_ln| on the alm layout of lmax Lj - 1)]``: times ``kappa_j`` gives each
+        directional component kernel ``|Psi_j,ln|`` (:func:`~scatterdist.scattering.directional.component_kernels`)."""
+        from scatterdist.scattering.directional import component_kernels
+
+        return component_kernels(steerability_coefficients(Lj, self.N), Lj - 1)
 
     @staticmethod
     def truncation(lmax_in: int, lmax_out: int) -> np.ndarray:

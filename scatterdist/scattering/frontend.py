@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scatterdist.scattering.backend import get_backend
-from scatterdist.scattering.core import ScatteringPlan, path_arrays, scattering_alm
+from scatterdist.scattering.core import ScatteringPlan, orientation_harmonic_array, path_arrays, scattering_alm
 from scatterdist.scattering.filters import FilterBank, default_J0, path_label
 from scatterdist.scattering.inputs import check_masked_maps, check_maps
 from scatterdist.scattering.masked import GeometryCache, masked_call
@@ -63,6 +63,14 @@ class Scattering:
         filters reach that is data) is below this are NaN (default ``DEFAULT_MIN_COVERAGE`` = 0.7)
     nthreads : threads for the SHT engine (default ``$OMP_NUM_THREADS``, else all cores)
     backend : ``"numpy"`` (ducc0, float64) or ``"torch"`` (``device=``, ``dtype=`` options)
+    N : azimuthal band of the wavelets (:func:`scatterdist.directional_kernels`); 1 (default)
+        is the axisymmetric transform. ``N > 1``: each wavelet modulus is taken at the 2N
+        orientations ``k pi / (2N)`` (steered from N component maps: about N spin transforms
+        per wavelet) and reduced over them to rotation-invariant scalar maps: the mean over
+        orientation (the plain path, which the next order filters) and the modulus of the
+        first orientation harmonic ``h = 1`` (paths labelled ``"... h=1"``, coordinate
+        ``orientation_harmonic`` in :meth:`path_coords`). Full sky, numpy backend, modulus paths
+        only for now.
 
     Attributes
     ----------
@@ -97,6 +105,7 @@ class Scattering:
         min_coverage: float = DEFAULT_MIN_COVERAGE,
         nthreads: int | None = None,
         backend: str = "numpy",
+        N: int = 1,
         **backend_options: Any,
     ) -> None:
         self.nside = check_nside(nside)
@@ -140,7 +149,13 @@ class Scattering:
         self.depth = int(depth)
         self.oversample = oversample
         self.analysis = analysis
-        self.bank = FilterBank(self.L, self.lam, self.J0, self.depth, oversample)
+        if not (isinstance(N, (int, np.integer)) and not isinstance(N, (bool, np.bool_)) and N >= 1):
+            raise ValueError(f"N (azimuthal band of the wavelets) must be an integer >= 1, got {N!r}")
+        if N > 1 and backend != "numpy":
+            raise ValueError(f"N={N} (directional wavelets) needs backend='numpy' for now: "
+                             f"the {backend!r} backend has no spin-n synthesis yet")
+        self.N = int(N)
+        self.bank = FilterBank(self.L, self.lam, self.J0, self.depth, oversample, self.N)
         self.J = self.bank.J
         self.L0 = self.bank.L0
         self.nside_out = self.bank.nside_out
@@ -169,11 +184,18 @@ class Scattering:
             "min_coverage": self.min_coverage,
             **({"signed": True} if self.signed else {}),
             **({"powers": list(self.powers)} if self.powers else {}),
+            **({"N": self.N} if self.N > 1 else {}),
         }
 
     def path_coords(self) -> dict[str, np.ndarray]:
-        """Per-path ``label``, ``order``, ``j1``, ``j2`` (j = -1 where absent), ``kind``, ``exponent`` arrays."""
-        return {"label": np.array(self.path_labels), **path_arrays(self.paths)}
+        """Per-path ``label``, ``order``, ``j1``, ``j2`` (-1 where absent), ``kind``, ``exponent`` (+ ``orientation_harmonic`` if N > 1).
+
+        ``orientation_harmonic`` (int16): 0 for the mean over orientation, h for the modulus of
+        orientation harmonic h; present only when ``N > 1`` (N = 1 stores keep their schema)."""
+        coords = {"label": np.array(self.path_labels), **path_arrays(self.paths)}
+        if self.N > 1:
+            coords["orientation_harmonic"] = orientation_harmonic_array(self.paths)
+        return coords
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -216,6 +238,9 @@ class Scattering:
             weights = w
         if weights is None or bool((weights == 1.0).all()):
             return self.backend.asarray(x), was_1d, None
+        if self.N > 1:
+            raise ValueError(f"masks and UNSEEN/NaN pixels are not supported with N={self.N} yet: "
+                             "transform full-sky maps, or use N=1 for cut-sky maps")
         return self.backend.asarray(x), was_1d, masked_call(self._geometry, weights, bad, B)
 
     def _outputs(self, maps: Any, mask: Any, prepared: tuple[Any, bool, Any] | None = None) -> tuple[Any, Any, bool]:

@@ -35,6 +35,10 @@ class Backend(Protocol):
     def synthesis(self, alm: Array, nside: int, lmax: int) -> Array:
         """Complex alm ``(N, nalm(lmax))`` -> real maps ``(N, 12*nside**2)``."""
 
+    # Optional (directional wavelets, N > 1; the numpy backend has it):
+    # def spin_synthesis(self, alm: Array, nside: int, lmax: int, spin: int) -> Array:
+    #     """Gradient-only spin-n coefficients ``(M, nalm(lmax))`` -> real ``(M, 2, npix)`` (Q, U)."""
+
     def modulus(self, maps: Array) -> Array:
         """Pointwise absolute value; may overwrite ``maps`` (always a temporary synthesis output)."""
 

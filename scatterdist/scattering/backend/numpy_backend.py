@@ -34,6 +34,12 @@ class NumpyBackend:
     def synthesis(self, alm: np.ndarray, nside: int, lmax: int) -> np.ndarray:
         return sphere.synthesis(alm, nside, lmax, nthreads=self.nthreads)
 
+    def spin_synthesis(self, alm: np.ndarray, nside: int, lmax: int, spin: int) -> np.ndarray:
+        """Gradient-only spin-``spin`` synthesis ``(M, nalm)`` -> ``(M, 2, npix)`` (ducc0, HEALPix rings)."""
+        from scatterdist.scattering.directional import spin_synthesis
+
+        return spin_synthesis(alm, lmax, spin, nside=nside, nthreads=self.nthreads)
+
     def modulus(self, maps: np.ndarray) -> np.ndarray:
         return np.abs(maps, out=maps)  # the synthesis output is a temporary: reuse it
 

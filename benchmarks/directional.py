@@ -1,0 +1,80 @@
+"""Cost of directional wavelets (azimuthal band N), measured side by side in one run.
+
+    python benchmarks/directional.py [--nside 256 512] [--N 4] [--threads 2] [--maps 2] [--rounds 2]
+
+For each nside (L = 2*nside, default J0), seconds per map of:
+
+- ``Scattering(depth=2)`` at N = 1 and at N (numpy backend, ``--threads`` ducc0 threads);
+- the directional wavelet transform alone, every scale j >= J0 on its own grid:
+  ours on HEALPix (:func:`scatterdist.scattering.directional.directional_wavelet_transform`,
+  N orientations ``k pi / N``) against ``pys2let.analysis_lm2wav`` (S2LET, multiresolution MW
+  SO(3) grids with 2N - 1 orientations), both from the same alm, ours at 1 thread and at
+  ``--threads`` (S2LET's C library runs on one thread).
+
+Best of ``--rounds``; the runs alternate so that load from other processes hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _best(fns: dict, rounds: int) -> dict:
+    """Best time of each callable over ``rounds``, the callables alternating within each round."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nside", type=int, nargs="+", default=[256])
+    parser.add_argument("--N", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--maps", type=int, default=2, help="maps per scattering call")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-pys2let", action="store_true", help="skip S2LET (slow at large L)")
+    args = parser.parse_args()
+
+    from scatterdist import Scattering
+    from scatterdist.scattering.directional import directional_wavelet_transform
+    from scatterdist.sphere import analysis
+
+    print(f"N = {args.N}, {args.threads} threads for scatterdist, {args.maps} maps per scattering call, "
+          f"best of {args.rounds}; seconds per map")
+    for nside in args.nside:
+        rng = np.random.default_rng(0)
+        maps = rng.standard_normal((args.maps, 12 * nside**2))
+        sc1 = Scattering(nside, depth=2, nthreads=args.threads)
+        scN = Scattering(nside, depth=2, nthreads=args.threads, N=args.N)
+        L, J0 = sc1.L, sc1.J0
+        alm = analysis(maps[0], L - 1)
+        sc1(maps[:1])
+        scN(maps[:1])  # warm caches
+        t = _best({"N1": lambda: sc1(maps), "NN": lambda: scN(maps)}, args.rounds)
+        t1, tN = t["N1"] / args.maps, t["NN"] / args.maps
+        print(f"nside {nside} (L {L}, J0 {J0}): Scattering depth 2: N=1 {t1:.3f} s ({sc1.n_paths} paths), "
+              f"N={args.N} {tN:.3f} s ({scN.n_paths} paths): {tN / t1:.2f}x")
+        fns = {"ours1": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=1),
+               "oursT": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=args.threads)}
+        if not args.no_pys2let:
+            import pys2let
+
+            fns["s2let"] = lambda: pys2let.analysis_lm2wav(alm, 2.0, L, J0, args.N, 0, 0)
+        t = _best(fns, args.rounds)
+        line = (f"nside {nside}: directional wavelet transform N={args.N}, scales {J0}..{sc1.J}: "
+                f"scatterdist {t['ours1']:.3f} s (1 thread), {t['oursT']:.3f} s ({args.threads} threads)")
+        if "s2let" in t:
+            line += f"; pys2let analysis_lm2wav {t['s2let']:.3f} s (1 thread): {t['s2let'] / t['ours1']:.1f}x scatterdist's 1-thread time"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
