@@ -34,7 +34,7 @@ NSIDE = 16
 @pytest.fixture(scope="module")
 def address():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster:
+                      dashboard_address="127.0.0.1:0") as cluster:
         yield cluster.scheduler_address
 
 

@@ -11,9 +11,11 @@ sound, 1 maps marked todo, 2 refused. Tracebacks only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -216,16 +218,28 @@ def _failures_table(table: Any, rows: np.ndarray, stream, limit: int = _TABLE_RO
               "with --retry-failed to recompute them", file=stream)
 
 
-def _quiet_workers(debug: bool) -> None:
-    """Without ``--debug``, workers started by this process log errors only (no per-task
-    tracebacks on the terminal: each failure is one line of the closing table)."""
+@contextlib.contextmanager
+def _quiet_workers(debug: bool) -> Iterator[None]:
+    """Without ``--debug``, workers started by this command log errors only (no per-task
+    tracebacks on the terminal: each failure is one line of the closing table). Dask reads
+    ``DASK_LOGGING`` in every worker process it spawns; both it and the in-process logger level
+    are put back afterwards."""
     import logging
 
     if debug:
+        yield
         return
-    # Dask reads DASK_LOGGING in every worker process it spawns (merged into its defaults).
-    os.environ.setdefault("DASK_LOGGING", repr({"distributed.worker": "critical"}))
-    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("distributed.worker")
+    old_env, old_level = os.environ.get("DASK_LOGGING"), logger.level
+    if old_env is None:
+        os.environ["DASK_LOGGING"] = repr({"distributed.worker": "critical"})
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old_level)
+        if old_env is None:
+            os.environ.pop("DASK_LOGGING", None)
 
 
 def _say_checks(summary: Any) -> None:
@@ -281,9 +295,11 @@ def run_scatter(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(f"{len(catalog)} maps, nside {nside}, config {json.dumps(config, sort_keys=True)}",
           file=sys.stderr, flush=True)
-    _quiet_workers(args.debug)
     try:
-        with client_from_args(args) as client:
+        # Only the plain local cluster's workers are quietened: jobqueue-local workers, for one,
+        # are watched through their log (and workers of other clusters are not ours to configure).
+        local = (getattr(args, "cluster", None) or "local") == "local"
+        with _quiet_workers(args.debug or not local), client_from_args(args) as client:
             resources = _gpu_setup(args, client)
             summary = scatter(catalog, args.output, config, client=client,
                               shard_size=args.shard_size, retries=args.retries,
