@@ -48,7 +48,7 @@ from distributed import Client, LocalCluster, wait
 from scatterdist import Scattering
 from scatterdist import pipeline
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog, load_maps
+from scatterdist.inputs import Catalog, load_maps
 
 
 def _du(path: str) -> int:

@@ -43,7 +43,7 @@ import numpy as np
 from distributed import Client, KilledWorker, as_completed
 
 from scatterdist import store as zstore
-from scatterdist.catalog import BadMapError, Catalog, MapRef, load_maps
+from scatterdist.inputs import BadMapError, Catalog, MapRef, load_maps
 from scatterdist.feed import BatchFeeder, DeviceStager, split_batches
 
 __all__ = ["ScatterSummary", "ShardResult", "ShardTask", "TaskResult", "DataOptions", "scatter",
@@ -435,7 +435,7 @@ def run_shards(
     earlier attempt of this task whose worker died) is not recomputed. Per-map problems become
     status -1 with a message.
     """
-    from scatterdist.catalog import stack_maps
+    from scatterdist.inputs import stack_maps
 
     t_task = time.perf_counter()
     data = data or DataOptions()
@@ -817,11 +817,11 @@ def check_data_options(nside: int, fields: Sequence[str] | str | None = ("I",),
                        mask: str | os.PathLike | None = None,
                        min_fsky: float | None = None) -> DataOptions:
     """Check the data settings on the client: a bad field name raises
-    :class:`scatterdist.catalog.CatalogError`; a global mask that cannot be used at ``nside``
+    :class:`scatterdist.inputs.CatalogError`; a global mask that cannot be used at ``nside``
     (unreadable, values outside [0, 1], an nside that cannot be brought over, a sky fraction
     below ``min_fsky``) raises :class:`scatterdist.sphere.mask.MaskError`: it would fail every
     map, so the run is refused."""
-    from scatterdist.catalog import check_fields, read_global_mask
+    from scatterdist.inputs import check_fields, read_global_mask
     from scatterdist.sphere.mask import DEFAULT_MIN_FSKY, MaskError, sky_fraction
 
     min_fsky = DEFAULT_MIN_FSKY if min_fsky is None else float(min_fsky)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scatterdist.catalog import Catalog, Entry, MapRef
+from scatterdist.inputs import Catalog, Entry, MapRef
 from scatterdist.sphere import alm_l_index, alm_size, nside2npix, synthesis
 from scatterdist.store import create, write_shard
 

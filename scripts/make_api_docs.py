@@ -28,7 +28,7 @@ MODULES = [
     "scatterdist.equivariance",
     "scatterdist.stability",
     "scatterdist.sims",
-    "scatterdist.catalog",
+    "scatterdist.inputs",
     "scatterdist.store",
     "scatterdist.pipeline",
     "scatterdist.feed",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from scatterdist.catalog import (
+from scatterdist.inputs import (
     BadMapError,
     Catalog,
     CatalogError,

@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster
 
 from scatterdist import Scattering
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog
+from scatterdist.inputs import Catalog
 from scatterdist.feed import BatchFeeder, DeviceStager, overlap_summary, split_batches
 from scatterdist.pipeline import resolve_device, scatter
 

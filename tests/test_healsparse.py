@@ -10,7 +10,7 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from scatterdist.catalog import BadMapError, Catalog, LoadedMap, MapRef, load_maps
+from scatterdist.inputs import BadMapError, Catalog, LoadedMap, MapRef, load_maps
 
 healsparse = pytest.importorskip("healsparse")
 
@@ -128,7 +128,7 @@ def test_bad_inputs_fail_one_by_one(survey, tmp_path: Path) -> None:
 
 
 def test_healsparse_mask_file(survey, tmp_path: Path) -> None:
-    from scatterdist.catalog import read_global_mask
+    from scatterdist.inputs import read_global_mask
     from scatterdist.sphere.mask import MaskError, read_mask
 
     keep = survey["keep"]

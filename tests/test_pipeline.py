@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 
 from scatterdist import Scattering
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog, parse_sim_spec
+from scatterdist.inputs import Catalog, parse_sim_spec
 from scatterdist.cli import main as cli_main
 from scatterdist.pipeline import scatter
 

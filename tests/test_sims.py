@@ -395,7 +395,7 @@ def test_white_noise_level_stream_and_reproducibility():
 
 
 def test_masked_simulations_are_unseen_outside_and_load_with_their_mask(tmp_path):
-    from scatterdist.catalog import Catalog, LoadedMap, load_maps
+    from scatterdist.inputs import Catalog, LoadedMap, load_maps
     from scatterdist.sims import galactic_cut_mask
     from scatterdist.sphere.mask import read_mask
 

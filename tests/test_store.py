@@ -18,7 +18,7 @@ import zarr
 
 from scatterdist import Scattering
 from scatterdist import store as zstore
-from scatterdist.catalog import Catalog, Entry, MapRef
+from scatterdist.inputs import Catalog, Entry, MapRef
 
 NSIDE = 32
 

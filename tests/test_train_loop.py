@@ -239,7 +239,7 @@ def test_masked_and_multi_field_stores_train_without_nan_and_learn(tmp_path, fie
 def test_trains_on_a_cut_sky_store_written_by_the_pipeline(tmp_path):
     """The real chain: simulated skies with a Galactic cut -> pipeline (masked transform) -> trainer."""
     from scatterdist import Scattering
-    from scatterdist.catalog import Catalog
+    from scatterdist.inputs import Catalog
     from distributed import Client, LocalCluster
 
     from scatterdist.pipeline import scatter

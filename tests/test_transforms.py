@@ -5,7 +5,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 from scatterdist import Scattering
-from scatterdist.catalog import Catalog
+from scatterdist.inputs import Catalog
 from scatterdist.pipeline import scatter
 from scatterdist.sims import SimulationSpec
 from scatterdist.transforms import LowPass, build_transform

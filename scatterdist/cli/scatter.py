@@ -164,7 +164,7 @@ def _failures_table(ids: Any, errors: Any, stream, limit: int = _TABLE_ROWS) -> 
 def run_scatter(args: argparse.Namespace) -> int:
     """Handler of ``scatterdist scatter``."""
     from scatterdist import store as zstore
-    from scatterdist.catalog import Catalog, CatalogError
+    from scatterdist.inputs import Catalog, CatalogError
     from scatterdist.cluster import ClusterError, client_from_args
     from scatterdist.pipeline import check_data_options, scatter
 

@@ -4,7 +4,7 @@ For every non-Gaussianity amplitude ``alpha`` and every seed:
 
 1. a mixed :class:`~scatterdist.sims.SimulationSpec` of ``2 N`` skies (labels alternate 0/1;
    optionally with survey conditions: beam, white noise, Galactic cut) is turned into a
-   :class:`~scatterdist.catalog.Catalog`; the skies are generated inside the Dask tasks from
+   :class:`~scatterdist.inputs.Catalog`; the skies are generated inside the Dask tasks from
    their seeds and never stored;
 2. :func:`scatterdist.pipeline.scatter` writes three stores through the same pipeline: the
    paper's scattering transform (``Scattering(nside)``), the signed option
@@ -254,7 +254,7 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
     Existing stores are resumed (the pipeline skips finished shards); existing feature files
     are reused when they were made from the same simulation spec and feature version.
     """
-    from scatterdist.catalog import Catalog
+    from scatterdist.inputs import Catalog
     from scatterdist.experiments.features import BIN_WIDTH, FEATURES_VERSION, baseline_features
     from scatterdist.pipeline import scatter
 

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from scatterdist.sims.skies import _check_int, check_nonnegative
+from scatterdist.sims.checks import _check_int, check_nonnegative
 from scatterdist.sphere import check_nside, nside2npix
 
 __all__ = [

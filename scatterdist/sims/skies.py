@@ -45,6 +45,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from scatterdist.sims.checks import _check_int, check_nonnegative
 from scatterdist.sims.spectrum import cmb_cl
 from scatterdist.sphere import check_nside, synthesis
 from scatterdist.sphere.alm import alm_l_index, alm_m_index
@@ -58,31 +59,6 @@ __all__ = [
     "nongaussian_cmb",
     "nongaussian_transfer",
 ]
-
-
-def _check_int(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def check_nonnegative(name: str, value: object, unit: str = "") -> float | None:
-    """``value`` as a finite float >= 0 (None stays None), else ValueError naming ``name``."""
-    if value is None:
-        return None
-    what = f"{name} must be a finite number >= 0" + (f" ({unit})" if unit else "") + f", got {value!r}"
-    if isinstance(value, bool):
-        raise ValueError(what)
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(what) from None
-    if not math.isfinite(out) or out < 0:
-        raise ValueError(what)
-    return out
 
 
 def check_alpha(alpha: object) -> float:

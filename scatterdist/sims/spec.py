@@ -8,7 +8,7 @@ any worker regenerates bitwise the same map.
 Observation (all optional, see :mod:`scatterdist.sims.observe`): ``fwhm_arcmin`` (Gaussian
 beam, arcmin FWHM, applied in harmonic space), ``noise_uK_arcmin`` (white noise depth, muK
 arcmin, from its own stream ``(seed, (i, 1))``), ``mask`` (a mask FITS or HealSparse file,
-weights in [0, 1], brought to ``nside`` by :func:`scatterdist.catalog.read_global_mask`) and ``galactic_cut``
+weights in [0, 1], brought to ``nside`` by :func:`scatterdist.inputs.read_global_mask`) and ``galactic_cut``
 (degrees: keep ``|b| > galactic_cut``). Both masks multiply; the sky is UNSEEN where the
 weight is 0, and :meth:`SimulationSpec.mask_weights` gives the weights. Order: sky, beam, noise,
 mask. All four also work in ``sim:`` specs, e.g.
@@ -183,7 +183,7 @@ class SimulationSpec:
         if self.galactic_cut is not None:
             w *= galactic_cut_mask(self.nside, self.galactic_cut)
         if self.mask is not None:
-            from scatterdist.catalog import read_global_mask
+            from scatterdist.inputs.masks import read_global_mask
 
             w *= read_global_mask(self.mask, self.nside)
         w.setflags(write=False)
