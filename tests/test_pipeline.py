@@ -473,3 +473,30 @@ def test_store_made_before_fields_resumes_as_it_was(client: Client, small, tmp_p
     assert (again.ok, again.shards_computed, again.skipped) == (4, 1, 20)
     assert "field" not in zstore.open_coefficients(out).coefficients.dims
     np.testing.assert_array_equal(zstore.read_rows(out, 0, 24), expected[:, 0])
+
+
+def test_gpu_placement_survives_a_worker_restart(client: Client) -> None:
+    """The GPU a worker is given is applied by a WorkerPlugin in every process that worker starts:
+    a worker restarted by its nanny (new process, same name) still has its assignment."""
+    from scatterdist.pipeline.device import assign_gpu, assigned_gpu
+    from scatterdist.pipeline.placement import PLUGIN_NAME, GpuPlacement
+
+    workers = client.scheduler_info()["workers"]
+    names = {addr: str(w["name"]) for addr, w in workers.items()}
+    plan = {name: k + 1 for k, name in enumerate(sorted(names.values()))}
+    client.register_plugin(GpuPlacement(plan), name=PLUGIN_NAME)
+    try:
+        before = client.run(assigned_gpu)
+        assert {names[a]: g for a, g in before.items()} == plan
+        victim = sorted(names)[0]
+        old_pid = client.run(os.getpid, workers=[victim])[victim]
+        client.restart_workers([victim])
+        client.wait_for_workers(2, timeout=60)
+        after = client.run(assigned_gpu)
+        new_names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+        assert {new_names[a]: g for a, g in after.items()} == plan
+        pids = client.run(os.getpid)
+        assert old_pid not in pids.values()  # really a new process
+    finally:
+        client.unregister_worker_plugin(PLUGIN_NAME)
+        client.run(assign_gpu, None)
