@@ -34,6 +34,21 @@ def scattering_from_args(args: argparse.Namespace, **extra):
                       **extra)
 
 
+def statistic_config(statistic: str, config: dict) -> dict:
+    """Full configuration of the transform ``statistic`` (``"scattering"`` or ``"covariance"``) from
+    the scatter command's transform settings (validated, defaults filled)."""
+    from scatterdist import Scattering, ScatteringCovariance
+
+    if statistic == "scattering":
+        return Scattering(**config).config()
+    if statistic != "covariance":
+        raise ValueError(f"--statistic must be scattering or covariance, got {statistic!r}")
+    config = dict(config)
+    if config.pop("depth", 2) != 2:
+        raise ValueError("--statistic covariance has fixed statistics (mean, S1..S4): drop --depth")
+    return ScatteringCovariance(**config).config()
+
+
 def _covariance_equivariance(args: argparse.Namespace) -> int:
     from scatterdist.equivariance import covariance_equivariance
     from scatterdist.scattering.covariance import ScatteringCovariance

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -53,21 +53,48 @@ from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, DEFAULT_MIN_COVERAGE
 COVARIANCE_KINDS = ("mean", "S1", "S2", "S3", "S4")
 
 
-class CovPath(NamedTuple):
-    """One statistic: ``kind`` in :data:`COVARIANCE_KINDS` and its scales (-1 where absent)."""
+class CovPath(tuple):
+    """One statistic: its scales as a tuple (``()``, ``(j1,)``, ``(j1, j2)``, ``(j1, j2, j3)``, so
+    code that reads scales from path tuples keeps working) and its ``kind`` in
+    :data:`COVARIANCE_KINDS`; equality and hash include ``kind`` (``S1 j1=5`` != ``S2 j1=5``)."""
 
     kind: str
-    j1: int = -1
-    j2: int = -1
-    j3: int = -1
+
+    def __new__(cls, kind: str, *scales: int) -> "CovPath":
+        if kind not in COVARIANCE_KINDS:
+            raise ValueError(f"kind must be one of {COVARIANCE_KINDS}, got {kind!r}")
+        self = super().__new__(cls, tuple(int(j) for j in scales))
+        self.kind = kind
+        return self
+
+    def __getnewargs__(self) -> tuple:  # pickling (Dask ships transforms)
+        return (self.kind, *self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CovPath) and other.kind == self.kind and tuple(self) == tuple(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((self.kind, tuple(self)))
+
+    def __repr__(self) -> str:
+        return f"CovPath({self.kind!r}, {', '.join(map(str, self))})"
+
+    def _scale(self, i: int) -> int:
+        return self[i] if len(self) > i else -1
+
+    j1 = property(lambda self: self._scale(0), doc="first scale (-1: absent)")
+    j2 = property(lambda self: self._scale(1), doc="second scale (-1: absent)")
+    j3 = property(lambda self: self._scale(2), doc="third scale (-1: absent)")
 
     @property
     def label(self) -> str:
         """``"mean"``, ``"S1 j1=5"``, ``"S3 j1=6 j2=5"``, ``"S4 j1=7 j2=6 j3=5"``."""
         if self.kind == "mean":
             return "mean"
-        js = [j for j in (self.j1, self.j2, self.j3) if j >= 0]
-        return f"{self.kind} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(js))
+        return f"{self.kind} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(self))
 
     @property
     def grid_scale(self) -> int:
