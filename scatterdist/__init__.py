@@ -12,7 +12,7 @@ from scatterdist.equivariance import equivariance_error
 from scatterdist.sphere.mask import MaskError, apodize, mask_from_map, read_mask, sky_fraction
 from scatterdist.sphere.spin import qu_to_eb
 from scatterdist.stability import deformation_stability
-from scatterdist.scattering import InvalidMapError, Scattering
+from scatterdist.scattering import InvalidMapError, Scattering, ScatteringCovariance
 from scatterdist.scattering.directional import directional_wavelet_transform
 from scatterdist.wavelet_transform import WaveletMaps, inverse_wavelet_transform, wavelet_transform
 from scatterdist.wavelets import axisym_kernels, directional_kernels
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidMapError",
     "MaskError",
     "Scattering",
+    "ScatteringCovariance",
     "WaveletMaps",
     "__version__",
     "apodize",

@@ -3,6 +3,7 @@
 - ``"scattering"`` (default): :class:`scatterdist.Scattering`.
 - ``"lowpass"``: :class:`LowPass`, the raw map reduced to the scattering output resolution
   (the paper's low-resolution baseline input).
+- ``"covariance"``: :class:`scatterdist.ScatteringCovariance` (scattering spectra).
 
 Every transform has the interface the store and the pipeline rely on: ``nside``, ``paths``,
 ``path_labels``, ``n_paths``, ``nside_out``, ``npix_out``, ``config()``, ``check_maps()``
@@ -23,7 +24,7 @@ from scatterdist.sphere import analysis, check_nside, nside2npix, synthesis
 from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, DEFAULT_MIN_COVERAGE, apodize, check_mask
 from scatterdist.wavelets import scaling_bandlimit
 
-TRANSFORMS = ("scattering", "lowpass")
+TRANSFORMS = ("scattering", "lowpass", "covariance")
 
 
 class LowPass:
@@ -152,4 +153,8 @@ def build_transform(config: dict[str, Any], **options: Any) -> Any:
         return Scattering(**config, **options)
     if kind == "lowpass":
         return LowPass(**config, **options)
+    if kind == "covariance":
+        from scatterdist import ScatteringCovariance
+
+        return ScatteringCovariance(**config, **options)
     raise ValueError(f"unknown transform {kind!r}; choose one of {TRANSFORMS}")

@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCTESTED = ["scatterdist", "scatterdist.wavelets", "scatterdist.sphere.sht", "scatterdist.scattering.frontend",
-             "scatterdist.wavelet_transform", "scatterdist.equivariance", "scatterdist.transforms"]
+             "scatterdist.wavelet_transform", "scatterdist.equivariance", "scatterdist.transforms",
+             "scatterdist.scattering.covariance"]
 
 
 @pytest.mark.parametrize("name", DOCTESTED)

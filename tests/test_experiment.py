@@ -45,7 +45,8 @@ def test_quick_cmb_study_beats_both_baselines(tmp_path):
     result = json.loads((out / "cmb.json").read_text())
     records = result["records"]
     models = {"recommended", "scattering", "lowpass", "signed_invariants", "scattering_invariants",
-              "modulus_invariants", "power_spectrum", "pixel_moments", "wavelet_moments"}
+              "modulus_invariants", "covariance_invariants", "power_spectrum", "pixel_moments", "wavelet_moments",
+              "cubic"}
     assert {r["model"] for r in records} == models
     assert len(records) == 3 * len(models)  # 3 seeds
     assert all(r["n_test"] >= 25 and r["n_val"] >= 25 for r in records)
@@ -61,8 +62,16 @@ def test_quick_cmb_study_beats_both_baselines(tmp_path):
         assert acc["scattering"] > max(acc["lowpass"], acc["power_spectrum"]), (seed, acc)
     # issue 13: the recommended (validation-selected) model is at least as good as the pixel moments
     assert mean["recommended"] >= mean["pixel_moments"], mean
-    # the modulus is blind to the sign of the field; the signed paths are not
+    # the modulus is blind to the sign of the field; the signed paths and the covariances (S3) are not
     assert mean["signed_invariants"] >= mean["modulus_invariants"] + 0.15, mean
+    assert mean["covariance_invariants"] >= mean["modulus_invariants"] + 0.15, mean
+    assert mean["cubic"] >= 0.9, mean  # the optimal statistic at alpha = 0.05
+    # per-sky test predictions are saved for every logistic model (the CNNs report counts only)
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "alpha,seed,model,map,label,predicted"
+    logistic = [r for r in records if "test_ids" in r]
+    assert len(rows) - 1 == sum(r["n_test"] for r in logistic)
+    assert {r["model"] for r in logistic} >= models - {"scattering", "lowpass", "recommended"}
     chosen = [r for r in records if r["model"] == "recommended"]
     for r in chosen:  # chosen on the validation split: its validation score is the best candidate's
         same = [x for x in records if x["seed"] == r["seed"] and x["model"] in result["settings"]["candidates"]]
@@ -73,6 +82,7 @@ def test_quick_cmb_study_beats_both_baselines(tmp_path):
     assert "scatterdist experiment cmb --quick" in text
     assert "| 0.05 |" in text and "os.cpu_count() = " in text
     assert "## Class counts per split" in text and "## Recommended model against the best baseline" in text
+    assert "## Against the optimal cubic statistic T" in text and "meets the paper" not in text
     assert result["settings"]["dask_workers"] == 2
     # the signed store is computed at the oversampling where its invariants are rotation invariant
     from scatterdist.experiments.cmb import SIGNED_OVERSAMPLE
@@ -84,14 +94,63 @@ def test_quick_cmb_study_beats_both_baselines(tmp_path):
 
 
 def test_summarise_mean_and_standard_error():
-    records = [{"alpha": 0.1, "seed": s, "model": "scattering", "accuracy": a, "n_test": 10}
-               for s, a in enumerate([0.9, 1.0, 0.8])]
+    records = [{"alpha": 0.1, "seed": s, "model": "scattering", "accuracy": a, "n_test": 10, "val_accuracy": v}
+               for s, (a, v) in enumerate([(0.6, 0.8), (1.0, 1.0), (0.8, 0.9)])]
     records.append({"alpha": 0.01, "seed": 0, "model": "lowpass", "accuracy": 0.5, "n_test": 12})
+    records += [{"alpha": 0.2, "seed": s, "model": "pixel_moments", "accuracy": 1.0, "n_test": 30} for s in range(5)]
     rows = summarise(records)
-    assert [(r["alpha"], r["model"]) for r in rows] == [(0.01, "lowpass"), (0.1, "scattering")]
-    assert math.isnan(rows[0]["se"]) and rows[0]["n_seeds"] == 1
-    assert rows[1]["mean"] == pytest.approx(0.9)
-    assert rows[1]["se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert [(r["alpha"], r["model"]) for r in rows] == [(0.01, "lowpass"), (0.1, "scattering"), (0.2, "pixel_moments")]
+    assert rows[0]["n_seeds"] == 1 and rows[0]["se"] == pytest.approx(math.sqrt(0.5 * 0.5 / 12))  # binomial only
+    assert rows[1]["mean"] == pytest.approx(0.8) and rows[1]["val_mean"] == pytest.approx(0.9)
+    assert rows[1]["se"] == pytest.approx(0.2 / math.sqrt(3))  # seed spread above the binomial floor
+    # five seeds that agree at 100%: the binomial floor of 150 skies, never "± 0.0"
+    p = 151 / 152
+    assert rows[2]["se_seeds"] == 0 and rows[2]["se"] == pytest.approx(math.sqrt(p * (1 - p) / 150))
+
+
+def _rec(alpha, seed, model, ids, labels, pred, val):
+    acc = float(np.mean(np.array(labels) == np.array(pred)))
+    return {"alpha": alpha, "seed": seed, "model": model, "accuracy": acc, "n_test": len(ids), "val_accuracy": val,
+            "test_ids": ids, "test_labels": labels, "test_predicted": pred}
+
+
+def test_mcnemar_paired_test_and_validation_choice():
+    from scatterdist.experiments.report import _findings, mcnemar, paired_test
+
+    assert mcnemar(0, 0) == 1.0
+    assert mcnemar(10, 0) == pytest.approx(2 * 0.5**10)
+    assert mcnemar(3, 7) == mcnemar(7, 3) > 0.3
+    ids = [f"m{i}" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    good = list(labels)
+    bad = [1 - y if i < 20 else y for i, y in enumerate(labels)]  # wrong on the first 20 skies
+    records = []
+    for seed in range(2):
+        records += [_rec(0.01, seed, "recommended", ids, labels, good, 0.9),
+                    _rec(0.01, seed, "pixel_moments", ids, labels, bad, 0.8),
+                    # best on test but worst on validation: never the chosen baseline
+                    _rec(0.01, seed, "wavelet_moments", ids, labels, good, 0.6)]
+    test = paired_test(records, 0.01, "recommended", "pixel_moments")
+    assert (test["b"], test["c"], test["n"]) == (40, 0, 80) and test["p"] < 1e-10
+    assert paired_test(records, 0.01, "recommended", "lowpass") is None
+    by = {(r["alpha"], r["model"]): r for r in summarise(records)}
+    text = "\n".join(_findings(by, [0.01], records))
+    assert "pixel moments (logistic): 50.0" in text and "| 40/0, p = " in text and "| above |" in text
+
+
+def test_every_alpha_has_its_own_skies():
+    from scatterdist.experiments.cmb import CMBConfig, _specs, sky_seed
+
+    cfg = CMBConfig(nside=32, n_per_class=4, alphas=(0.005, 0.01), seeds=2)
+    specs = _specs(cfg)
+    seeds = [spec.seed for _, _, spec in specs]
+    assert len(set(seeds)) == 4 and sky_seed(1, 0.01) == 10_000_001
+    ids = [set(spec.map_ids()) for _, _, spec in specs]
+    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1:])
+    a, b = specs[0][2], specs[2][2]  # same replicate seed, two alphas: different Gaussian skies
+    assert not np.allclose(a.generate(0), b.generate(0))
+    with pytest.raises(ValueError, match="seed0 \\+ seeds"):
+        CMBConfig(nside=32, seed0=999, seeds=2)
 
 
 def test_shard_size_fits_a_worker_at_high_nside():
@@ -179,7 +238,18 @@ def test_baseline_features_in_dask_tasks_match_in_process(tmp_path):
     assert set(feats) == set(BASELINES)
     for name in BASELINES:
         np.testing.assert_array_equal(feats[name], direct[name])
-    assert feats["pixel_moments"].shape == (6, 2)
+    assert feats["pixel_moments"].shape == (6, 2) and feats["cubic"].shape == (6, 1)
+    # the cut-sky cubic statistic: Wiener filter + linear term from Gaussian skies observed the same way
+    from scatterdist.experiments.cubic import masked_cubic_statistic
+    from scatterdist.experiments.features import cubic_linear_term, survey_model
+
+    cut = SimulationSpec(kind="mixed", nside=16, n=4, seed=2, alpha=0.5, noise_uK_arcmin=200.0, galactic_cut=20.0)
+    linear = cubic_linear_term(cut, n_mc=4)
+    block = baseline_block(cut.to_dict(), 0, 4, linear=linear)
+    maps = np.stack([cut.generate(i) for i in range(4)])
+    np.testing.assert_allclose(block["cubic"][:, 0], masked_cubic_statistic(maps, survey_model(cut), linear))
+    with pytest.raises(ValueError, match="linear term"):
+        baseline_block(cut.to_dict(), 0, 2)
 
 
 @pytest.mark.timeout(300)
@@ -189,13 +259,13 @@ def test_study_under_survey_conditions_runs_every_store_on_the_cut_sky(tmp_path)
     out = tmp_path / "survey"
     proc = _run_cli("--nside", "32", "--n-per-class", "12", "--alpha", "0.5", "--seeds", "1", "--epochs", "1",
                     "--hidden", "4", "--fwhm-arcmin", "60", "--noise-uk-arcmin", "45", "--galactic-cut", "20",
-                    "--models", "scattering", "lowpass", "signed_invariants", "pixel_moments",
+                    "--models", "scattering", "lowpass", "signed_invariants", "pixel_moments", "cubic",
                     "--out", str(out), "--no-progress", timeout=290)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / "cmb.json").read_text())
     assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 45.0, "galactic_cut": 20.0}
     assert {r["model"] for r in result["records"]} == {"recommended", "scattering", "lowpass", "signed_invariants",
-                                                      "pixel_moments"}
+                                                      "pixel_moments", "cubic"}
     import xarray as xr
 
     cell = next((out / "cmb-work").glob("nside32-n12-beam60-noise45-cut20/alpha0.5-seed0"))

@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="models to run (default all; only the stores they need are computed): "
                         "scattering scattering_signed lowpass signed_invariants scattering_invariants "
-                        "modulus_invariants power_spectrum pixel_moments wavelet_moments")
+                        "modulus_invariants covariance_invariants covariance_cnn power_spectrum pixel_moments "
+                        "wavelet_moments cubic (cubic: the optimal cubic statistic T)")
     survey = p.add_argument_group("survey conditions (every sky of both classes; default: clean full skies)")
     survey.add_argument("--fwhm-arcmin", type=float, default=None, metavar="ARCMIN",
                         help="Gaussian beam FWHM in arcmin (issue 13: 5)")

@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--J0", type=int, default=None, help="lowest wavelet scale (default: lam**J0 ~ 16)")
     t.add_argument("--lam", type=float, default=2.0, help="dilation factor (default 2)")
     t.add_argument("--depth", type=int, default=2, help="scattering order (default 2)")
+    t.add_argument("--statistic", choices=("scattering", "covariance"), default="scattering",
+                   help="scattering (default) or covariance (ScatteringCovariance: mean, S1..S4; no --depth)")
     t.add_argument("--oversample", type=int, default=1, help="oversampling of each scale (default 1)")
     t.add_argument("--analysis", choices=("quadrature", "lsq"), default="quadrature")
     t.add_argument("--N", type=int, default=1,
@@ -143,9 +145,9 @@ def _config(args: argparse.Namespace, nside: int) -> dict[str, Any]:
         config["J0"] = args.J0
     if args.N != 1:
         config["N"] = args.N
-    from scatterdist import Scattering
+    from scatterdist.cli.transform import statistic_config
 
-    full = Scattering(**config).config()  # validates and fills the defaults
+    full = statistic_config(args.statistic, config)  # validates and fills the defaults
     if args.backend == "torch":
         full["backend"] = "torch"
         full["device"] = args.device

@@ -104,8 +104,8 @@ class CMBConfig:
             raise ValueError(f"n_per_class must be >= 4 skies per class, got {self.n_per_class}")
         if not self.alphas or any(not (float(a) >= 0) for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty list of amplitudes >= 0, got {self.alphas}")
-        if self.seeds < 1 or self.seed0 < 0:
-            raise ValueError(f"need seeds >= 1 and seed0 >= 0, got {self.seeds}, {self.seed0}")
+        if self.seeds < 1 or self.seed0 < 0 or self.seed0 + self.seeds > 1000:
+            raise ValueError(f"need seeds >= 1, seed0 >= 0 and seed0 + seeds <= 1000, got {self.seeds}, {self.seed0}")
         if self.ranks < 1:
             raise ValueError(f"ranks must be >= 1, got {self.ranks}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
@@ -136,16 +136,32 @@ def signed_transform(nside: int) -> Any:
     return Scattering(nside, signed=True, oversample=SIGNED_OVERSAMPLE)
 
 
+#: Oversampling of the covariance store. Under an exact rotation its S3/S4 local maps move by 11-26% at
+#: oversample 1 and 3-5% at 2, its invariants by <= 4.4% of the local maps' rms at 1
+#: (``scatterdist equivariance --statistic covariance --nside 128``). The study uses 1: at 2 the store
+#: cost 4.5x more (0.45 vs 0.10 s per nside-128 map on one thread), which the shared 2-core machine could not
+#: afford at N = 100 per class; every sky is simulated in the same frame, so the study is not rotated.
+COVARIANCE_OVERSAMPLE = 1
+
+
+def covariance_transform(nside: int) -> Any:
+    """The study's scattering covariances: ``ScatteringCovariance(nside, oversample=COVARIANCE_OVERSAMPLE)``."""
+    from scatterdist import ScatteringCovariance
+
+    return ScatteringCovariance(nside, oversample=COVARIANCE_OVERSAMPLE)
+
+
 def _store_configs(nside: int) -> dict[str, dict[str, Any]]:
     from scatterdist import Scattering
     from scatterdist.transforms import LowPass
 
     return {"scattering": Scattering(nside).config(), "signed": signed_transform(nside).config(),
-            "lowpass": LowPass(nside).config()}
+            "lowpass": LowPass(nside).config(), "covariance": covariance_transform(nside).config()}
 
 
 #: store -> model key of the HybridCNN trained on it.
-CNN_MODELS = {"scattering": "scattering", "signed": "scattering_signed", "lowpass": "lowpass"}
+CNN_MODELS = {"scattering": "scattering", "signed": "scattering_signed", "lowpass": "lowpass",
+              "covariance": "covariance_cnn"}
 #: logistic models on the rotation invariants (pixel means) of the signed store: model -> path kinds used.
 INVARIANT_MODELS = {"signed_invariants": ("signed",), "scattering_invariants": ("modulus", "signed"),
                     "modulus_invariants": ("modulus",)}
@@ -153,14 +169,16 @@ INVARIANT_MODELS = {"signed_invariants": ("signed",), "scattering_invariants": (
 STORE_OF: dict[str, str | None] = {
     "scattering": "scattering", "scattering_signed": "signed", "lowpass": "lowpass",
     **{m: "signed" for m in INVARIANT_MODELS},
-    "power_spectrum": None, "pixel_moments": None, "wavelet_moments": None,
+    "covariance_invariants": "covariance", "covariance_cnn": "covariance",
+    "power_spectrum": None, "pixel_moments": None, "wavelet_moments": None, "cubic": None,
 }
 ALL_MODELS = tuple(STORE_OF)
 #: scattering models among which the recommended one is chosen on the validation split (ties: first listed).
-CANDIDATES = ("signed_invariants", "scattering_invariants", "scattering_signed", "scattering")
+CANDIDATES = ("covariance_invariants", "signed_invariants", "scattering_invariants", "covariance_cnn",
+              "scattering_signed", "scattering")
 #: ``--quick``: nside 64, one alpha, a smaller CNN; a few minutes on 2 cores (run by the test suite).
 QUICK = CMBConfig(nside=64, n_per_class=150, alphas=(0.05,), seeds=3, epochs=4, hidden=8, quick=True,
-                  models=tuple(m for m in ALL_MODELS if m != "scattering_signed"))
+                  models=tuple(m for m in ALL_MODELS if m not in ("scattering_signed", "covariance_cnn")))
 
 #: ``make cmb`` (``results/cmb.md``): the study at L = 1024 around the alpha where the best model
 #: crosses 95%: 3 alphas x 3 seeds x 50 skies per class, every model. Measured on the 2-core
@@ -171,8 +189,8 @@ FULL = CMBConfig(nside=512, n_per_class=50, alphas=(0.003, 0.006, 0.01), seeds=3
 
 #: every timed step of a cell (ledger keys), in report order.
 STEP_KEYS = ("simulate + scattering store", "simulate + signed store", "simulate + lowpass store",
-             "simulate + baseline features", "train + evaluate scattering CNN", "train + evaluate signed CNN",
-             "train + evaluate lowpass CNN")
+             "simulate + covariance store", "simulate + baseline features", "train + evaluate scattering CNN",
+             "train + evaluate signed CNN", "train + evaluate lowpass CNN", "train + evaluate covariance CNN")
 
 
 def _free_port() -> int:
@@ -207,7 +225,20 @@ def _spec(cfg: CMBConfig, alpha: float, seed: int) -> Any:
             f"survey conditions {missing} are not supported by this scatterdist's SimulationSpec "
             f"(fields: {sorted(fields)}); drop --fwhm-arcmin/--noise-uk-arcmin/--galactic-cut"
         )
-    return SimulationSpec(kind="mixed", nside=cfg.nside, n=2 * cfg.n_per_class, seed=seed, alpha=alpha, **cfg.survey)
+    return SimulationSpec(kind="mixed", nside=cfg.nside, n=2 * cfg.n_per_class, seed=sky_seed(seed, alpha),
+                          alpha=alpha, **cfg.survey)
+
+
+def sky_seed(seed: int, alpha: float) -> int:
+    """Simulation seed of replicate ``seed`` at amplitude ``alpha``: ``round(alpha * 1e6) * 1000 + seed``.
+
+    Every (alpha, seed) gets its own skies and, since map ids carry the simulation seed, its own
+    train/val/test split: the rows of a study are independent samples (the same sky is never reused
+    at another alpha). Distinct for seeds < 1000 and alphas that differ by >= 1e-6.
+    """
+    if not 0 <= seed < 1000:
+        raise ValueError(f"seed must be in [0, 1000), got {seed}")
+    return int(round(float(alpha) * 1e6)) * 1000 + int(seed)
 
 
 def _specs(cfg: CMBConfig) -> list[tuple[float, int, Any]]:
@@ -411,6 +442,11 @@ def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[s
                 keep = np.isin(kinds, INVARIANT_MODELS[model])
                 scores = logistic_scores(feats[:, keep], labels, ids, cfg.val_fraction, cfg.test_fraction)
                 cell_records.append(_record(alpha, seed, model, scores, time.perf_counter() - t0))
+        if "covariance_invariants" in cfg.models:
+            t0 = time.perf_counter()
+            feats, labels, ids, _ = store_invariants(os.path.join(cell, "covariance.zarr"))
+            scores = logistic_scores(feats, labels, ids, cfg.val_fraction, cfg.test_fraction)
+            cell_records.append(_record(alpha, seed, "covariance_invariants", scores, time.perf_counter() - t0))
         baselines = [m for m in BASELINES if m in cfg.models]
         if baselines:
             with np.load(os.path.join(cell, "features.npz")) as f:
@@ -422,7 +458,8 @@ def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[s
         by_model = {r["model"]: r for r in cell_records}
         candidates = [m for m in CANDIDATES if m in by_model]
         best = max(candidates, key=lambda m: (by_model[m]["val_accuracy"], -CANDIDATES.index(m)))
-        chosen = {k: by_model[best][k] for k in ("accuracy", "n_test", "val_accuracy", "n_val", "predicted")}
+        chosen = {k: by_model[best][k] for k in ("accuracy", "n_test", "val_accuracy", "n_val", "predicted",
+                                                 "test_ids", "test_labels", "test_predicted") if k in by_model[best]}
         cell_records.append(_record(alpha, seed, "recommended", chosen, None, choice=best))
         for r in cell_records[n_cnn:]:
             _log(f"  {r['model']}: test accuracy {r['accuracy']:.3f} on {r['n_test']} skies (val {r['val_accuracy']:.3f})"
@@ -492,7 +529,10 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
 
     sc, lp = Scattering(cfg.nside), LowPass(cfg.nside)
     signed = signed_transform(cfg.nside)
+    cov = covariance_transform(cfg.nside)
     settings = {
+        "covariance_config": cov.config(), "n_covariance_paths": cov.n_paths,
+        "sky_seed_rule": "round(ALPHA * 1e6) * 1000 + SEED",
         **asdict(cfg),
         "alphas": list(cfg.alphas), "work": cfg.work_dir, "survey": cfg.survey,
         "scattering_config": sc.config(), "signed_config": signed.config(), "n_signed_paths": signed.n_paths,
@@ -512,7 +552,22 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
               "timings": timings}
     with open(os.path.join(cfg.out, "cmb.json"), "w") as fh:
         json.dump(result, fh, indent=1, default=str)
+    write_predictions(os.path.join(cfg.out, "predictions.csv"), records)
     return result
+
+
+def write_predictions(path: str, records: list[dict[str, Any]]) -> int:
+    """Per-sky test predictions of every model that has them (``alpha,seed,model,map,label,predicted``);
+    returns the number of rows. The CNN records have none (the trainer's evaluation reports counts)."""
+    rows = 0
+    with open(path + ".tmp", "w") as fh:
+        fh.write("alpha,seed,model,map,label,predicted\n")
+        for r in records:
+            for map_id, label, pred in zip(r.get("test_ids", ()), r.get("test_labels", ()), r.get("test_predicted", ())):
+                fh.write(f"{r['alpha']:g},{r['seed']},{r['model']},{map_id},{label},{pred}\n")
+                rows += 1
+    os.replace(path + ".tmp", path)
+    return rows
 
 
 def with_overrides(base: CMBConfig, **overrides: Any) -> CMBConfig:

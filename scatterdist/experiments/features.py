@@ -6,7 +6,12 @@ features of every baseline (:data:`BASELINES`):
 
 - ``power_spectrum``: binned ``log C_l`` (:func:`scatterdist.sims.baseline.power_spectrum_features`);
 - ``pixel_moments``: skewness and excess kurtosis of the map;
-- ``wavelet_moments``: skewness and excess kurtosis of every wavelet scale ``f * Psi_j``.
+- ``wavelet_moments``: skewness and excess kurtosis of every wavelet scale ``f * Psi_j``;
+- ``cubic``: the optimal cubic statistic ``T`` of the model (:mod:`scatterdist.experiments.cubic`),
+  one number per map: ``mean_x f^2 (C^-1 f)`` on the full sky (``C`` the sky spectrum times the
+  beam squared); on a cut sky the KSW form with the Wiener filter and the linear term from
+  :data:`CUBIC_MC` Gaussian skies observed the same way (a clean cut sky is filtered as if it had
+  :data:`CUBIC_NOISE_FLOOR` muK-arcmin of white noise, a regularisation the data does not have).
 
 With survey conditions (a spec whose maps carry a mask) the moments use unmasked pixels only
 and the power spectrum is the pseudo-C_l of the masked map (the same for both classes).
@@ -37,9 +42,14 @@ __all__ = ["BASELINES", "BIN_WIDTH", "FEATURES_VERSION", "baseline_block", "base
 #: Multipoles per bin of the C_l features (bins start at l = 2).
 BIN_WIDTH = 8
 #: Feature files record this; a file with another version is recomputed.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 #: Baseline names, in report order.
-BASELINES = ("power_spectrum", "pixel_moments", "wavelet_moments")
+BASELINES = ("power_spectrum", "pixel_moments", "wavelet_moments", "cubic")
+#: Gaussian skies for the linear term of the cut-sky cubic statistic (simulation seed CUBIC_MC_SEED).
+CUBIC_MC = 32
+CUBIC_MC_SEED = 999_999
+#: White-noise level (muK arcmin) assumed by the cut-sky Wiener filter when the skies have none.
+CUBIC_NOISE_FLOOR = 45.0
 
 
 def _mask_weights(spec: SimulationSpec) -> np.ndarray | None:
@@ -47,10 +57,56 @@ def _mask_weights(spec: SimulationSpec) -> np.ndarray | None:
     return None if getter is None else getter()
 
 
-def baseline_block(spec_dict: dict[str, Any], start: int, stop: int, bin_width: int = BIN_WIDTH) -> dict[str, np.ndarray]:
+def survey_model(spec: SimulationSpec) -> Any:
+    """The :class:`~scatterdist.experiments.cubic.SurveyModel` of a masked spec (None on the full sky)."""
+    from scatterdist.experiments.cubic import SurveyModel
+    from scatterdist.sims.observe import beam_window, noise_sigma_pixel
+    from scatterdist.sims.spectrum import cmb_cl
+
+    weights = _mask_weights(spec)
+    if weights is None:
+        return None
+    lmax = 2 * spec.nside - 1
+    noise = spec.noise_uK_arcmin if spec.noise_uK_arcmin else CUBIC_NOISE_FLOOR
+    beam = None if spec.fwhm_arcmin is None else beam_window(spec.fwhm_arcmin, lmax)
+    return SurveyModel(cl=cmb_cl(lmax), mask=weights, noise_sigma=noise_sigma_pixel(spec.nside, noise), beam=beam)
+
+
+def cubic_linear_term(spec: SimulationSpec, n_mc: int = CUBIC_MC) -> tuple[np.ndarray, np.ndarray] | None:
+    """Linear-term maps of the cut-sky cubic statistic from ``n_mc`` Gaussian skies observed like ``spec``
+    (simulation seed :data:`CUBIC_MC_SEED`); None on the full sky."""
+    import dataclasses
+
+    from scatterdist.experiments.cubic import linear_term_maps
+
+    model = survey_model(spec)
+    if model is None:
+        return None
+    gauss = dataclasses.replace(spec, kind="gaussian", n=n_mc, seed=CUBIC_MC_SEED, alpha=0.0)
+    return linear_term_maps(np.stack([gauss.generate(i) for i in range(n_mc)]), model)
+
+
+def _cubic(spec: SimulationSpec, maps: np.ndarray, linear: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    from scatterdist.experiments.cubic import cubic_statistic, masked_cubic_statistic
+    from scatterdist.sims.observe import beam_window
+    from scatterdist.sims.spectrum import cmb_cl
+
+    model = survey_model(spec)
+    if model is None:
+        lmax = 2 * spec.nside - 1
+        cl = cmb_cl(lmax) * (1.0 if spec.fwhm_arcmin is None else beam_window(spec.fwhm_arcmin, lmax) ** 2)
+        return cubic_statistic(maps, cl)[:, None]
+    if linear is None:
+        raise ValueError("the cut-sky cubic statistic needs its linear term (cubic_linear_term(spec))")
+    return masked_cubic_statistic(maps, model, linear)[:, None]
+
+
+def baseline_block(spec_dict: dict[str, Any], start: int, stop: int, bin_width: int = BIN_WIDTH,
+                   linear: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Task body: ``{baseline: (stop - start, n_features)}`` float64 for maps ``start..stop-1`` of the spec.
 
     One ducc0 thread (Dask supplies the parallelism); C_l up to ``2*nside - 1`` by quadrature.
+    ``linear``: the cut-sky cubic statistic's linear term (:func:`cubic_linear_term`), masked specs only.
     """
     spec = SimulationSpec.from_dict(spec_dict)
     maps = np.stack([spec.generate(i) for i in range(start, stop)])
@@ -60,6 +116,7 @@ def baseline_block(spec_dict: dict[str, Any], start: int, stop: int, bin_width: 
         "power_spectrum": power_spectrum_features(clean, bin_width=bin_width, mode="quadrature", nthreads=1),
         "pixel_moments": pixel_moment_features(maps, weights),
         "wavelet_moments": wavelet_moment_features(maps, weights, nthreads=1),
+        "cubic": _cubic(spec, maps, linear),
     }
 
 
@@ -115,7 +172,8 @@ def baseline_features(
     ``block`` maps per task; at most ``window`` tasks in flight (default 2 x worker threads).
     A task that raises is retried twice by Dask, then its error propagates (nothing is skipped).
     """
-    parts = _run_blocks(client, baseline_block, (spec.to_dict(), bin_width), spec.n, block, window,
+    linear = cubic_linear_term(spec)
+    parts = _run_blocks(client, baseline_block, (spec.to_dict(), bin_width, linear), spec.n, block, window,
                         "baseline features", progress)
     return {name: np.concatenate([p[name] for p in parts], axis=0) for name in BASELINES}
 
@@ -133,7 +191,8 @@ def logistic_scores(
     The split is :func:`scatterdist.train.data.split_of` of the map ids, stratified by
     ``labels``, with the trainer's fractions, i.e. exactly the maps the CNNs train, are
     validated and evaluated on. Returns ``{"accuracy", "n_test", "val_accuracy", "n_val",
-    "predicted": {class: test maps predicted as it}}``.
+    "predicted": {class: test maps predicted as it}, "test_ids", "test_labels", "test_predicted"}``
+    (the last three: per-sky lists in test-split order, for paired tests).
     """
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
@@ -153,4 +212,7 @@ def logistic_scores(
         "val_accuracy": model.score(features[val], labels[val]) if val.any() else float("nan"),
         "n_val": int(val.sum()),
         "predicted": {str(c): int(np.sum(pred == c)) for c in (0, 1)},
+        "test_ids": [str(m) for m in np.asarray(map_ids, dtype=object)[test]],
+        "test_labels": [int(v) for v in labels[test]],
+        "test_predicted": [int(v) for v in pred],
     }

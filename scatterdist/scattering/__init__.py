@@ -2,6 +2,7 @@
 
 from scatterdist.scattering.filters import FilterBank, path_label, scattering_paths
 from scatterdist.scattering.frontend import Scattering
+from scatterdist.scattering.covariance import ScatteringCovariance
 from scatterdist.scattering.inputs import UNSEEN, InvalidMapError, check_maps
 
-__all__ = ["FilterBank", "InvalidMapError", "Scattering", "UNSEEN", "check_maps", "path_label", "scattering_paths"]
+__all__ = ["FilterBank", "InvalidMapError", "Scattering", "ScatteringCovariance", "UNSEEN", "check_maps", "path_label", "scattering_paths"]
