@@ -46,6 +46,7 @@ import numpy as np
 
 from scatterdist.scattering.backend.base import Array
 from scatterdist.scattering.core import ScatteringPlan
+from scatterdist.scattering.frontend import finish_outputs
 from scatterdist.sphere import alm_l_index, analysis as np_analysis, synthesis as np_synthesis
 from scatterdist.sphere.mask import DEFAULT_APODIZE_DEG, DEFAULT_MIN_COVERAGE
 
@@ -363,12 +364,7 @@ class ScatteringCovariance:
         coverage (ones on the full sky). float64 numpy for the numpy backend, tensors for torch.
         """
         out, _, cov, was_1d = self._compute(maps, mask)
-        be = self.backend
-        out = be.to_output(out)
-        if not return_coverage:
-            return out[0] if was_1d else out
-        cov = be.to_output(out * 0.0 + 1.0 if cov is None else cov)
-        return (out[0], cov[0]) if was_1d else (out, cov)
+        return finish_outputs(self.backend, out, cov, was_1d, return_coverage)
 
     def transform_alm(self, maps: Any) -> Any:
         """Harmonic coefficients of the (normalised) full-sky local maps, complex ``(..., n_paths, nalm(L0 - 1))``."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from scatterdist.sphere.alm import alm_l_index, alm_size, alm_truncate_index
-from scatterdist.sphere.healpix import check_nside, ring_geometry
+from scatterdist.sphere.healpix import check_nside, next_pow2, ring_geometry
 from scatterdist.sphere.sht import default_nthreads
 from scatterdist.wavelets import _check_N, directional_kernels, steer_orders, wavelet_bandlimit
 
@@ -233,8 +233,6 @@ def directional_wavelet_transform(alm: Any, L: int, lam: float = 2.0, J0: int = 
     ``{j: (..., len(gammas), npix_j)}`` float64, the coefficient ``sqrt(2 pi) <f, R_(phi, theta, gamma) Psi_j>``
     at every pixel centre (``pys2let.analysis_lm2wav`` times ``sqrt(2 pi)``).
     """
-    from scatterdist.scattering.filters import next_pow2
-
     a = np.asarray(alm, dtype=np.complex128)
     was_1d = a.ndim == 1
     a = a.reshape(-1, a.shape[-1])

@@ -26,6 +26,7 @@ from itertools import combinations
 import numpy as np
 
 from scatterdist.sphere import alm_l_index, alm_truncate_index
+from scatterdist.sphere.healpix import next_pow2
 from scatterdist.wavelets import (
     _check_N,
     axisym_kernels,
@@ -34,11 +35,6 @@ from scatterdist.wavelets import (
     steerability_coefficients,
     wavelet_bandlimit,
 )
-
-
-def next_pow2(x: int) -> int:
-    """Smallest power of two >= x (x >= 1)."""
-    return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
 def default_J0(L: int, lam: float) -> int:

@@ -36,6 +36,17 @@ def _check_powers(powers: Any) -> tuple[float, ...]:
     return out
 
 
+
+def finish_outputs(backend: Any, out: Any, cov: Any, was_1d: bool, return_coverage: bool) -> Any:
+    """A transform's outputs as returned to the user: ``out`` (and its coverage, ones on the full
+    sky when ``cov`` is None, if ``return_coverage``) converted by the backend, without the batch
+    axis when the input was one map."""
+    out = backend.to_output(out)
+    if not return_coverage:
+        return out[0] if was_1d else out
+    cov = backend.to_output(out * 0.0 + 1.0 if cov is None else cov)
+    return (out[0], cov[0]) if was_1d else (out, cov)
+
 class Scattering:
     """Spherical wavelet scattering transform of HEALPix RING maps.
 
@@ -268,12 +279,7 @@ class Scattering:
         float64 numpy arrays for the numpy backend; tensors on the backend's device otherwise.
         """
         out, cov, was_1d = self._outputs(maps, mask)
-        be = self.backend
-        out = be.to_output(out)
-        if not return_coverage:
-            return out[0] if was_1d else out
-        cov = be.to_output(out * 0.0 + 1.0 if cov is None else cov)
-        return (out[0], cov[0]) if was_1d else (out, cov)
+        return finish_outputs(self.backend, out, cov, was_1d, return_coverage)
 
     def coverage(self, mask: Any) -> Any:
         """Coverage of every path for a mask ``(npix,)`` (or None: full sky) -> ``(n_paths, npix_out)``, or ``(B, npix)``

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
+
+
+def next_pow2(x: int) -> int:
+    """Smallest power of two >= x (x >= 1): the smallest nside whose grid holds bandlimit 2x."""
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
 def check_nside(nside: int) -> int:

@@ -68,7 +68,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -418,19 +418,25 @@ def geometry_nbytes(nside: int, direct: bool, dtype: torch.dtype = torch.float32
     return total
 
 
+def _cached(cache: OrderedDict, key: tuple, limit: int, build: Callable[[], Any]) -> Any:
+    """The least-recently-used entry ``key`` of ``cache`` (at most ``limit`` entries), built
+    outside the lock on a miss (a concurrent builder of the same key loses its copy)."""
+    with _LOCK:
+        value = cache.get(key)
+        if value is not None:
+            cache.move_to_end(key)
+            return value
+    value = build()
+    with _LOCK:
+        value = cache.setdefault(key, value)
+        while len(cache) > limit:
+            cache.popitem(last=False)
+    return value
+
+
 def _get_geometry(nside: int, direct: bool, dtype: torch.dtype, device: torch.device) -> _Geometry:
-    key = (nside, direct, dtype, str(device))
-    with _LOCK:
-        geo = _GEOMETRIES.get(key)
-        if geo is not None:
-            _GEOMETRIES.move_to_end(key)
-            return geo
-    geo = _build_geometry(nside, direct, dtype, device)
-    with _LOCK:
-        geo = _GEOMETRIES.setdefault(key, geo)
-        while len(_GEOMETRIES) > _GEOMETRIES_MAX:
-            _GEOMETRIES.popitem(last=False)
-    return geo
+    return _cached(_GEOMETRIES, (nside, direct, dtype, str(device)), _GEOMETRIES_MAX,
+                   lambda: _build_geometry(nside, direct, dtype, device))
 
 
 def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -> _Plan:
@@ -446,18 +452,8 @@ def _build_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device)
 
 
 def _get_plan(nside: int, lmax: int, dtype: torch.dtype, device: torch.device) -> _Plan:
-    key = (nside, lmax, dtype, str(device))
-    with _LOCK:
-        plan = _PLANS.get(key)
-        if plan is not None:
-            _PLANS.move_to_end(key)
-            return plan
-    plan = _build_plan(nside, lmax, dtype, device)
-    with _LOCK:
-        plan = _PLANS.setdefault(key, plan)
-        while len(_PLANS) > _PLANS_MAX:
-            _PLANS.popitem(last=False)
-    return plan
+    return _cached(_PLANS, (nside, lmax, dtype, str(device)), _PLANS_MAX,
+                   lambda: _build_plan(nside, lmax, dtype, device))
 
 
 def plan_nbytes(device: torch.device | str | None = None) -> int:
