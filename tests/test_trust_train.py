@@ -115,6 +115,14 @@ def test_second_trainer_on_one_run_directory_is_refused(store, tmp_path):
     assert not (out / "train.lock").exists()
 
 
+def test_run_directory_that_is_a_file_is_one_line(store, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("a user's file\n")
+    line = _one_error_line(_run(_train(store, out, epochs=1), expect=2))
+    assert f"the run directory {out} is a file, not a directory" in line
+    assert out.read_text() == "a user's file\n"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

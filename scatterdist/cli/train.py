@@ -14,9 +14,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from scatterdist.store import StoreError
     from scatterdist.train.checkpoint import CheckpointError
     from scatterdist.train.loop import RunConfigError, StoreInProgressError
-    from scatterdist.train.rundir import RunLockedError
+    from scatterdist.train.rundir import RunDirError, RunLockedError
 
-    return (CatalogError, CheckpointError, RunConfigError, RunLockedError, StoreError, StoreInProgressError, FileNotFoundError)
+    return (CatalogError, CheckpointError, RunConfigError, RunDirError, RunLockedError, StoreError, StoreInProgressError, FileNotFoundError)
 
 
 def _reporting_user_errors(command: str, run):

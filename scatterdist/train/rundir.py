@@ -20,6 +20,10 @@ class RunLockedError(RuntimeError):
     """Another live trainer holds the run directory."""
 
 
+class RunDirError(RuntimeError):
+    """The run directory (``--out``) names something that is not a directory."""
+
+
 class RunLock:
     """Exclusive lock of a run directory (created if missing) for the life of one training run."""
 
@@ -30,7 +34,11 @@ class RunLock:
         self.path = Path(self._lock.path)
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`RunLockedError` naming the trainer that holds it."""
+        """Take the lock or raise :class:`RunLockedError` naming the trainer that holds it
+        (:class:`RunDirError` when the run directory is an existing file)."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"the run directory {self.run_dir} is a file, not a directory: "
+                              "choose another --out (a new or existing run directory)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire()
