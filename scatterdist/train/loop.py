@@ -252,9 +252,15 @@ def train(cfg: TrainConfig) -> list[dict]:
     """
     ctx = init_distributed(cfg.device)
     try:
-        return _train(cfg, ctx)
-    finally:
+        history = _train(cfg, ctx)
+    except BaseException:
         shutdown(ctx)
+        raise
+    # Every rank finishes its collectives before any leaves the group: a rank that tore gloo down
+    # while its peer was still in the last all-gather aborted at exit (SIGABRT, seen once in 3 suites).
+    barrier(ctx)
+    shutdown(ctx)
+    return history
 
 
 def _train(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
