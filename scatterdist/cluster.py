@@ -80,7 +80,7 @@ def _jobqueue_cluster(kind: str, workers: int | None, **kwargs: Any):
         import dask_jobqueue
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ClusterError(
-            f"--cluster {kind} needs dask-jobqueue: pip install 'scatterdist[jobqueue]'"
+            f"--cluster {kind} needs dask-jobqueue: pip install dask-jobqueue"
         ) from exc
     from dask_jobqueue.local import LocalCluster as JobqueueLocalCluster
 
