@@ -132,14 +132,14 @@ def covariance_equivariance(covariance: Any, n_trials: int = 4, seed: int = 0) -
     ``||S_p(R f) - R S_p(f)|| / ||R S_p(f)||`` and the invariant error
     ``|<S_p>(R f) - <S_p>(f)| / rms(S_p(f))`` (the change of the spherical mean in units of the
     local map's amplitude: a relative error that stays meaningful for near-zero means). Returns one row per kind
-    (``mean``, ``S1``..``S4``): ``{"kind", "paths", "mean", "max", "invariant_mean", "invariant_max"}``.
+    (``mean``, ``S1``..``S4``; directional wavelets add ``S1 h=1``..``S4 h=1``): ``{"kind", "paths", "mean", "max", "invariant_mean", "invariant_max"}``.
     """
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     rng = np.random.default_rng(seed)
     cov = covariance
     L0 = cov.L0
-    kinds = np.array([p.kind for p in cov.paths])
+    kinds = np.array([p.kind + (f" h={p.harmonic}" if getattr(p, "harmonic", 0) else "") for p in cov.paths])
     maps_err, inv_err = [], []
     for _ in range(n_trials):
         f, rf, angles = _field_pair(cov, rng, "I")

@@ -47,9 +47,6 @@ def statistic_config(statistic: str, config: dict) -> dict:
     if statistic != "covariance":
         raise ValueError(f"--statistic must be scattering or covariance, got {statistic!r}")
     config = dict(config)
-    if config.get("N", 1) != 1:
-        raise ValueError("--N > 1 (directional wavelets) works with --statistic scattering only; "
-                         "drop --N for --statistic covariance")
     if config.pop("depth", 2) != 2:
         raise ValueError("--statistic covariance has fixed statistics (mean, S1..S4): drop --depth")
     return ScatteringCovariance(**config).config()
@@ -60,13 +57,13 @@ def _covariance_equivariance(args: argparse.Namespace) -> int:
     from scatterdist.scattering.covariance import ScatteringCovariance
 
     cov = ScatteringCovariance(args.nside, L=args.L, lam=args.lam, J0=args.J0, oversample=args.oversample,
-                               analysis=args.analysis, nthreads=args.threads)
+                               analysis=args.analysis, nthreads=args.threads, N=args.N)
     print(cov)
     start = time.perf_counter()
     rows = covariance_equivariance(cov, n_trials=args.trials, seed=args.seed)
-    print(f"{'kind':>5}  {'paths':>5}  {'mean error':>11}  {'max error':>11}  {'invariant mean':>14}  {'invariant max':>13}")
+    print(f"{'kind':>8}  {'paths':>5}  {'mean error':>11}  {'max error':>11}  {'invariant mean':>14}  {'invariant max':>13}")
     for r in rows:
-        print(f"{r['kind']:>5}  {r['paths']:>5}  {r['mean']:>11.3e}  {r['max']:>11.3e}  "
+        print(f"{r['kind']:>8}  {r['paths']:>5}  {r['mean']:>11.3e}  {r['max']:>11.3e}  "
               f"{r['invariant_mean']:>14.3e}  {r['invariant_max']:>13.3e}")
     print(f"{args.trials} random rotations of random red-spectrum maps, {time.perf_counter() - start:.1f} s "
           "(invariant error: change of the spherical mean over the rms of the local map)")

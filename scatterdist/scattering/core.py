@@ -26,8 +26,10 @@ its N component maps (one scalar and/or ``floor(N/2)`` spin-n syntheses,
 (:func:`~scatterdist.scattering.directional.modulus_orientations`); the modulus of each
 orientation is reduced over orientation to the mean (the plain path, which also feeds the
 next order) and the modulus of the first harmonic ``h = 1``
-(:class:`~scatterdist.scattering.filters.OrientedPath`, smoothed only). ``N = 1`` runs the
-code above unchanged.
+(:class:`~scatterdist.scattering.filters.OrientedPath`, smoothed only). Extra first-order
+paths take their nonlinearity at each of the 2N orientations and average over orientation
+(signed paths: odd N only, see :class:`~scatterdist.Scattering`). The mask hooks act on the
+orientation mean as on N = 1's modulus. ``N = 1`` runs the code above unchanged.
 """
 
 
@@ -68,8 +70,11 @@ class ScatteringPlan:
         self.extra: list[KindPath] = extra_paths(list(bank.scales), signed, tuple(powers))
         if self.extra and bank.depth < 1:
             raise ValueError("signed/power paths are first-order paths: they need depth >= 1")
-        if self.extra and bank.N > 1:
-            raise ValueError("signed/power paths are defined for axisymmetric wavelets only: use N=1 with them")
+        if signed and bank.N > 1 and bank.N % 2 == 0:
+            raise ValueError(
+                f"signed paths have no rotation-invariant form for even N (N={bank.N}): W(gamma + pi) = -W(gamma), "
+                "so W|W| averages to zero over orientation and every shift-invariant reduction of it is even in f "
+                "(its sign is lost); use an odd N (1, 3, 5, ...) with signed=True, or powers=... with any N")
         plain = scattering_paths(list(bank.scales), bank.depth)
         self.paths = plain + self.extra + oriented_paths(plain, bank.harmonics)
         self.eta = backend.from_numpy(bank.scaling_alm_kernel())
@@ -95,9 +100,21 @@ class ScatteringPlan:
     def oriented_moduli(self, alm: Array, nside: int, Lj: int) -> tuple[Array, list[Array]]:
         """Wavelet alm ``(M, nalm(Lj - 1))`` (already times ``kappa_j``) -> the orientation mean of
         ``|W(gamma_k)|`` ``(M, npix)`` and the moduli of its harmonics ``h = 1..harmonics``."""
+        return self.reduce_orientations(self.components(alm, nside, Lj))
+
+    def reduce_orientations(self, components: list[Array]) -> tuple[Array, list[Array]]:
+        """The N component maps ``(M, npix)`` -> the orientation mean of ``|W(gamma_k)|`` ``(M, npix)``
+        and the moduli of its harmonics ``h = 1..harmonics``."""
         from scatterdist.scattering import directional
 
-        be, N = self.backend, self.bank.N
+        reduced = directional.oriented_moduli(components, self.bank.N, self.bank.harmonics)
+        return reduced[0], reduced[1:]
+
+    def components(self, alm: Array, nside: int, Lj: int) -> list[Array]:
+        """Wavelet alm ``(M, nalm(Lj - 1))`` (already times ``kappa_j``) -> the N real component maps
+        ``(M, npix)`` of :func:`~scatterdist.scattering.directional.steering_matrix` (views of the
+        spin syntheses' outputs: no copy)."""
+        be = self.backend
         comps = []
         for n, s in self.steer[Lj]:
             if n == 0:
@@ -105,8 +122,7 @@ class ScatteringPlan:
             else:
                 qu = be.spin_synthesis(alm * s, nside, Lj - 1, n)
                 comps += [qu[:, 0], qu[:, 1]]
-        reduced = directional.oriented_moduli(comps, N, self.bank.harmonics)
-        return reduced[0], reduced[1:]
+        return comps
 
 
 #: ``a_00`` of the constant map 1 (orthonormal spherical harmonics: Y_00 = 1 / sqrt(4 pi)).
@@ -162,7 +178,10 @@ def scattering_alm(plan: ScatteringPlan, maps: Array, analysis: str = "quadratur
         for (nside_j, Lj), items in by_grid.items():
             items.sort(key=lambda item: bank.analysis_bandlimit(item[0][-1], order))
             if bank.N > 1:
-                u, harmonics = plan.oriented_moduli(be.concatenate([a for _, a in items], axis=0), nside_j, Lj)
+                comps = plan.components(be.concatenate([a for _, a in items], axis=0), nside_j, Lj)
+                if order == 1 and plan.extra:
+                    _directional_extra_paths(plan, comps, [p for p, _ in items], B, smoothed)
+                u, harmonics = plan.reduce_orientations(comps)
                 _oriented_paths(plan, harmonics, [p for p, _ in items], B, smoothed)
             else:
                 w = be.synthesis(be.concatenate([a for _, a in items], axis=0), nside_j, Lj - 1)
@@ -202,6 +221,26 @@ def _extra_paths(plan: ScatteringPlan, w: Array, parents: list[tuple[int, ...]],
     alm = be.analysis(maps, L0 - 1, mode="quadrature")
     for k, (p, _) in enumerate(wanted):
         smoothed[p] = alm[k * B : (k + 1) * B] * plan.eta
+
+
+def _directional_extra_paths(plan: ScatteringPlan, components: list[Array], parents: list[tuple[int, ...]], B: int,
+                             smoothed: dict) -> None:
+    """Extra first-order paths for directional wavelets: the pointwise nonlinearity of ``W(gamma)`` at the
+    2N orientations ``k pi / (2N)``, averaged over orientation (``|W|**q``: any N; ``W |W|``: odd N,
+    where ``W(gamma + pi) = W(gamma)``), then smoothed; all analysed to ``L0`` in one call.
+    ``components``: the N component maps ``(len(parents) * B, npix_j)``."""
+    from scatterdist.scattering.directional import modulus_orientations, steer
+
+    be, L0 = plan.backend, plan.bank.L0
+    by_scale = {p[0]: i for i, p in enumerate(parents)}
+    wanted = [(p, by_scale[p[0]]) for p in plan.extra if p[0] in by_scale]
+    if not wanted:
+        return
+    w = steer(components, plan.bank.N, modulus_orientations(plan.bank.N))  # (2N, len(parents) * B, npix_j)
+    maps = be.concatenate([_pointwise(w[:, i * B:(i + 1) * B], p).mean(axis=0) for p, i in wanted], axis=0)
+    alm = be.analysis(maps, L0 - 1, mode="quadrature")
+    for k, (p, _) in enumerate(wanted):
+        smoothed[p] = alm[k * B:(k + 1) * B] * plan.eta
 
 
 def _oriented_paths(plan: ScatteringPlan, harmonics: list[Array], parents: list[tuple[int, ...]], B: int,

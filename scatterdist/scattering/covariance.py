@@ -56,32 +56,40 @@ COVARIANCE_KINDS = ("mean", "S1", "S2", "S3", "S4")
 
 class CovPath(tuple):
     """One statistic: its scales as a tuple (``()``, ``(j1,)``, ``(j1, j2)``, ``(j1, j2, j3)``, so
-    code that reads scales from path tuples keeps working) and its ``kind`` in
-    :data:`COVARIANCE_KINDS`; equality and hash include ``kind`` (``S1 j1=5`` != ``S2 j1=5``)."""
+    code that reads scales from path tuples keeps working), its ``kind`` in
+    :data:`COVARIANCE_KINDS` and its orientation ``harmonic`` (0: the mean over orientation, or
+    N = 1; h >= 1: the modulus of harmonic h, directional wavelets only); equality and hash
+    include ``kind`` and ``harmonic`` (``S1 j1=5`` != ``S2 j1=5`` != ``S1 j1=5 h=1``)."""
 
     kind: str
+    harmonic: int
 
-    def __new__(cls, kind: str, *scales: int) -> "CovPath":
+    def __new__(cls, kind: str, *scales: int, harmonic: int = 0) -> "CovPath":
         if kind not in COVARIANCE_KINDS:
             raise ValueError(f"kind must be one of {COVARIANCE_KINDS}, got {kind!r}")
+        if int(harmonic) < 0 or (kind == "mean" and harmonic):
+            raise ValueError(f"orientation harmonic must be >= 0 (and 0 for the mean), got {harmonic!r} for {kind!r}")
         self = super().__new__(cls, tuple(int(j) for j in scales))
         self.kind = kind
+        self.harmonic = int(harmonic)
         return self
 
-    def __getnewargs__(self) -> tuple:  # pickling (Dask ships transforms)
-        return (self.kind, *self)
+    def __getnewargs_ex__(self) -> tuple:  # pickling (Dask ships transforms)
+        return (self.kind, *self), {"harmonic": self.harmonic}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CovPath) and other.kind == self.kind and tuple(self) == tuple(other)
+        return (isinstance(other, CovPath) and other.kind == self.kind and tuple(self) == tuple(other)
+                and other.harmonic == self.harmonic)
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
     def __hash__(self) -> int:
-        return hash((self.kind, tuple(self)))
+        return hash((self.kind, tuple(self)) if not self.harmonic else (self.kind, tuple(self), self.harmonic))
 
     def __repr__(self) -> str:
-        return f"CovPath({self.kind!r}, {', '.join(map(str, self))})"
+        h = f", harmonic={self.harmonic}" if self.harmonic else ""
+        return f"CovPath({self.kind!r}, {', '.join(map(str, self))}{h})"
 
     def _scale(self, i: int) -> int:
         return self[i] if len(self) > i else -1
@@ -95,7 +103,8 @@ class CovPath(tuple):
         """``"mean"``, ``"S1 j1=5"``, ``"S3 j1=6 j2=5"``, ``"S4 j1=7 j2=6 j3=5"``."""
         if self.kind == "mean":
             return "mean"
-        return f"{self.kind} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(self))
+        label = f"{self.kind} " + " ".join(f"j{i + 1}={j}" for i, j in enumerate(self))
+        return label + (f" h={self.harmonic}" if self.harmonic else "")
 
     @property
     def grid_scale(self) -> int:
@@ -103,15 +112,17 @@ class CovPath(tuple):
         return {"mean": -1, "S1": self.j1, "S2": self.j1, "S3": self.j2, "S4": self.j3}[self.kind]
 
 
-def covariance_paths(scales: list[int]) -> list[CovPath]:
-    """Every statistic for the wavelet scales: mean, S1, S2 per scale, S3 (j1 > j2), S4 (j1 >= j2 > j3)."""
+def covariance_paths(scales: list[int], harmonics: int = 0) -> list[CovPath]:
+    """Every statistic for the wavelet scales: mean, S1, S2 per scale, S3 (j1 > j2), S4 (j1 >= j2 > j3);
+    then (directional wavelets) the same statistics but the mean at each orientation harmonic
+    ``h = 1..harmonics``."""
     s = sorted(scales)
     paths = [CovPath("mean")]
     paths += [CovPath("S1", j) for j in s]
     paths += [CovPath("S2", j) for j in s]
     paths += [CovPath("S3", j1, j2) for j2 in s for j1 in s if j1 > j2]
     paths += [CovPath("S4", j1, j2, j3) for j3 in s for j2 in s for j1 in s if j1 >= j2 > j3]
-    return paths
+    return paths + [CovPath(p.kind, *p, harmonic=h) for h in range(1, harmonics + 1) for p in paths if p.kind != "mean"]
 
 
 def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, analysis: str = "quadrature",
@@ -122,6 +133,8 @@ def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, anal
     truncations and backend); ``mask`` a :class:`~scatterdist.scattering.masked.MaskedCall` or None.
     """
     bank, be = plan.bank, plan.backend
+    if bank.N > 1:
+        return _directional_covariance_alm(plan, paths, maps, analysis, mask)
     L, L0 = bank.L, bank.L0
     B = maps.shape[0]
     if mask is not None:
@@ -171,6 +184,82 @@ def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, anal
     return be.stack([out[p] for p in paths], axis=1)
 
 
+def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, analysis: str,
+                                mask: Any) -> Array:
+    """:func:`covariance_alm` for directional wavelets (``plan.bank.N > 1``, numpy arrays).
+
+    Each wavelet signal ``W_j(gamma)`` and ``V_jk(gamma) = |W_j| * Psi_k(gamma)`` is steered from
+    its N component maps to the 2N orientations ``k pi / (2N)``
+    (:func:`~scatterdist.scattering.directional.modulus_orientations`); each statistic's pointwise
+    product is formed at every orientation (``|W_j|``, ``W_j^2``, ``W_j2 V_j1j2``, ``V_j1j3 V_j2j3``,
+    the two factors at the same gamma) and reduced over gamma to the mean (``harmonic`` 0) and
+    the modulus of each harmonic ``h >= 1`` (rotation-invariant: a rotation shifts gamma). The
+    products of two steered factors are trigonometric polynomials in gamma of degree ``2(N - 1)``
+    with period pi, so the 2N samples give their mean and first harmonics exactly; ``|W_j|``
+    aliases as in :class:`~scatterdist.Scattering`. ``|W_j|`` feeding ``V_jk`` is its orientation mean.
+    """
+    from scatterdist.scattering.directional import modulus_orientations, orientation_harmonics, steer
+
+    bank, be = plan.bank, plan.backend
+    N, H = bank.N, bank.harmonics
+    gammas = modulus_orientations(N)
+    L, L0 = bank.L, bank.L0
+    B = maps.shape[0]
+    if mask is not None:
+        maps = mask.fill_input(maps)
+    alm_in = be.analysis(maps, L - 1, mode=analysis)
+    out: dict[CovPath, Array] = {CovPath("mean"): plan.truncate(alm_in, L, L0) * plan.eta}
+
+    def smoothed(reduced: list[Array], keys: list[tuple[str, tuple[int, ...]]]) -> None:
+        """Analyse every harmonic of every statistic of ``keys`` (reduced: H + 1 arrays, keys-major) to L0."""
+        alm = be.analysis(be.concatenate(reduced, axis=0), L0 - 1, mode="quadrature") * plan.eta
+        n = len(keys) * B
+        for h in range(H + 1):
+            for i, (kind, scales) in enumerate(keys):
+                out[CovPath(kind, *scales, harmonic=h)] = alm[h * n + i * B:h * n + (i + 1) * B]
+
+    wavelet: dict[int, list[Array]] = {}  # the N component maps of W_j on grid j, each (B, npix_j)
+    modulus_alm: dict[int, tuple[Array, int]] = {}
+    grids: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for j in bank.scales:
+        grids[(bank.nside(j), bank.bandlimit(j))].append(j)
+    for (nside_j, Lj), js in grids.items():
+        comps = plan.components(be.concatenate([plan.truncate(alm_in, L, Lj) * plan.kappa[j] for j in js], axis=0),
+                                nside_j, Lj)
+        w = steer(comps, N, gammas)  # (2N, len(js) * B, npix_j)
+        s2 = orientation_harmonics(w * w, H)
+        s1 = orientation_harmonics(np.abs(w, out=w), H)
+        del w
+        keys = [("S1", (j,)) for j in js] + [("S2", (j,)) for j in js]
+        smoothed([be.concatenate([s1[h], s2[h]], axis=0) for h in range(H + 1)], keys)
+        for k, j in enumerate(js):
+            wavelet[j] = [c[k * B:(k + 1) * B] for c in comps]
+        u = s1[0]  # the orientation mean of |W_j|, already analysed: filled in place
+        if mask is not None:
+            u = mask.fill_modulus([(j,) for j in js], u, 2)
+        La = max(bank.analysis_bandlimit(j, 1) for j in js)
+        alm_u = be.analysis(u, La - 1, mode="quadrature")
+        for k, j in enumerate(js):
+            modulus_alm[j] = (alm_u[k * B:(k + 1) * B], La)
+    by_grid: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k in bank.scales:
+        by_grid[(bank.nside(k), bank.bandlimit(k))].append(k)
+    for (nside_k, Lk), ks in by_grid.items():
+        pairs = [(j, k) for k in ks for j in bank.scales if j > k]
+        wanted = [p for p in paths if p.kind in ("S3", "S4") and p.harmonic == 0 and p.grid_scale in ks]
+        if not pairs or not wanted:
+            continue
+        v_alm = [plan.truncate(modulus_alm[j][0], modulus_alm[j][1], Lk) * plan.kappa[k] for j, k in pairs]
+        v = steer(plan.components(be.concatenate(v_alm, axis=0), nside_k, Lk), N, gammas)  # (2N, pairs * B, npix_k)
+        V = {pair: v[:, i * B:(i + 1) * B] for i, pair in enumerate(pairs)}
+        W = {j2: steer(wavelet[j2], N, gammas) for j2 in {p.j2 for p in wanted if p.kind == "S3"}}
+        products = np.concatenate([W[p.j2] * V[(p.j1, p.j2)] if p.kind == "S3" else V[(p.j1, p.j3)] * V[(p.j2, p.j3)]
+                                   for p in wanted], axis=1)
+        del v, V, W
+        smoothed(orientation_harmonics(products, H), [(p.kind, tuple(p)) for p in wanted])
+    return be.stack([out[p] for p in paths], axis=1)
+
+
 class ScatteringCovariance:
     """Scattering covariances (scattering spectra) of HEALPix RING maps, full or cut sky.
 
@@ -180,6 +269,12 @@ class ScatteringCovariance:
     and the cut-sky method: :mod:`scatterdist.scattering.covariance`.
 
     ``normalize``: divide S1, S3, S4 by the S2 terms of the same map (default True).
+
+    ``N``: azimuthal band of the wavelets (1, the default: axisymmetric, today's numbers). ``N > 1``
+    (directional, numpy backend): every product is formed at the 2N orientations and reduced over
+    them to the mean and the modulus of the first orientation harmonic (statistics labelled
+    ``"... h=1"`` after the ``h = 0`` ones, coordinate ``orientation_harmonic`` in
+    :meth:`path_coords`); normalised by the ``h = 0`` S2 (:func:`_directional_covariance_alm`).
 
     Attributes: ``paths`` (:class:`CovPath` list), ``path_labels``, ``n_paths``, ``L0``,
     ``nside_out``, ``npix_out``; per-path coords from :meth:`path_coords` (``kind``
@@ -196,7 +291,7 @@ class ScatteringCovariance:
     def __init__(self, nside: int, L: int | None = None, lam: float = 2.0, J0: int | None = None,
                  oversample: int = 1, analysis: str = "quadrature", normalize: bool = True,
                  apodize: float = DEFAULT_APODIZE_DEG, min_coverage: float = DEFAULT_MIN_COVERAGE,
-                 nthreads: int | None = None, backend: str = "numpy", **backend_options: Any) -> None:
+                 nthreads: int | None = None, backend: str = "numpy", N: int = 1, **backend_options: Any) -> None:
         from scatterdist.scattering.frontend import Scattering
 
         if not isinstance(normalize, (bool, np.bool_)):
@@ -204,16 +299,16 @@ class ScatteringCovariance:
         # The scattering transform of depth 2 supplies validation, filters, plan, backend and masks.
         self._sc = sc = Scattering(nside, L=L, lam=lam, J0=J0, depth=2, oversample=oversample, analysis=analysis,
                                    apodize=apodize, min_coverage=min_coverage, nthreads=nthreads, backend=backend,
-                                   **backend_options)
+                                   N=N, **backend_options)
         for name in ("nside", "npix", "L", "lam", "J0", "J", "L0", "oversample", "analysis", "apodize",
-                     "min_coverage", "nside_out", "npix_out", "backend", "backend_name", "bank", "plan"):
+                     "min_coverage", "nside_out", "npix_out", "backend", "backend_name", "bank", "plan", "N"):
             setattr(self, name, getattr(sc, name))
         self.normalize = bool(normalize)
-        self.paths = covariance_paths(list(self.bank.scales))
+        self.paths = covariance_paths(list(self.bank.scales), self.bank.harmonics)
         self.path_labels = [p.label for p in self.paths]
         self.n_paths = len(self.paths)
         self.depth = 2
-        s2_index = {p.j1: i for i, p in enumerate(self.paths) if p.kind == "S2"}
+        s2_index = {p.j1: i for i, p in enumerate(self.paths) if p.kind == "S2" and p.harmonic == 0}
         self._s2_index = [s2_index[j] for j in sorted(s2_index)]
         scale_pos = {j: k for k, j in enumerate(sorted(s2_index))}
         # positions (in sorted scales) of the P_j whose product's square root divides each path
@@ -232,14 +327,16 @@ class ScatteringCovariance:
         """Parameters (JSON); ``build_transform(config)`` rebuilds it (``transform`` = ``"covariance"``)."""
         return {"transform": "covariance", "nside": self.nside, "L": self.L, "lam": self.lam, "J0": int(self.J0),
                 "oversample": int(self.oversample), "analysis": self.analysis, "normalize": self.normalize,
-                "apodize": self.apodize, "min_coverage": self.min_coverage}
+                "apodize": self.apodize, "min_coverage": self.min_coverage, **({"N": self.N} if self.N > 1 else {})}
 
     def path_coords(self) -> dict[str, np.ndarray]:
-        """Per-path ``label``, ``kind`` (mean/S1/S2/S3/S4), ``order``, ``j1``, ``j2``, ``j3`` (-1 where absent)."""
+        """Per-path ``label``, ``kind`` (mean/S1/S2/S3/S4), ``order``, ``j1``, ``j2``, ``j3`` (-1 where absent),
+        and when ``N > 1`` ``orientation_harmonic`` (int16: 0 the mean over orientation, h >= 1)."""
         order = {"mean": 0, "S1": 1, "S2": 1, "S3": 2, "S4": 2}
+        extra = {"orientation_harmonic": np.array([p.harmonic for p in self.paths], dtype=np.int16)} if self.N > 1 else {}
         return {"label": np.array(self.path_labels), "kind": np.array([p.kind for p in self.paths], dtype="<U4"),
                 "order": np.array([order[p.kind] for p in self.paths], dtype=np.int16),
-                **{name: np.array([getattr(p, name) for p in self.paths], dtype=np.int16) for name in ("j1", "j2", "j3")}}
+                **{name: np.array([getattr(p, name) for p in self.paths], dtype=np.int16) for name in ("j1", "j2", "j3")}, **extra}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "transform")

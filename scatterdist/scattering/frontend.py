@@ -80,8 +80,12 @@ class Scattering:
         per wavelet) and reduced over them to rotation-invariant scalar maps: the mean over
         orientation (the plain path, which the next order filters) and the modulus of the
         first orientation harmonic ``h = 1`` (paths labelled ``"... h=1"``, coordinate
-        ``orientation_harmonic`` in :meth:`path_coords`). Full sky, numpy backend, modulus paths
-        only for now.
+        ``orientation_harmonic`` in :meth:`path_coords`). Masks work as for N = 1 (the
+        orientation harmonics share their mean's coverage). ``powers``: ``|W(gamma)|**q``
+        averaged over orientation, any N. ``signed``: ``W(gamma) |W(gamma)|`` averaged over
+        orientation, odd N only: for even N, ``W(gamma + pi) = -W(gamma)``, so that average is
+        zero and every rotation-invariant (shift-in-gamma invariant) reduction of it is even in
+        f, losing the sign the signed path exists to keep; refused with that reason. numpy backend.
 
     Attributes
     ----------
@@ -249,9 +253,6 @@ class Scattering:
             weights = w
         if weights is None or bool((weights == 1.0).all()):
             return self.backend.asarray(x), was_1d, None
-        if self.N > 1:
-            raise ValueError(f"masks and UNSEEN/NaN pixels are not supported with N={self.N} yet: "
-                             "transform full-sky maps, or use N=1 for cut-sky maps")
         return self.backend.asarray(x), was_1d, masked_call(self._geometry, weights, bad, B)
 
     def _outputs(self, maps: Any, mask: Any, prepared: tuple[Any, bool, Any] | None = None) -> tuple[Any, Any, bool]:

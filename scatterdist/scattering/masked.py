@@ -26,7 +26,12 @@ from data. For a stationary signal ``g`` filtered by a wavelet ``Psi`` with kern
     s_(p, j)  = sqrt( (K_j^2 * s_p^2) / ||K_j||^2 )      (clipped to [0, 1])
 
 ``K_j^2`` is the wavelet's squared real-space profile (an axisymmetric, positive kernel;
-its multipliers come from healpy's ``bl2beam``/``beam2bl``). This is a soft erosion of
+its multipliers come from healpy's ``bl2beam``/``beam2bl``). Directional wavelets (``N > 1``)
+use the axisymmetric ``kappa_j``'s profile too: the mean over orientation of ``|Psi_j(gamma)|^2``
+has the same radial band (``sum_n |s_ln|^2 = 1``, so the same energy per degree l), and every
+N > 1 path is a reduction over orientation of maps filtered by it; the orientation harmonics
+``h >= 1`` share the through-mask of their orientation mean. Measured against the full sky in
+``tests/test_directional_masked.py``. This is a soft erosion of
 the mask by each wavelet's support: the wider the wavelet, the wider the transition.
 
 Before each wavelet, the signal that it filters is **filled** outside its valid region,
@@ -76,7 +81,7 @@ from typing import Any
 import numpy as np
 
 from scatterdist.scattering.backend.base import Array, Backend
-from scatterdist.scattering.filters import FilterBank, KindPath, path_exponent, scattering_paths
+from scatterdist.scattering.filters import FilterBank, KindPath, OrientedPath, path_exponent, scattering_paths
 from scatterdist.sphere import alm_l_index, alm_truncate_index, analysis, npix2nside, synthesis
 from scatterdist.sphere.mask import apodize as apodize_mask
 
@@ -144,6 +149,11 @@ class MaskGeometry:
         for p in paths:
             if isinstance(p, KindPath):
                 through[p] = through[(p[0],)] ** path_exponent(p)
+        # Orientation harmonics (N > 1) are reductions over orientation of the same modulus maps
+        # as the orientation mean: the same through-mask.
+        for p in paths:
+            if isinstance(p, OrientedPath):
+                through[p] = through[tuple(p)]
         self.through = through
         # Coverage: Phi * s_p at the output resolution, grouped by grid.
         L0 = bank.L0
@@ -173,7 +183,8 @@ class _Entry:
 
     def __init__(self, raw: np.ndarray, geo: MaskGeometry, backend: Backend, depth: int) -> None:
         self.raw, self.geo = raw, geo
-        fill = {p: t for p, t in geo.through.items() if (len(p) == 0 or len(p) < depth) and not isinstance(p, KindPath)}
+        fill = {p: t for p, t in geo.through.items()
+                if (len(p) == 0 or len(p) < depth) and not isinstance(p, (KindPath, OrientedPath))}
         self.through = {p: backend.from_numpy(t[None]) for p, t in fill.items()}
         self.rest = {p: backend.from_numpy(1.0 - t[None]) for p, t in fill.items()}
         self.total = {p: float(t.sum()) for p, t in fill.items()}
