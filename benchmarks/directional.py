@@ -12,6 +12,9 @@ For each nside (L = 2*nside, default J0), seconds per map of:
   ``--threads`` (S2LET's C library runs on one thread).
 
 Best of ``--rounds``; the runs alternate so that load from other processes hits all alike.
+Then, for the scattering, where the time goes (one profiled call each: ducc0 syntheses, ducc0
+analyses, the rest) and what one ducc0 synthesis costs at the finest grid (scalar against the
+gradient-only spin-1 and spin-3 syntheses that N = 4 needs for each wavelet signal).
 """
 
 from __future__ import annotations
@@ -31,6 +34,42 @@ def _best(fns: dict, rounds: int) -> dict:
             fn()
             best[name] = min(best[name], time.perf_counter() - t)
     return best
+
+
+def _breakdown(fn) -> dict:
+    """Seconds of one call of ``fn`` in ducc0 syntheses, ducc0 analyses and everything else (cProfile)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    fn()
+    prof.disable()
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats
+    own = {name[2]: v[2] for name, v in stats.items()}
+    synth = own.get("<built-in method ducc0.sht.synthesis>", 0.0)
+    anal = own.get("<built-in method ducc0.sht.adjoint_synthesis>", 0.0)
+    return {"synthesis": synth, "analysis": anal, "rest": total - synth - anal, "total": total}
+
+
+def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> dict:
+    """Best time of one scalar and one gradient-only spin-1 / spin-3 ducc0 synthesis of ``maps`` alm sets."""
+    import ducc0
+
+    from scatterdist.sphere.alm import alm_size
+    from scatterdist.sphere.healpix import ring_geometry
+
+    geo = ring_geometry(nside)
+    rng = np.random.default_rng(1)
+    alm = rng.standard_normal((maps, 1, alm_size(lmax))) + 1j * rng.standard_normal((maps, 1, alm_size(lmax)))
+    alm[..., : lmax + 1] = alm[..., : lmax + 1].real
+    fns = {"scalar": lambda: ducc0.sht.synthesis(alm=alm, lmax=lmax, spin=0, nthreads=threads, **geo)}
+    for n in (1, 3):
+        fns[f"spin-{n}"] = lambda n=n: ducc0.sht.synthesis(alm=alm, lmax=lmax, spin=n, mode="GRAD_ONLY",
+                                                          nthreads=threads, **geo)
+    return _best(fns, rounds + 1)
 
 
 def main() -> None:
@@ -62,6 +101,11 @@ def main() -> None:
         t1, tN = t["N1"] / args.maps, t["NN"] / args.maps
         print(f"nside {nside} (L {L}, J0 {J0}): Scattering depth 2: N=1 {t1:.3f} s ({sc1.n_paths} paths), "
               f"N={args.N} {tN:.3f} s ({scN.n_paths} paths): {tN / t1:.2f}x")
+        for name, sc in ((1, sc1), (args.N, scN)):
+            parts = _breakdown(lambda: sc(maps))
+            print(f"nside {nside}: N={name} per map: " + ", ".join(f"{k} {v / args.maps:.3f} s" for k, v in parts.items()))
+        print(f"nside {nside}: one ducc0 synthesis at nside {nside}, lmax {L - 1}, {args.maps} maps: "
+              + ", ".join(f"{k} {v:.4f} s" for k, v in _sht_costs(nside, L - 1, args.maps, args.threads, args.rounds).items()))
         fns = {"ours1": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=1),
                "oursT": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=args.threads)}
         if not args.no_pys2let:

@@ -17,15 +17,25 @@ def test_benchmark_runs(tmp_path):
 
 def test_anisotropy_study_runs(tmp_path):
     result = tmp_path / "aniso.json"
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "anisotropy.py"), "--nside", "16", "--skies", "16",
-                          "--calibration", "16", "--threads", "1", "--json", str(result)],
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- anisotropy -->\nold table\n<!-- /anisotropy -->\nafter\n")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "anisotropy.py"), "--nside", "16", "--skies", "40",
+                          "--calibration", "40", "--threads", "1", "--json", str(result),
+                          "--markdown", str(tmp_path / "page.md"), "--readme", str(readme)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = {r["statistic"]: r for r in json.loads(result.read_text())["rows"]}
     assert set(rows) == {"scattering N=1", "scattering N=1 S1", "scattering N=4", "scattering N=4 S1",
-                         "power spectrum", "pixel moments", "wavelet moments"}
+                         "power spectrum", "pixel moments", "wavelet moments", "gradient anisotropy",
+                         "likelihood ratio (exact model)"}
     assert all(0 <= r["accuracy"] <= 1 and r["se"] > 0 for r in rows.values())
     assert rows["scattering N=4"]["features"] > rows["scattering N=1"]["features"]
+    # the exact likelihood ratio is the optimal test: even 40 skies per class at nside 16 are all right
+    assert rows["likelihood ratio (exact model)"]["accuracy"] >= 0.95
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("before\n<!-- anisotropy -->\n```\npython scripts/anisotropy.py")
+    assert text.endswith("<!-- /anisotropy -->\nafter\n") and "| likelihood ratio of the exact models" in text
+    assert (tmp_path / "page.md").read_text().count("| scattering N = 4 |") == 1
 
 
 def test_scatter_cli_stores_directional_paths(tmp_path):
