@@ -107,7 +107,8 @@ class ScatteringPlan:
         and the moduli of its harmonics ``h = 1..harmonics``."""
         from scatterdist.scattering import directional
 
-        reduced = directional.oriented_moduli(components, self.bank.N, self.bank.harmonics)
+        reduce = getattr(self.backend, "oriented_moduli", directional.oriented_moduli)  # numpy's: blocked for the cache
+        reduced = reduce(components, self.bank.N, self.bank.harmonics)
         return reduced[0], reduced[1:]
 
     def components(self, alm: Array, nside: int, Lj: int) -> list[Array]:
@@ -229,14 +230,14 @@ def _directional_extra_paths(plan: ScatteringPlan, components: list[Array], pare
     2N orientations ``k pi / (2N)``, averaged over orientation (``|W|**q``: any N; ``W |W|``: odd N,
     where ``W(gamma + pi) = W(gamma)``), then smoothed; all analysed to ``L0`` in one call.
     ``components``: the N component maps ``(len(parents) * B, npix_j)``."""
-    from scatterdist.scattering.directional import modulus_orientations, steer
+    from scatterdist.scattering.directional import modulus_orientations, steer_on
 
     be, L0 = plan.backend, plan.bank.L0
     by_scale = {p[0]: i for i, p in enumerate(parents)}
     wanted = [(p, by_scale[p[0]]) for p in plan.extra if p[0] in by_scale]
     if not wanted:
         return
-    w = steer(components, plan.bank.N, modulus_orientations(plan.bank.N))  # (2N, len(parents) * B, npix_j)
+    w = steer_on(be, components, plan.bank.N, modulus_orientations(plan.bank.N))  # (2N, len(parents) * B, npix_j)
     maps = be.concatenate([_pointwise(w[:, i * B:(i + 1) * B], p).mean(axis=0) for p, i in wanted], axis=0)
     alm = be.analysis(maps, L0 - 1, mode="quadrature")
     for k, (p, _) in enumerate(wanted):

@@ -186,7 +186,8 @@ def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, anal
 
 def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, analysis: str,
                                 mask: Any) -> Array:
-    """:func:`covariance_alm` for directional wavelets (``plan.bank.N > 1``, numpy arrays).
+    """:func:`covariance_alm` for directional wavelets (``plan.bank.N > 1``; numpy arrays, or any backend
+    with ``spin_synthesis``: the steering and reductions fall back to weighted sums of its arrays).
 
     Each wavelet signal ``W_j(gamma)`` and ``V_jk(gamma) = |W_j| * Psi_k(gamma)`` is steered from
     its N component maps to the 2N orientations ``k pi / (2N)``
@@ -198,7 +199,9 @@ def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps
     with period pi, so the 2N samples give their mean and first harmonics exactly; ``|W_j|``
     aliases as in :class:`~scatterdist.Scattering`. ``|W_j|`` feeding ``V_jk`` is its orientation mean.
     """
-    from scatterdist.scattering.directional import modulus_orientations, orientation_harmonics, steer
+    from scatterdist.scattering.directional import modulus_orientations
+    from scatterdist.scattering.directional import orientation_harmonics_on as orientation_harmonics
+    from scatterdist.scattering.directional import steer_on
 
     bank, be = plan.bank, plan.backend
     N, H = bank.N, bank.harmonics
@@ -226,15 +229,15 @@ def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps
     for (nside_j, Lj), js in grids.items():
         comps = plan.components(be.concatenate([plan.truncate(alm_in, L, Lj) * plan.kappa[j] for j in js], axis=0),
                                 nside_j, Lj)
-        w = steer(comps, N, gammas)  # (2N, len(js) * B, npix_j)
+        w = steer_on(be, comps, N, gammas)  # (2N, len(js) * B, npix_j)
         s2 = orientation_harmonics(w * w, H)
-        s1 = orientation_harmonics(np.abs(w, out=w), H)
+        s1 = orientation_harmonics(abs(w), H)
         del w
         keys = [("S1", (j,)) for j in js] + [("S2", (j,)) for j in js]
         smoothed([be.concatenate([s1[h], s2[h]], axis=0) for h in range(H + 1)], keys)
         for k, j in enumerate(js):
             wavelet[j] = [c[k * B:(k + 1) * B] for c in comps]
-        u = s1[0]  # the orientation mean of |W_j|, already analysed: filled in place
+        u = s1[0]  # the orientation mean of |W_j|, already analysed: filled in place (a new array)
         if mask is not None:
             u = mask.fill_modulus([(j,) for j in js], u, 2)
         La = max(bank.analysis_bandlimit(j, 1) for j in js)
@@ -250,10 +253,10 @@ def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps
         if not pairs or not wanted:
             continue
         v_alm = [plan.truncate(modulus_alm[j][0], modulus_alm[j][1], Lk) * plan.kappa[k] for j, k in pairs]
-        v = steer(plan.components(be.concatenate(v_alm, axis=0), nside_k, Lk), N, gammas)  # (2N, pairs * B, npix_k)
+        v = steer_on(be, plan.components(be.concatenate(v_alm, axis=0), nside_k, Lk), N, gammas)  # (2N, pairs * B, npix_k)
         V = {pair: v[:, i * B:(i + 1) * B] for i, pair in enumerate(pairs)}
-        W = {j2: steer(wavelet[j2], N, gammas) for j2 in {p.j2 for p in wanted if p.kind == "S3"}}
-        products = np.concatenate([W[p.j2] * V[(p.j1, p.j2)] if p.kind == "S3" else V[(p.j1, p.j3)] * V[(p.j2, p.j3)]
+        W = {j2: steer_on(be, wavelet[j2], N, gammas) for j2 in {p.j2 for p in wanted if p.kind == "S3"}}
+        products = be.concatenate([W[p.j2] * V[(p.j1, p.j2)] if p.kind == "S3" else V[(p.j1, p.j3)] * V[(p.j2, p.j3)]
                                    for p in wanted], axis=1)
         del v, V, W
         smoothed(orientation_harmonics(products, H), [(p.kind, tuple(p)) for p in wanted])

@@ -153,6 +153,26 @@ def steer(components: np.ndarray, N: int, gammas: Any = None) -> np.ndarray:
     return _blocked(steering_matrix(N, gammas), components)
 
 
+def steer_on(backend: Any, components: Any, N: int, gammas: Any = None) -> Any:
+    """:func:`steer` for any backend: numpy arrays go through the cache-blocked product, other arrays
+    (torch tensors) through a weighted sum of the N component maps per orientation (differentiable).
+    ``components``: a list of N arrays of one shape. Returns ``(len(gammas), ...)``."""
+    comps = list(components)
+    if isinstance(comps[0], np.ndarray):
+        return steer(comps, N, gammas)
+    S = steering_matrix(N, gammas)
+    return backend.stack([sum(float(S[k, c]) * comps[c] for c in range(S.shape[1])) for k in range(S.shape[0])], axis=0)
+
+
+def orientation_harmonics_on(values: Any, harmonics: int) -> list[Any]:
+    """:func:`orientation_harmonics` for any array type (numpy: blocked; torch: weighted sums over axis 0)."""
+    if isinstance(values, np.ndarray):
+        return orientation_harmonics(values, harmonics)
+    R = _harmonic_matrix(values.shape[0], harmonics)
+    rows = [sum(float(R[r, k]) * values[k] for k in range(R.shape[1])) for r in range(R.shape[0])]
+    return [rows[0]] + [(rows[2 * h - 1] ** 2 + rows[2 * h] ** 2) ** 0.5 for h in range(1, harmonics + 1)]
+
+
 def modulus_orientations(N: int) -> np.ndarray:
     """Orientations at which the scattering takes the modulus: ``gamma_k = k pi / (2N)``, ``k < 2N``.
 
