@@ -67,3 +67,23 @@ def test_covariance_store_with_n4(tmp_path: Path) -> None:
     assert [str(p) for p in ds["path"].values] == cov.path_labels
     np.testing.assert_array_equal(ds["orientation_harmonic"].values, cov.path_coords()["orientation_harmonic"])
     np.testing.assert_allclose(ds.coefficients.values[:, 0], cov(_maps()).astype(np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_masked_n4_store(tmp_path: Path) -> None:
+    """--mask with --N 4: the store's coverage and coefficients are the transform's on the cut sky."""
+    import healpy as hp
+
+    theta, _ = hp.pix2ang(16, np.arange(12 * 16**2))
+    mask = (np.abs(90.0 - np.degrees(theta)) > 20).astype(float)
+    mask_path = tmp_path / "cut.fits"
+    hp.write_map(str(mask_path), mask, dtype=np.float64)
+    out = tmp_path / "m.zarr"
+    proc = _scatter("--output", str(out), "--mask", str(mask_path))
+    assert proc.returncode == 0, proc.stderr
+    ds = xr.open_zarr(out, consolidated=False)
+    sc = Scattering(16, N=4)
+    np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)
+    expected = sc(_maps(), mask=mask)
+    got = ds.coefficients.values[:, 0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(expected)))
