@@ -20,11 +20,13 @@ def test_anisotropy_study_runs(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- anisotropy -->\nold table\n<!-- /anisotropy -->\nafter\n")
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "anisotropy.py"), "--nside", "16", "--skies", "40",
-                          "--calibration", "40", "--threads", "1", "--json", str(result),
+                          "--calibration", "40", "--threads", "1", "--anisotropy", "0.25", "0.5", "--json", str(result),
                           "--markdown", str(tmp_path / "page.md"), "--readme", str(readme)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    rows = {r["statistic"]: r for r in json.loads(result.read_text())["rows"]}
+    studies = json.loads(result.read_text())["studies"]
+    assert [st["anisotropy"] for st in studies] == [0.25, 0.5]
+    rows = {r["statistic"]: r for r in studies[0]["rows"]}
     assert set(rows) == {"scattering N=1", "scattering N=1 S1", "scattering N=4", "scattering N=4 S1",
                          "power spectrum", "pixel moments", "wavelet moments", "gradient anisotropy",
                          "likelihood ratio (exact model)"}
@@ -35,7 +37,8 @@ def test_anisotropy_study_runs(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.startswith("before\n<!-- anisotropy -->\n```\npython scripts/anisotropy.py")
     assert text.endswith("<!-- /anisotropy -->\nafter\n") and "| likelihood ratio of the exact models" in text
-    assert (tmp_path / "page.md").read_text().count("| scattering N = 4 |") == 1
+    page = (tmp_path / "page.md").read_text()
+    assert page.count("| scattering N = 4 |") == 1 and "a = 0.5: accuracy" in page
 
 
 def test_scatter_cli_stores_directional_paths(tmp_path):
