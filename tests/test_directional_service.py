@@ -1,5 +1,7 @@
 """Directional wavelets (N = 4) in the service: scatter CLI on a real LocalCluster writes N = 4 stores
-(scattering and covariance) with the orientation_harmonic coordinate, and the trainer trains on one."""
+(scattering; covariance on a cut sky) with the orientation_harmonic coordinate, and the trainer trains
+on one. (Cut-sky scattering with N = 4 through the same store code: tests/test_directional_masked.py for
+the transform, tests/test_pipeline.py for --mask.)"""
 
 from __future__ import annotations
 
@@ -57,33 +59,25 @@ def test_trainer_trains_and_evaluates_on_an_n4_store(store: Path, tmp_path: Path
     assert result["n_maps"] > 0
 
 
-def test_covariance_store_with_n4(tmp_path: Path) -> None:
-    out = tmp_path / "c.zarr"
-    proc = _scatter("--output", str(out), "--statistic", "covariance")
-    assert proc.returncode == 0, proc.stderr
-    ds = xr.open_zarr(out, consolidated=False)
-    cov = ScatteringCovariance(16, N=4)
-    assert ds.attrs["transform"] == "covariance"
-    assert [str(p) for p in ds["path"].values] == cov.path_labels
-    np.testing.assert_array_equal(ds["orientation_harmonic"].values, cov.path_coords()["orientation_harmonic"])
-    np.testing.assert_allclose(ds.coefficients.values[:, 0], cov(_maps()).astype(np.float32), rtol=1e-5, atol=1e-6)
-
-
-def test_masked_n4_store(tmp_path: Path) -> None:
-    """--mask with --N 4: the store's coverage and coefficients are the transform's on the cut sky."""
+def test_masked_covariance_store_with_n4(tmp_path: Path) -> None:
+    """--statistic covariance --mask --N 4: the store names every statistic with its orientation harmonic,
+    and its coverage and values are the cut-sky transform's."""
     import healpy as hp
 
     theta, _ = hp.pix2ang(16, np.arange(12 * 16**2))
     mask = (np.abs(90.0 - np.degrees(theta)) > 20).astype(float)
     mask_path = tmp_path / "cut.fits"
     hp.write_map(str(mask_path), mask, dtype=np.float64)
-    out = tmp_path / "m.zarr"
-    proc = _scatter("--output", str(out), "--mask", str(mask_path))
+    out = tmp_path / "c.zarr"
+    proc = _scatter("--output", str(out), "--statistic", "covariance", "--mask", str(mask_path))
     assert proc.returncode == 0, proc.stderr
     ds = xr.open_zarr(out, consolidated=False)
-    sc = Scattering(16, N=4)
-    np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)
-    expected = sc(_maps(), mask=mask)
+    cov = ScatteringCovariance(16, N=4)
+    assert ds.attrs["transform"] == "covariance"
+    assert [str(p) for p in ds["path"].values] == cov.path_labels
+    np.testing.assert_array_equal(ds["orientation_harmonic"].values, cov.path_coords()["orientation_harmonic"])
+    np.testing.assert_allclose(ds.coverage.values, cov.coverage(mask), rtol=1e-6, atol=1e-7)
+    expected = cov(_maps(), mask=mask)
     got = ds.coefficients.values[:, 0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(expected)))
