@@ -124,7 +124,9 @@ def test_cut_sky_invariants_are_close_to_full_sky():
     cut, cov_maps = cov.invariants(maps, mask=mask).mean(0), cov.coverage(mask)
     assert cov_maps.shape == (cov.n_paths, cov.npix_out)
     kinds = [(p.kind, p.harmonic) for p in cov.paths]
-    for key, tol in ((("S1", 0), 0.03), (("S2", 0), 0.1), (("S1", 1), 0.1), (("S2", 1), 0.15), (("S4", 0), 0.3)):
+    # measured 0.5%, 7.5%, 0.5%, 7.6%, 3.6%, 1.9% (docs/cut-sky.md)
+    for key, tol in ((("S1", 0), 0.03), (("S2", 0), 0.1), (("S1", 1), 0.03), (("S2", 1), 0.1), (("S4", 0), 0.1),
+                     (("S4", 1), 0.1)):
         sel = np.array([k == key for k in kinds])
         rel = np.abs(cut[sel] - full[sel]) / np.abs(full[sel])
         assert np.all(rel < tol), (key, rel)
