@@ -16,7 +16,8 @@ scattering line also gives the ratio of process CPU times (all threads), which t
 processes on a shared machine disturbs much less than the wall time.
 Then, for the scattering, where the time goes (one profiled call each: ducc0 syntheses, ducc0
 analyses, the rest) and what one ducc0 synthesis costs at the finest grid (scalar against the
-gradient-only spin-1 and spin-3 syntheses that N = 4 needs for each wavelet signal).
+gradient-only spin-1 and spin-3 syntheses that N = 4 needs for each wavelet signal; then the
+scalar and spin-3 ones on a Gauss-Legendre grid, which has half HEALPix's rings).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> d
     for n in (1, 3):
         fns[f"spin-{n}"] = lambda n=n: ducc0.sht.synthesis(alm=alm, lmax=lmax, spin=n, mode="GRAD_ONLY",
                                                           nthreads=threads, **geo)
+    # the same on a Gauss-Legendre grid (lmax + 1 rings, 2 lmax + 2 points each; half HEALPix's rings)
+    gl = dict(lmax=lmax, geometry="GL", ntheta=lmax + 1, nphi=2 * lmax + 2, nthreads=threads)
+    fns["scalar on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=0, **gl) for a in alm]
+    fns["spin-3 on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=3, mode="GRAD_ONLY", **gl) for a in alm]
     return _best(fns, rounds + 1)
 
 
