@@ -80,8 +80,8 @@ class Scattering:
         per wavelet) and reduced over them to rotation-invariant scalar maps: the mean over
         orientation (the plain path, which the next order filters) and the modulus of the
         first orientation harmonic ``h = 1`` (paths labelled ``"... h=1"``, coordinate
-        ``orientation_harmonic`` in :meth:`path_coords`). Full sky, numpy backend, modulus paths
-        only for now.
+        ``orientation_harmonic`` in :meth:`path_coords`). Full sky, modulus paths only for now;
+        both backends (torch: spin-n syntheses of :mod:`scatterdist.sphere.torch_spin`).
 
     Attributes
     ----------
@@ -162,9 +162,6 @@ class Scattering:
         self.analysis = analysis
         if not (isinstance(N, (int, np.integer)) and not isinstance(N, (bool, np.bool_)) and N >= 1):
             raise ValueError(f"N (azimuthal band of the wavelets) must be an integer >= 1, got {N!r}")
-        if N > 1 and backend != "numpy":
-            raise ValueError(f"N={N} (directional wavelets) needs backend='numpy' for now: "
-                             f"the {backend!r} backend has no spin-n synthesis yet")
         self.N = int(N)
         self.bank = FilterBank(self.L, self.lam, self.J0, self.depth, oversample, self.N)
         self.J = self.bank.J
