@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scatterdist import Scattering
-from scatterdist.sphere import torch_sht, torch_spin
+from scatterdist.sphere import torch_sht, torch_spin, triton_spin
 from scatterdist.sphere.alm import alm_size
 from scatterdist.sphere.healpix import ring_geometry
 
@@ -175,3 +175,64 @@ def test_scatter_cli_torch_backend_directional(tmp_path) -> None:
     coeffs = coeffs[:, 0] if coeffs.ndim == 4 else coeffs
     ref = sc(maps)
     np.testing.assert_allclose(coeffs, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+_FUSED_SPIN_CHECK = r"""
+import numpy as np
+import torch
+import ducc0
+from scatterdist.sphere import torch_sht, torch_spin, triton_spin
+from scatterdist.sphere.healpix import ring_geometry
+
+assert triton_spin.usable(torch.device("cpu"))
+torch.set_num_threads(1)
+errors = {}
+# 1. the kernels against the tables (orders m < s start late: s = 3 at lmax 7)
+nside, lmax = 4, 7
+gen = torch.Generator().manual_seed(3)
+for s in (1, 3):
+    for dtype in (torch.float64, torch.float32):
+        plan = torch_sht._get_plan(nside, lmax, dtype, torch.device("cpu"))
+        coeffs = torch.randn(2, plan.nalm, 4, generator=gen, dtype=torch.float64).to(dtype)
+        ref = torch_spin._legendre_synthesis(plan, s, coeffs, 1 << 30, "G1")
+        got = torch_spin._legendre_synthesis(plan, s, coeffs, 1 << 30, "fused")
+        assert got.is_contiguous() and got.shape == ref.shape == (2, lmax + 1, 2, 2 * nside, 4)
+        errors[f"synthesis s={s} {dtype}"] = float((got - ref).abs().max() / ref.abs().max())
+        td = torch.randn(2, lmax + 1, 2, 2 * nside, 4, generator=gen, dtype=torch.float64).to(dtype)
+        ref = torch_spin._legendre_adjoint(plan, s, td, 1 << 30, "G1")
+        got = torch_spin._legendre_adjoint(plan, s, td, 1 << 30, "fused")
+        errors[f"adjoint s={s} {dtype}"] = float((got - ref).abs().max() / ref.abs().max())
+# 2. whole transforms through the fused engine ("fused" raises instead of falling back) against ducc0
+torch_sht.LEGENDRE_ENGINE = "fused"
+assert torch_spin.spin_legendre_engine(nside, lmax, 2) == "fused"
+rng = np.random.default_rng(5)
+alm = rng.standard_normal((1, 36)) + 1j * rng.standard_normal((1, 36))
+alm[:, :8] = alm[:, :8].real
+ref = ducc0.sht.synthesis(alm=alm[:, None], lmax=lmax, spin=2, mode="GRAD_ONLY", **ring_geometry(nside))
+maps = rng.standard_normal((1, 2, 192))
+ref_adj = ducc0.sht.adjoint_synthesis(map=maps, lmax=lmax, spin=2, mode="GRAD_ONLY", **ring_geometry(nside))[:, 0]
+def rel(got, want):
+    return float(np.abs(got.numpy() - want).max() / np.abs(want).max())
+errors["spin_synthesis float64"] = rel(torch_spin.spin_synthesis(torch.from_numpy(alm), nside, 2, lmax), ref)
+errors["spin_adjoint float64"] = rel(torch_spin.spin_adjoint_synthesis(torch.from_numpy(maps), lmax, 2), ref_adj)
+errors["spin_synthesis float32"] = rel(torch_spin.spin_synthesis(torch.from_numpy(alm).to(torch.complex64), nside, 2, lmax), ref)
+assert not torch_sht._FUSED_FAILED
+print(repr(errors))
+"""
+
+
+@pytest.mark.skipif(not triton_spin.available(), reason="triton is not installed")
+def test_fused_spin_kernels_in_interpret_mode() -> None:
+    """The Triton spin kernels on CPU tensors under TRITON_INTERPRET=1 (a fresh interpreter):
+    against the tables and, through the whole transform, against ducc0."""
+    import ast
+    import os
+
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _FUSED_SPIN_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert len(errors) == 11
+    for name, err in errors.items():
+        assert err <= (1e-5 if "float32" in name else 1e-10), (name, err)

@@ -23,9 +23,10 @@ started at ``l0 = max(m, |n|)`` (closed form there, in log2 with the scalar engi
 vectorised over orders and rings. Southern rings follow by symmetry:
 ``lambda+(pi - theta) = (-1)^(l+m+s) lambda+(theta)``, ``lambda-(pi - theta) = -(-1)^(l+m+s) lambda-(theta)``.
 Tables hold ``(lambda+, lambda-)`` in the scalar engine's layouts (same groups, same budget
-rules at twice the bytes); the *stream* engine recomputes the chunks that do not fit. The
-fused Triton engine has no spin kernel: where the scalar engine would choose it, the spin
-transform runs the stream engine (same numbers).
+rules at twice the bytes); the *stream* engine recomputes the chunks that do not fit; the
+*fused* engine (where the scalar engine would use its Triton kernels) runs the recurrences
+on the fly in the kernels of :mod:`scatterdist.sphere.triton_spin`, with the scalar engine's
+fallback to *stream* on a Triton failure.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from scatterdist.sphere import torch_sht
+from scatterdist.sphere import torch_sht, triton_spin
 from scatterdist.sphere.alm import alm_size, lmax_from_size
 from scatterdist.sphere.healpix import check_nside, npix2nside, ring_geometry
 from scatterdist.sphere.sht import _check_lmax
@@ -216,16 +217,61 @@ def _spin_tables(plan: "torch_sht._Plan", s: int, layout: "torch_sht._Layout",
 
 
 def _choose(plan: "torch_sht._Plan", budget: int) -> str:
-    """Layout of one spin transform: the scalar rule at twice the bytes per key (two tables);
-    "fused" (no spin kernel) becomes "stream"."""
-    name = torch_sht._choose(plan, budget // 2)
-    return "stream" if name == "fused" else name
+    """Engine of one spin transform: the scalar rule at twice the bytes per key (two tables):
+    a layout name ("G1" ... "G8", "stream") or "fused" (:mod:`scatterdist.sphere.triton_spin`)."""
+    return torch_sht._choose(plan, budget // 2)
+
+
+def _legendre_synthesis(plan: "torch_sht._Plan", s: int, coeffs: torch.Tensor, budget: int,
+                        name: str) -> torch.Tensor:
+    """``EO (2, M, 2, nnorth, C)`` (a transposed view of ``(2, M, 2, C, nnorth)`` from the tables):
+    even / odd ``l - m`` sums of ``lambda+`` times ``coeffs[0]`` and ``lambda-`` times ``coeffs[1]``
+    (``coeffs`` ``(2, nalm, C)``)."""
+    if name == "fused":
+        mant, scale, _ = _starts(plan, s)
+        return torch_sht._fused_or_fallback(
+            plan, budget,
+            lambda: triton_spin.spin_synthesis_legendre(coeffs, plan.cos_theta, mant, scale, plan.lmax, s),
+            lambda: _legendre_synthesis(plan, s, coeffs, budget, "stream"))
+    layout = torch_sht._layout(plan, name)
+    nr, nm, ncol = plan.nnorth, plan.lmax + 1, coeffs.shape[-1]
+    gathered = [coeffs[c].index_select(0, layout.gather) for c in range(2)]
+    eo = torch.empty((2, nm, 2, ncol, nr), dtype=plan.dtype, device=coeffs.device)
+    for index, table in _spin_tables(plan, s, layout, budget):
+        m0, m1, rows = layout.units[index]
+        nm2, off = 2 * (m1 - m0), layout.offsets[index]
+        for c in range(2):
+            lhs = gathered[c][off : off + nm2 * rows].view(nm2, rows, ncol).transpose(1, 2)
+            torch.bmm(lhs, table[c].view(nm2, rows, nr), out=eo[c, m0:m1].view(nm2, ncol, nr))
+    return eo.transpose(3, 4)
+
+
+def _legendre_adjoint(plan: "torch_sht._Plan", s: int, td: torch.Tensor, budget: int, name: str) -> torch.Tensor:
+    """``(2, nalm, C)``: ``sum_r lambda+-_lm(r) TD[c, m, (l - m) % 2, r]`` of ``TD (2, M, 2, nnorth, C)``
+    (best a transposed view of a contiguous ``(2, M, 2, C, nnorth)`` for the tables)."""
+    if name == "fused":
+        mant, scale, _ = _starts(plan, s)
+        return torch_sht._fused_or_fallback(
+            plan, budget,
+            lambda: triton_spin.spin_adjoint_legendre(td, plan.cos_theta, mant, scale, plan.lmax, s),
+            lambda: _legendre_adjoint(plan, s, td, budget, "stream"))
+    layout = torch_sht._layout(plan, name)
+    nr, ncol = plan.nnorth, td.shape[-1]
+    td_t = td.transpose(3, 4).contiguous()  # (2, M, 2, C, nnorth): no copy when td is the view
+    flat = torch.empty((2, layout.gather.numel(), ncol), dtype=td.dtype, device=td.device)
+    for index, table in _spin_tables(plan, s, layout, budget):
+        m0, m1, rows = layout.units[index]
+        nm2, off = 2 * (m1 - m0), layout.offsets[index]
+        for c in range(2):
+            res = torch.bmm(td_t[c, m0:m1].view(nm2, ncol, nr), table[c].view(nm2, rows, nr).transpose(1, 2))
+            flat[c, off : off + nm2 * rows].view(nm2, rows, ncol).copy_(res.transpose(1, 2))
+    return flat.index_select(1, layout.inverse)
 
 
 def spin_legendre_engine(nside: int, lmax: int, spin: int, dtype: torch.dtype = torch.float32,
                          device: torch.device | str = "cpu", memory_budget: int | None = None) -> str:
     """Which engine a spin transform of this shape uses here: ``"ducc0"``, ``"tables (G groups)"``
-    (``"tables (1 group)"``) or ``"stream"``."""
+    (``"tables (1 group)"``), ``"fused"`` or ``"stream"``."""
     device = torch.device(device)
     nside = check_nside(nside)
     lmax = _check_lmax(lmax, nside)
@@ -291,24 +337,19 @@ def _spin_synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, s: int, budget
     plan = torch_sht._get_plan(nside, lmax, alm.real.dtype, alm.device)
     nb, nr, nm, nalm = alm.shape[0], plan.nnorth, lmax + 1, plan.nalm
     small = _small(s, plan.dtype, alm.device, nm)
-    # rows (l, m) x [lambda+ | lambda-] x columns (batch, re/im): E for Q, iE for U
-    coeffs = torch.matmul(torch.view_as_real(alm), small["to_qu"]).view(nb, nalm, 2, 2).permute(1, 2, 0, 3)
-    coeffs = coeffs.reshape(nalm, 2, 2 * nb)
-    layout = torch_sht._layout(plan, _choose(plan, budget))
-    gathered = [coeffs[:, c].index_select(0, layout.gather) for c in range(2)]
+    # [lambda+ | lambda-] x rows (l, m) x columns (batch, re/im): E for Q, iE for U
+    coeffs = torch.matmul(torch.view_as_real(alm), small["to_qu"]).view(nb, nalm, 2, 2).permute(2, 1, 0, 3)
+    eo = _legendre_synthesis(plan, s, coeffs.reshape(2, nalm, 2 * nb), budget, _choose(plan, budget))
     del coeffs
-    eo = torch.empty((2, nm, 2, 2 * nb, nr), dtype=plan.dtype, device=alm.device)
-    for index, table in _spin_tables(plan, s, layout, budget):
-        m0, m1, rows = layout.units[index]
-        nm2, off = 2 * (m1 - m0), layout.offsets[index]
-        for c in range(2):
-            lhs = gathered[c][off : off + nm2 * rows].view(nm2, rows, 2 * nb).transpose(1, 2)
-            torch.bmm(lhs, table[c].view(nm2, rows, nr), out=eo[c, m0:m1].view(nm2, 2 * nb, nr))
-    del gathered
-    # (even, odd) -> (north, signed south mirror), then the ring axis next to m, columns (Q|U, batch)
-    ns = torch.bmm(small["syn"], eo.view(2 * nm, 2, 2 * nb * nr)).view(2, nm, 2, nb, 2, nr)
+    # (even, odd) -> (north, signed south mirror); then the ring axis next to m, columns (Q|U, batch)
+    if eo.is_contiguous():  # fused: (2, M, 2, nr, C)
+        ns = torch.bmm(small["syn"], eo.view(2 * nm, 2, nr * 2 * nb)).view(2, nm, 2, nr, nb, 2)
+        ns = ns.permute(1, 2, 3, 0, 4, 5)
+    else:  # tables: a view of (2, M, 2, C, nr)
+        ns = torch.bmm(small["syn"], eo.transpose(3, 4).reshape(2 * nm, 2, 2 * nb * nr)).view(2, nm, 2, nb, 2, nr)
+        ns = ns.permute(1, 2, 5, 0, 3, 4)
     del eo
-    spec = torch.view_as_complex(ns.permute(1, 2, 5, 0, 3, 4).contiguous().view(nm, 2 * nr, 2 * nb, 2))
+    spec = torch.view_as_complex(ns.contiguous().view(nm, 2 * nr, 2 * nb, 2))
     del ns
     maps = torch_sht._rings_synthesis(plan, spec)  # (2B, npix), rows (Q|U, batch)
     return maps.reshape(2, nb, plan.npix).transpose(0, 1)
@@ -324,20 +365,19 @@ def _spin_adjoint_raw(maps: torch.Tensor, lmax: int, s: int, budget: int) -> tor
     nb, nr, nm, nalm = maps.shape[0], plan.nnorth, lmax + 1, plan.nalm
     small = _small(s, plan.dtype, maps.device, nm)
     spec = torch_sht._rings_adjoint(plan, maps.transpose(0, 1).reshape(2 * nb, plan.npix))  # (M, 2nr, 2B)
-    ring = torch.view_as_real(spec).view(nm, 2, nr, 2, nb, 2).permute(3, 0, 1, 4, 5, 2).contiguous()
+    name = _choose(plan, budget)
+    ring = torch.view_as_real(spec).view(nm, 2, nr, 2, nb, 2)
     del spec
-    td = torch.bmm(small["adj"], ring.view(2 * nm, 2, 2 * nb * nr)).view(2, nm, 2, 2 * nb, nr)
+    if name == "fused":  # TD (2, M, 2, nr, C)
+        ring = ring.permute(3, 0, 1, 2, 4, 5).contiguous()
+        td = torch.bmm(small["adj"], ring.view(2 * nm, 2, nr * 2 * nb)).view(2, nm, 2, nr, 2 * nb)
+    else:  # the tables' fast form: a view of (2, M, 2, C, nr)
+        ring = ring.permute(3, 0, 1, 4, 5, 2).contiguous()
+        td = torch.bmm(small["adj"], ring.view(2 * nm, 2, 2 * nb * nr)).view(2, nm, 2, 2 * nb, nr).transpose(3, 4)
     del ring
-    layout = torch_sht._layout(plan, _choose(plan, budget))
-    flat = torch.empty((layout.gather.numel(), 2, 2 * nb), dtype=maps.dtype, device=maps.device)
-    for index, table in _spin_tables(plan, s, layout, budget):
-        m0, m1, rows = layout.units[index]
-        nm2, off = 2 * (m1 - m0), layout.offsets[index]
-        for c in range(2):
-            res = torch.bmm(td[c, m0:m1].view(nm2, 2 * nb, nr), table[c].view(nm2, rows, nr).transpose(1, 2))
-            flat[off : off + nm2 * rows, c].view(nm2, rows, 2 * nb).copy_(res.transpose(1, 2))
+    flat = _legendre_adjoint(plan, s, td, budget, name)  # (2, nalm, 2B)
     del td
-    out = flat.index_select(0, layout.inverse).view(nalm, 2, nb, 2).permute(2, 0, 1, 3).reshape(nb, nalm, 4)
+    out = flat.view(2, nalm, nb, 2).permute(2, 1, 0, 3).reshape(nb, nalm, 4)
     alm = torch.matmul(out, small["from_qu"]).div_(torch_sht._m_weight(lmax, maps.dtype, maps.device)[:, None])
     return torch.view_as_complex(alm)
 
