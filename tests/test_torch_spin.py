@@ -145,6 +145,19 @@ def test_directional_scattering_torch_equals_numpy(N, monkeypatch) -> None:
             assert err < tol, (engine, budget, dtype, err)
 
 
+def test_directional_scattering_ops_do_not_grow_with_the_map(monkeypatch) -> None:
+    """Scattering(N=4), same filter bank (L = 32) on nside 16 and 64 maps: the same aten op count."""
+    from test_torch_ops import ops_of_call
+
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "torch")
+    counts = {}
+    for nside in (16, 64):
+        sc = Scattering(nside, L=32, N=4, backend="torch", device="cpu", dtype=torch.float32, nthreads=1)
+        x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 12 * nside**2))).float()
+        counts[nside] = ops_of_call(sc, x).total
+    assert counts[16] == counts[64], counts
+
+
 def test_directional_scattering_gradcheck() -> None:
     nside = 8
     sc = Scattering(nside, N=4, backend="torch", device="cpu", dtype=torch.float64)
