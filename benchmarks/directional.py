@@ -1,10 +1,13 @@
 """Cost of directional wavelets (azimuthal band N), measured side by side in one run.
 
-    python benchmarks/directional.py [--nside 256 512] [--N 4] [--threads 2] [--maps 2] [--rounds 2]
+    python benchmarks/directional.py [--nside 256 512] [--N 4] [--threads 2] [--maps 2] [--rounds 2] [--torch]
 
 For each nside (L = 2*nside, default J0), seconds per map of:
 
 - ``Scattering(depth=2)`` at N = 1 and at N (numpy backend, ``--threads`` ducc0 threads);
+- with ``--torch``: the same N transform on the torch backend on the CPU (float64 and float32,
+  ``--threads`` torch threads; its default engine there is ducc0 through zero-copy views, see
+  :mod:`scatterdist.sphere.torch_spin`), timed alternating with the numpy one;
 - the directional wavelet transform alone, every scale j >= J0 on its own grid:
   ours on HEALPix (:func:`scatterdist.scattering.directional.directional_wavelet_transform`,
   N orientations ``k pi / N``) against ``pys2let.analysis_lm2wav`` (S2LET, multiresolution MW
@@ -33,6 +36,25 @@ def _best(fns: dict, rounds: int) -> dict:
     return best
 
 
+def _torch_row(nside: int, args: argparse.Namespace, maps: np.ndarray, sc_numpy) -> None:
+    """Scattering depth 2 at N: torch backend on the CPU (float64, float32) against the numpy backend."""
+    import torch
+
+    from scatterdist import Scattering
+
+    x = torch.from_numpy(maps)
+    fns = {"numpy": lambda: sc_numpy(maps)}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        sc = Scattering(nside, depth=2, N=args.N, backend="torch", device="cpu", dtype=dtype, nthreads=args.threads)
+        xd = x.to(dtype)
+        sc(xd[:1])  # warm caches
+        fns[name] = lambda sc=sc, xd=xd: sc(xd)
+    t = {k: v / args.maps for k, v in _best(fns, args.rounds).items()}
+    print(f"nside {nside}: Scattering depth 2 N={args.N}, torch backend (CPU, {args.threads} threads): "
+          f"float64 {t['float64']:.3f} s ({t['float64'] / t['numpy']:.2f}x numpy), "
+          f"float32 {t['float32']:.3f} s ({t['float32'] / t['numpy']:.2f}x numpy); numpy {t['numpy']:.3f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nside", type=int, nargs="+", default=[256])
@@ -41,6 +63,7 @@ def main() -> None:
     parser.add_argument("--maps", type=int, default=2, help="maps per scattering call")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-pys2let", action="store_true", help="skip S2LET (slow at large L)")
+    parser.add_argument("--torch", action="store_true", help="also time the torch backend (CPU) at N")
     args = parser.parse_args()
 
     from scatterdist import Scattering
@@ -62,6 +85,8 @@ def main() -> None:
         t1, tN = t["N1"] / args.maps, t["NN"] / args.maps
         print(f"nside {nside} (L {L}, J0 {J0}): Scattering depth 2: N=1 {t1:.3f} s ({sc1.n_paths} paths), "
               f"N={args.N} {tN:.3f} s ({scN.n_paths} paths): {tN / t1:.2f}x")
+        if args.torch:
+            _torch_row(nside, args, maps, scN)
         fns = {"ours1": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=1),
                "oursT": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=args.threads)}
         if not args.no_pys2let:
