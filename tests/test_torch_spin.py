@@ -268,3 +268,14 @@ def test_fused_spin_kernels_in_interpret_mode() -> None:
     assert len(errors) == 11
     for name, err in errors.items():
         assert err <= (1e-5 if "float32" in name else 1e-10), (name, err)
+
+
+def test_benchmark_torch_and_ops_rows() -> None:
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "directional.py"
+    out = subprocess.run([sys.executable, str(script), "--nside", "16", "--rounds", "1", "--threads", "1", "--maps", "1",
+                          "--torch", "--ops", "--no-pys2let"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torch backend (CPU, 1 threads): float64" in out.stdout and "x numpy), float32" in out.stdout
+    assert "aten ops per torch scattering call (1 maps, GPU engines on CPU): N=1" in out.stdout
