@@ -45,7 +45,7 @@ from scatterdist.sphere.sht import _check_lmax
 
 __all__ = ["spin_synthesis", "spin_adjoint_synthesis", "spin_legendre_engine"]
 
-_STARTS: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, np.ndarray]]" = OrderedDict()
+_FUSED: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 _SMALL: dict = {}
 
 
@@ -59,27 +59,28 @@ def _check_spin(spin: int, lmax: int) -> int:
 # ----------------------------------------------------------- spin-weighted Legendre values
 
 
-def _spin_start(theta: np.ndarray, mmax: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``lambda(n)_{l0, m}`` at ``l0 = max(m, s)`` for ``n = (s, -s)``: mantissa ``(2, M, nr)``,
-    exponent ``(2, M, nr)`` (int32, <= 0, units of SCALE_BITS) and ``l0 - m`` ``(M,)``.
+def _spin_start(theta: np.ndarray, m0: int, m1: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``lambda(n)_{l0, m}`` at ``l0 = max(m, s)`` for ``n = (s, -s)`` and ``m0 <= m < m1``: mantissa
+    ``(2, nm, nr)``, exponent ``(2, nm, nr)`` (int32, <= 0, units of SCALE_BITS) and ``l0 - m`` ``(nm,)``.
 
     ``m >= s``: ``d^m_{m,n} = (-1)^(m-n) sqrt((2m)! / ((m+n)! (m-n)!)) cos(theta/2)^(m+n) sin(theta/2)^(m-n)``,
     in log2 (the factorial ratio as ``4^m prod (2k-1)/(2k)`` times ``s`` exact factors);
     ``m < s``: ``d^s_{m,s} = sqrt(C(2s, s+m)) cos^(s+m) sin^(s-m)``,
     ``d^s_{m,-s} = (-1)^(s+m) sqrt(C(2s, s-m)) cos^(s-m) sin^(s+m)`` (small, direct).
+    Computed per chunk of orders when a table is built: nothing of it is cached.
     """
     bits = torch_sht.SCALE_BITS
-    m = np.arange(mmax, dtype=np.float64)
+    m = np.arange(m0, m1, dtype=np.float64)
     log_c, log_s = np.log2(np.cos(theta / 2)), np.log2(np.sin(theta / 2))
-    k = np.arange(1, mmax, dtype=np.float64)
-    central = 2.0 * m + np.concatenate([[0.0], np.cumsum(np.log2((2 * k - 1) / (2 * k)))])  # log2 (2m)!/(m!)^2
-    ratio = np.zeros(mmax)  # log2 m!^2 / ((m+s)! (m-s)!), for m >= s
+    k = np.arange(1, m1, dtype=np.float64)
+    central = 2.0 * m + np.concatenate([[0.0], np.cumsum(np.log2((2 * k - 1) / (2 * k)))])[m0:m1]  # (2m)!/(m!)^2
+    ratio = np.zeros(m.size)  # log2 m!^2 / ((m+s)! (m-s)!), for m >= s
     for j in range(1, s + 1):
         with np.errstate(divide="ignore"):
             ratio += np.log2(np.maximum(m - s + j, 0.0) / (m + j))
     norm = 0.5 * (central + ratio + np.log2((2 * m + 1) / (4 * math.pi)))
-    mant = np.empty((2, mmax, theta.size))
-    scale = np.zeros((2, mmax, theta.size), dtype=np.int32)
+    mant = np.empty((2, m.size, theta.size))
+    scale = np.zeros((2, m.size, theta.size), dtype=np.int32)
     high = m >= s
     for i, n in enumerate((s, -s)):
         log2_val = norm[high, None] + (m[high, None] + n) * log_c[None, :] + (m[high, None] - n) * log_s[None, :]
@@ -88,24 +89,27 @@ def _spin_start(theta: np.ndarray, mmax: int, s: int) -> tuple[np.ndarray, np.nd
         mant[i, high] = sign * np.exp2(log2_val - bits * sc)
         scale[i, high] = sc.astype(np.int32)
     cos_h, sin_h = np.cos(theta / 2), np.sin(theta / 2)
-    for mi in range(min(s, mmax)):  # m < s <= 3 or so: a handful of closed forms
+    for mi in range(m0, min(s, m1)):  # m < s: a handful of closed forms
         amp = math.sqrt(math.comb(2 * s, s + mi) * (2 * s + 1) / (4 * math.pi))
-        mant[0, mi] = amp * cos_h ** (s + mi) * sin_h ** (s - mi)
-        mant[1, mi] = (-1) ** (s + mi) * amp * cos_h ** (s - mi) * sin_h ** (s + mi)
-    return mant, scale, np.maximum(s - np.arange(mmax), 0)
+        mant[0, mi - m0] = amp * cos_h ** (s + mi) * sin_h ** (s - mi)
+        mant[1, mi - m0] = (-1) ** (s + mi) * amp * cos_h ** (s - mi) * sin_h ** (s + mi)
+    return mant, scale, np.maximum(s - m.astype(np.int64), 0)
 
 
-def _starts(plan: "torch_sht._Plan", s: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Cached :func:`_spin_start` of the plan's geometry (all its orders), on the plan's device."""
+def _fused_inputs(plan: "torch_sht._Plan", s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the fused kernels need besides the scalar plan's ``lambda_mm`` start: ``cot(theta/2)``
+    ``(nnorth,)`` and the starts of the orders ``m < s`` ``(2, s, nnorth)`` (float64, cached: a few
+    rings' worth). For ``m >= s`` the kernels use
+    ``lambda(+-s)_mm = (-1)^s sqrt(m!^2 / ((m+s)! (m-s)!)) cot(theta/2)^(+-s) lambda_mm``."""
     geo = plan.geo
 
     def build():
         theta = ring_geometry(geo.nside)["theta"][: geo.nnorth]
-        mant, scale, offset = _spin_start(theta, geo.mmax, s)
-        return (torch.as_tensor(mant, device=geo.device), torch.as_tensor(scale, device=geo.device), offset)
+        low, _, _ = _spin_start(theta, 0, s, s)
+        return (torch.as_tensor(1.0 / np.tan(theta / 2), device=geo.device),
+                torch.as_tensor(np.ascontiguousarray(low), device=geo.device))
 
-    key = (geo.nside, geo.mmax, s, str(geo.device))
-    return torch_sht._cached(_STARTS, key, torch_sht._GEOMETRIES_MAX, build)
+    return torch_sht._cached(_FUSED, (geo.nside, s, str(geo.device)), torch_sht._GEOMETRIES_MAX, build)
 
 
 def _spin_coefficients(rows: int, m: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +146,7 @@ def _spin_legendre_unit(plan: "torch_sht._Plan", s: int, m0: int, m1: int, rows:
     out = torch.empty((2, m1 - m0, 2, rows, nr), dtype=plan.dtype, device=dev)
     big = 2.0**bits
     x = plan.cos_theta[None, None, :]
-    mant_all, scale_all, offset_all = _starts(plan, s)
+    theta = ring_geometry(plan.nside)["theta"][:nr]
     sub = m1 - m0 if dev.type == "cuda" else max(1, (1 << 14) // nr)
     for s0 in range(m0, m1, sub):
         s1 = min(m1, s0 + sub)
@@ -150,12 +154,12 @@ def _spin_legendre_unit(plan: "torch_sht._Plan", s: int, m0: int, m1: int, rows:
         rec_a = torch.as_tensor(a[:, None, :, None], device=dev)
         rec_b = torch.as_tensor(b[:, None, :, None], device=dev)
         rec_c = torch.as_tensor(c[:, :, :, None], device=dev)
-        offset = offset_all[s0:s1]
-        start = mant_all[:, s0:s1]
+        mant, scale, offset = _spin_start(theta, s0, s1, s)
+        start = torch.as_tensor(mant, device=dev)
         # inject[i]: 1 for the orders whose recurrence starts at row i (l0 = max(m, s))
         inject = torch.as_tensor((np.arange(2 * rows)[:, None] == offset[None, :]).astype(np.float64)[:, None, :, None],
                                  device=dev)
-        scale = scale_all[:, s0:s1].to(f64)
+        scale = torch.as_tensor(scale, device=dev).to(f64)
         p1 = start * inject[0]
         p2 = torch.zeros_like(p1)
         nxt = torch.empty_like(p1)
@@ -228,10 +232,11 @@ def _legendre_synthesis(plan: "torch_sht._Plan", s: int, coeffs: torch.Tensor, b
     even / odd ``l - m`` sums of ``lambda+`` times ``coeffs[0]`` and ``lambda-`` times ``coeffs[1]``
     (``coeffs`` ``(2, nalm, C)``)."""
     if name == "fused":
-        mant, scale, _ = _starts(plan, s)
+        cot, low = _fused_inputs(plan, s)
         return torch_sht._fused_or_fallback(
             plan, budget,
-            lambda: triton_spin.spin_synthesis_legendre(coeffs, plan.cos_theta, mant, scale, plan.lmax, s),
+            lambda: triton_spin.spin_synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, cot, low,
+                                                        plan.lmax, s),
             lambda: _legendre_synthesis(plan, s, coeffs, budget, "stream"))
     layout = torch_sht._layout(plan, name)
     nr, nm, ncol = plan.nnorth, plan.lmax + 1, coeffs.shape[-1]
@@ -250,10 +255,11 @@ def _legendre_adjoint(plan: "torch_sht._Plan", s: int, td: torch.Tensor, budget:
     """``(2, nalm, C)``: ``sum_r lambda+-_lm(r) TD[c, m, (l - m) % 2, r]`` of ``TD (2, M, 2, nnorth, C)``
     (best a transposed view of a contiguous ``(2, M, 2, C, nnorth)`` for the tables)."""
     if name == "fused":
-        mant, scale, _ = _starts(plan, s)
+        cot, low = _fused_inputs(plan, s)
         return torch_sht._fused_or_fallback(
             plan, budget,
-            lambda: triton_spin.spin_adjoint_legendre(td, plan.cos_theta, mant, scale, plan.lmax, s),
+            lambda: triton_spin.spin_adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, cot, low,
+                                                      plan.lmax, s),
             lambda: _legendre_adjoint(plan, s, td, budget, "stream"))
     layout = torch_sht._layout(plan, name)
     nr, ncol = plan.nnorth, td.shape[-1]

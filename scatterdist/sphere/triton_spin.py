@@ -8,9 +8,11 @@ bookkeeping), forms 16 degrees of ``lambda+`` (c = 0) or ``lambda-`` (c = 1) at 
 ``(rings, 16)`` register tile and multiplies it with the coefficient tile by ``tl.dot``, as the
 scalar kernels do (see :mod:`scatterdist.sphere.torch_spin` for the definitions):
 
-- ``x`` ``(nr,)`` float64 ``cos(theta)``; ``start`` ``(2, mrows, nr)`` float64 mantissa of
-  ``lambda(+-s)`` at ``l0 = max(m, s)``, ``scale`` ``(2, mrows, nr)`` int32 exponents (the first
-  ``lmax + 1`` orders are read);
+- ``x`` ``(nr,)`` float64 ``cos(theta)``; the scalar plan's ``start`` ``(M, nr)`` float64 mantissa of
+  ``lambda_mm`` and ``scale`` ``(M, nr)`` int32 exponents, from which each program derives its start
+  ``lambda(+-s)_mm = (-1)^s sqrt(m!^2 / ((m+s)! (m-s)!)) cot(theta/2)^(+-s) lambda_mm`` (same
+  exponent) for ``m >= s``, with ``cot`` ``(nr,)`` float64 ``cot(theta/2)``; ``low`` ``(2, s, nr)``
+  float64 the starts ``lambda(+-s)_{s,m}`` of the orders ``m < s`` (no per-spin start table);
 - recurrence workspace ``(nalm, 3)`` float64 ``(A, A C, B)`` per (l, m) (one launch per call):
   ``lambda(+-s)_l = (A x -+ A C) lambda_{l-1} - B lambda_{l-2}``, zero for ``l <= l0``;
 - synthesis: coefficients ``(2, nalm, C)`` (E for c = 0, iE for c = 1) -> ``EO (2, M, 2, nr, C)``;
@@ -77,6 +79,26 @@ if triton is not None:
         return tile, pp1, pp2, kp, pm1, pm2, km
 
     @triton.jit
+    def _start(start_ptr, scale_ptr, cot_ptr, low_ptr, m, r, rmask, spin, nr):
+        # (mantissa, exponent) of lambda(s) and lambda(-s) at l0 = max(m, s), as (BR, 1) columns
+        high = m >= spin
+        mant = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)
+        k = tl.where(high, tl.load(scale_ptr + m * nr + r, mask=rmask, other=0), 0)
+        cot = tl.load(cot_ptr + r, mask=rmask, other=1.0)
+        ratio = (m * 0 + 1).to(tl.float64)  # float64 from the start: loop-carried types must not change
+        cpow = tl.full(cot.shape, 1.0, tl.float64)
+        for j in range(1, spin + 1):
+            ratio = ratio * tl.maximum(m - spin + j, 0).to(tl.float64) / (m + j).to(tl.float64)
+            cpow = cpow * cot
+        amp = tl.sqrt(ratio) * (1.0 - 2.0 * (spin % 2))
+        mlow = tl.minimum(m, spin - 1)  # a valid row whatever m (used only where m < spin)
+        low_p = tl.load(low_ptr + mlow * nr + r, mask=rmask, other=0.0)
+        low_m = tl.load(low_ptr + (spin + mlow) * nr + r, mask=rmask, other=0.0)
+        pp = tl.where(high, mant * amp * cpow, low_p)
+        pm = tl.where(high, mant * amp / cpow, low_m)
+        return pp[:, None], pm[:, None], k[:, None]
+
+    @triton.jit
     def _program(pid, lmax, spin):
         # (c, m) of a program, the weights of lambda(s) and lambda(-s) in lambda+ (c = 0) or lambda- (c = 1),
         # and the rows of (l0, m) and (lmax, m) in the healpy layout
@@ -91,7 +113,7 @@ if triton is not None:
 
     @triton.jit
     def spin_synth_kernel(
-        coef_ptr, abc_ptr, x_ptr, start_ptr, scale_ptr, out_ptr, lmax, spin, mrows, nr, ncol,
+        coef_ptr, abc_ptr, x_ptr, start_ptr, scale_ptr, cot_ptr, low_ptr, out_ptr, lmax, spin, nr, ncol,
         BR: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     ):
         c, m, wm, i0, base, last = _program(tl.program_id(0).to(tl.int64), lmax, spin)
@@ -103,10 +125,8 @@ if triton is not None:
         M = lmax + 1
         nalm = M * (M + 1) // 2
         x = tl.load(x_ptr + r, mask=rmask, other=0.0)[:, None]
-        pp1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)[:, None]
-        kp = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)[:, None]
-        pm1 = tl.load(start_ptr + (mrows + m) * nr + r, mask=rmask, other=0.0)[:, None]
-        km = tl.load(scale_ptr + (mrows + m) * nr + r, mask=rmask, other=0)[:, None]
+        pp1, pm1, kp = _start(start_ptr, scale_ptr, cot_ptr, low_ptr, m, r, rmask, spin, nr)
+        km = kp
         pp2 = tl.zeros_like(pp1)
         pm2 = tl.zeros_like(pm1)
         cols = tl.arange(0, 16)
@@ -133,7 +153,7 @@ if triton is not None:
 
     @triton.jit
     def spin_adjoint_kernel(
-        td_ptr, abc_ptr, x_ptr, start_ptr, scale_ptr, out_ptr, lmax, spin, mrows, nr, ncol,
+        td_ptr, abc_ptr, x_ptr, start_ptr, scale_ptr, cot_ptr, low_ptr, out_ptr, lmax, spin, nr, ncol,
         BR: tl.constexpr, BC: tl.constexpr, PRECISION: tl.constexpr,
     ):
         c, m, wm, i0, base, last = _program(tl.program_id(0).to(tl.int64), lmax, spin)
@@ -154,10 +174,8 @@ if triton is not None:
             td_e = tl.load(td_ptr + unit * nr * ncol + offs, mask=mask, other=0.0)
             td_o = tl.load(td_ptr + (unit + 1) * nr * ncol + offs, mask=mask, other=0.0)
             x = tl.load(x_ptr + r, mask=rmask, other=0.0)[:, None]
-            pp1 = tl.load(start_ptr + m * nr + r, mask=rmask, other=0.0)[:, None]
-            kp = tl.load(scale_ptr + m * nr + r, mask=rmask, other=0)[:, None]
-            pm1 = tl.load(start_ptr + (mrows + m) * nr + r, mask=rmask, other=0.0)[:, None]
-            km = tl.load(scale_ptr + (mrows + m) * nr + r, mask=rmask, other=0)[:, None]
+            pp1, pm1, kp = _start(start_ptr, scale_ptr, cot_ptr, low_ptr, m, r, rmask, spin, nr)
+            km = kp
             pp2 = tl.zeros_like(pp1)
             pm2 = tl.zeros_like(pm1)
             for i in range(i0, lmax - m + 1, 16):
@@ -219,33 +237,33 @@ def recurrence_table(lmax: int, spin: int, device: torch.device) -> torch.Tensor
 
 
 def spin_synthesis_legendre(coeffs: torch.Tensor, x: torch.Tensor, start: torch.Tensor, scale: torch.Tensor,
-                            lmax: int, spin: int) -> torch.Tensor:
+                            cot: torch.Tensor, low: torch.Tensor, lmax: int, spin: int) -> torch.Tensor:
     """``EO (2, M, 2, nr, C)`` from coefficients ``(2, nalm, C)``; see the module doc."""
     _check(coeffs.device)
-    M, nr, ncol, mrows = lmax + 1, x.shape[0], coeffs.shape[-1], start.shape[1]
+    M, nr, ncol = lmax + 1, x.shape[0], coeffs.shape[-1]
     coeffs = coeffs.contiguous()
     abc = recurrence_table(lmax, spin, coeffs.device)
     out = torch.empty((2, M, 2, nr, ncol), dtype=coeffs.dtype, device=coeffs.device)
     br = BLOCK_RINGS["synthesis", coeffs.dtype]
     grid = (2 * M, triton_cdiv(nr, br), triton_cdiv(ncol, DOT_BLOCK_COLS))
     with device_guard(coeffs.device):
-        spin_synth_kernel[grid](coeffs, abc, x, start, scale, out, lmax, spin, mrows, nr, ncol,
+        spin_synth_kernel[grid](coeffs, abc, x, start, scale, cot, low, out, lmax, spin, nr, ncol,
                                 BR=br, BC=DOT_BLOCK_COLS, PRECISION=DOT_PRECISION[coeffs.dtype])
     return out
 
 
 def spin_adjoint_legendre(td: torch.Tensor, x: torch.Tensor, start: torch.Tensor, scale: torch.Tensor,
-                          lmax: int, spin: int) -> torch.Tensor:
+                          cot: torch.Tensor, low: torch.Tensor, lmax: int, spin: int) -> torch.Tensor:
     """``(2, nalm, C)`` from ``TD (2, M, 2, nr, C)``; see the module doc."""
     _check(td.device)
-    M, nr, ncol, mrows = lmax + 1, x.shape[0], td.shape[-1], start.shape[1]
+    M, nr, ncol = lmax + 1, x.shape[0], td.shape[-1]
     td = td.contiguous()
     abc = recurrence_table(lmax, spin, td.device)
     out = torch.zeros((2, M * (M + 1) // 2, ncol), dtype=td.dtype, device=td.device)
     br = BLOCK_RINGS["adjoint", td.dtype]
     grid = (2 * M, triton_cdiv(ncol, DOT_BLOCK_COLS))
     with device_guard(td.device):
-        spin_adjoint_kernel[grid](td, abc, x, start, scale, out, lmax, spin, mrows, nr, ncol,
+        spin_adjoint_kernel[grid](td, abc, x, start, scale, cot, low, out, lmax, spin, nr, ncol,
                                   BR=br, BC=DOT_BLOCK_COLS, PRECISION=DOT_PRECISION[td.dtype])
     return out
 
@@ -258,8 +276,9 @@ def launch_configs() -> list[dict]:
     configs = []
     for dtype, ptr in (("float32", "*fp32"), ("float64", "*fp64")):
         tdtype = getattr(torch, dtype)
-        common = {"abc_ptr": "*fp64", "x_ptr": "*fp64", "start_ptr": "*fp64", "scale_ptr": "*i32", "out_ptr": ptr,
-                  "lmax": "i32", "spin": "i32", "mrows": "i32", "nr": "i32", "ncol": "i32"}
+        common = {"abc_ptr": "*fp64", "x_ptr": "*fp64", "start_ptr": "*fp64", "scale_ptr": "*i32",
+                  "cot_ptr": "*fp64", "low_ptr": "*fp64", "out_ptr": ptr,
+                  "lmax": "i32", "spin": "i32", "nr": "i32", "ncol": "i32"}
         consts = {"BC": DOT_BLOCK_COLS, "PRECISION": DOT_PRECISION[tdtype]}
         configs.append({"name": "spin_synth_kernel", "fn": spin_synth_kernel, "dtype": dtype,
                         "signature": {"coef_ptr": ptr, **common},
