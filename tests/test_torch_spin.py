@@ -89,6 +89,8 @@ def test_adjoint_identity_and_gradcheck(engine, monkeypatch) -> None:
         assert torch.autograd.gradcheck(lambda x: torch_spin.spin_synthesis(x, nside, s, lmax), (alm,))
         maps = torch.randn(2, 2, 48, dtype=torch.float64, generator=gen, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x: torch_spin.spin_adjoint_synthesis(x, lmax, s), (maps,))
+        assert torch.autograd.gradgradcheck(lambda x: torch_spin.spin_synthesis(x, nside, s, lmax), (alm,),
+                                            fast_mode=True)
 
 
 def test_input_errors() -> None:
