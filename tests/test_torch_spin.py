@@ -93,6 +93,26 @@ def test_adjoint_identity_and_gradcheck(engine, monkeypatch) -> None:
                                             fast_mode=True)
 
 
+def test_spin_tables_share_the_scalar_cache_and_budget(monkeypatch) -> None:
+    """Spin tables are twice the scalar ones, live in the same Legendre cache and obey its budget."""
+    monkeypatch.setattr(torch_sht, "LEGENDRE_ENGINE", "torch")
+    torch_sht.clear_legendre_cache()
+    nside, lmax = 16, 31
+    plan = torch_sht._get_plan(nside, lmax, torch.float64, torch.device("cpu"))
+    one_group = torch_sht._tables_bytes(plan, 1)
+    a = torch.from_numpy(random_alm(np.random.default_rng(4), 1, lmax))
+    ref = torch_spin.spin_synthesis(a, nside, 2, lmax)
+    assert torch_spin.spin_legendre_engine(nside, lmax, 2, torch.float64) == "tables (1 group)"
+    assert torch_sht.legendre_cache_nbytes("cpu") == 2 * one_group
+    torch_sht.clear_legendre_cache()
+    budget = 3 * one_group  # the scalar tables would fit its shares, the spin tables (2x) not in one group
+    assert torch_spin.spin_legendre_engine(nside, lmax, 2, torch.float64, memory_budget=budget) != "tables (1 group)"
+    got = torch_spin.spin_synthesis(a, nside, 2, lmax, memory_budget=budget)
+    assert 0 < torch_sht.legendre_cache_nbytes("cpu") <= budget
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch_sht.clear_legendre_cache()
+
+
 def test_input_errors() -> None:
     alm = torch.zeros(1, alm_size(7), dtype=torch.complex128)
     with pytest.raises(ValueError, match="spin must be an integer in"):
