@@ -1,10 +1,15 @@
 """Cost of directional wavelets (azimuthal band N), measured side by side in one run.
 
-    python benchmarks/directional.py [--nside 256 512] [--N 4] [--threads 2] [--maps 2] [--rounds 2]
+    python benchmarks/directional.py [--nside 256 512] [--N 4] [--threads 2] [--maps 2] [--rounds 2] [--torch] [--ops]
 
 For each nside (L = 2*nside, default J0), seconds per map of:
 
 - ``Scattering(depth=2)`` at N = 1 and at N (numpy backend, ``--threads`` ducc0 threads);
+- with ``--torch``: the same N transform on the torch backend on the CPU (float64 and float32,
+  ``--threads`` torch threads; its default engine there is ducc0 through zero-copy views, see
+  :mod:`scatterdist.sphere.torch_spin`), timed alternating with the numpy one;
+- with ``--ops``: aten ops (GPU kernel launches) of one torch scattering call at N = 1 and at N
+  with the GPU engines on CPU tensors (``LEGENDRE_ENGINE = "torch"``, float32, ``--maps`` maps);
 - the directional wavelet transform alone, every scale j >= J0 on its own grid:
   ours on HEALPix (:func:`scatterdist.scattering.directional.directional_wavelet_transform`,
   N orientations ``k pi / N``) against ``pys2let.analysis_lm2wav`` (S2LET, multiresolution MW
@@ -85,6 +90,61 @@ def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> d
     return _best(fns, rounds + 1)
 
 
+def _torch_row(nside: int, args: argparse.Namespace, maps: np.ndarray, sc_numpy) -> None:
+    """Scattering depth 2 at N: torch backend on the CPU (float64, float32) against the numpy backend."""
+    import torch
+
+    from scatterdist import Scattering
+
+    x = torch.from_numpy(maps)
+    fns = {"numpy": lambda: sc_numpy(maps)}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        sc = Scattering(nside, depth=2, N=args.N, backend="torch", device="cpu", dtype=dtype, nthreads=args.threads)
+        xd = x.to(dtype)
+        sc(xd[:1])  # warm caches
+        fns[name] = lambda sc=sc, xd=xd: sc(xd)
+    t = {k: v / args.maps for k, v in _best(fns, args.rounds).items()}
+    print(f"nside {nside}: Scattering depth 2 N={args.N}, torch backend (CPU, {args.threads} threads): "
+          f"float64 {t['float64']:.3f} s ({t['float64'] / t['numpy']:.2f}x numpy), "
+          f"float32 {t['float32']:.3f} s ({t['float32'] / t['numpy']:.2f}x numpy); numpy {t['numpy']:.3f} s", flush=True)
+
+
+def _ops_row(nside: int, args: argparse.Namespace, maps: np.ndarray) -> None:
+    """aten ops of one torch Scattering(depth=2) call at N = 1 and N, GPU engines on CPU tensors."""
+    from collections import Counter
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from scatterdist import Scattering
+    from scatterdist.sphere import torch_sht
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    previous, torch_sht.LEGENDRE_ENGINE = torch_sht.LEGENDRE_ENGINE, "torch"
+    try:
+        x = torch.from_numpy(maps).float()
+        counts = {}
+        for N in (1, args.N):
+            sc = Scattering(nside, depth=2, N=N, backend="torch", device="cpu", dtype=torch.float32,
+                            nthreads=args.threads)
+            sc(x)  # plans and tables outside the count
+            with Count() as counter:
+                sc(x)
+            counts[N] = (sum(counter.ops.values()), sc.n_paths)
+    finally:
+        torch_sht.LEGENDRE_ENGINE = previous
+    print(f"nside {nside}: aten ops per torch scattering call ({args.maps} maps, GPU engines on CPU): "
+          + ", ".join(f"N={N} {n} ({p} paths)" for N, (n, p) in counts.items()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nside", type=int, nargs="+", default=[256])
@@ -93,6 +153,8 @@ def main() -> None:
     parser.add_argument("--maps", type=int, default=2, help="maps per scattering call")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-pys2let", action="store_true", help="skip S2LET (slow at large L)")
+    parser.add_argument("--torch", action="store_true", help="also time the torch backend (CPU) at N")
+    parser.add_argument("--ops", action="store_true", help="also count aten ops of a torch call (GPU engines)")
     args = parser.parse_args()
 
     from scatterdist import Scattering
@@ -121,6 +183,10 @@ def main() -> None:
             print(f"nside {nside}: N={name} per map: " + ", ".join(f"{k} {v / args.maps:.3f} s" for k, v in parts.items()))
         print(f"nside {nside}: one ducc0 synthesis at nside {nside}, lmax {L - 1}, {args.maps} maps: "
               + ", ".join(f"{k} {v:.4f} s" for k, v in _sht_costs(nside, L - 1, args.maps, args.threads, args.rounds).items()))
+        if args.torch:
+            _torch_row(nside, args, maps, scN)
+        if args.ops:
+            _ops_row(nside, args, maps)
         fns = {"ours1": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=1),
                "oursT": lambda: directional_wavelet_transform(alm, L, 2.0, J0, args.N, nthreads=args.threads)}
         if not args.no_pys2let:

@@ -120,8 +120,6 @@ def test_rotation_equivariance_and_invariants():
 def test_refusals():
     with pytest.raises(ValueError, match="N \\(azimuthal band of the wavelets\\) must be an integer >= 1"):
         Scattering(nside=16, N=0)
-    with pytest.raises(ValueError, match="needs backend='numpy'"):
-        Scattering(nside=16, N=4, backend="torch", device="cpu")
     with pytest.raises(ValueError, match="signed paths have no rotation-invariant form for even N"):
         Scattering(nside=16, N=4, signed=True)
 

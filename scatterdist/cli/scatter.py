@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--analysis", choices=("quadrature", "lsq"), default="quadrature")
     t.add_argument("--N", type=int, default=1,
                    help="azimuthal band of the wavelets: 1 axisymmetric (default), N > 1 directional "
-                        "(--backend numpy; scattering and covariance paths gain the coordinate orientation_harmonic)")
+                        "(either backend; scattering and covariance paths gain the coordinate orientation_harmonic)")
     t.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                    help="numpy (ducc0, CPU) or torch (each worker's GPU when it has one, see --device)")
     t.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",

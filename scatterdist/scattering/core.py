@@ -20,7 +20,7 @@ changes); the frontend then normalises each output by the path's coverage. The d
 documented in :mod:`scatterdist.scattering.masked`. Without ``mask`` this is exactly the
 full-sky algorithm.
 
-Directional wavelets (``bank.N > 1``, numpy backend): each wavelet signal is synthesised as
+Directional wavelets (``bank.N > 1``): each wavelet signal is synthesised as
 its N component maps (one scalar and/or ``floor(N/2)`` spin-n syntheses,
 :mod:`scatterdist.scattering.directional`), steered to the 2N orientations ``k pi / (2N)``
 (:func:`~scatterdist.scattering.directional.modulus_orientations`); the modulus of each

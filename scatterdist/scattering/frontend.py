@@ -85,7 +85,8 @@ class Scattering:
         averaged over orientation, any N. ``signed``: ``W(gamma) |W(gamma)|`` averaged over
         orientation, odd N only: for even N, ``W(gamma + pi) = -W(gamma)``, so that average is
         zero and every rotation-invariant (shift-in-gamma invariant) reduction of it is even in
-        f, losing the sign the signed path exists to keep; refused with that reason. numpy backend.
+        f, losing the sign the signed path exists to keep; refused with that reason. Both backends (torch: spin-n syntheses of
+        :mod:`scatterdist.sphere.torch_spin`).
 
     Attributes
     ----------
@@ -166,9 +167,6 @@ class Scattering:
         self.analysis = analysis
         if not (isinstance(N, (int, np.integer)) and not isinstance(N, (bool, np.bool_)) and N >= 1):
             raise ValueError(f"N (azimuthal band of the wavelets) must be an integer >= 1, got {N!r}")
-        if N > 1 and backend != "numpy":
-            raise ValueError(f"N={N} (directional wavelets) needs backend='numpy' for now: "
-                             f"the {backend!r} backend has no spin-n synthesis yet")
         self.N = int(N)
         self.bank = FilterBank(self.L, self.lam, self.J0, self.depth, oversample, self.N)
         self.J = self.bank.J

@@ -885,7 +885,6 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
         return _ducc0_synthesis(alm, nside, lmax)
     real = alm.real.dtype
     plan = _get_plan(nside, lmax, real, alm.device)
-    geo = plan.geo
     nb = alm.shape[0]
     nr, nm = plan.nnorth, lmax + 1
     # rows (l, m) x columns (batch, re/im); the imaginary parts of the m = 0 coefficients
@@ -896,7 +895,15 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
     del eo
     spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
-    out = torch.empty((geo.npix, nb), dtype=real, device=alm.device)  # RING pixels x maps
+    del ns
+    return _rings_synthesis(plan, spec)
+
+
+def _rings_synthesis(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
+    """Ring spectra ``(M, 2*nnorth, B)`` complex (``[north | south mirrors]``, c_m not applied) ->
+    maps ``(B, npix)`` real (a transposed view of ``(npix, B)``): the FFT step of a synthesis."""
+    geo, nm, nb = plan.geo, plan.lmax + 1, spec.shape[-1]
+    out = torch.empty((geo.npix, nb), dtype=plan.dtype, device=spec.device)  # RING pixels x maps
     if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
         x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
         x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
@@ -906,7 +913,7 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     # chirp-z over m for every pair of polar rings at once
     x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
     z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
-    del spec, ns, x
+    del spec, x
     flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
     for a, b, index in geo.segments:
         torch.index_select(flat, 0, index, out=out[a:b])
@@ -924,9 +931,22 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
         return _ducc0_adjoint(maps, lmax)
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
-    geo = plan.geo
     nb = maps.shape[0]
     nr, nm = plan.nnorth, lmax + 1
+    spec = _rings_adjoint(plan, maps)
+    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
+    td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
+    del ring_m, spec
+    out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
+    alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
+    torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)
+    return torch.view_as_complex(alm)
+
+
+def _rings_adjoint(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(B, npix)`` real -> ring spectra ``(M, 2*nnorth, B)`` complex, conjugated and times
+    c_m (``[north | south mirrors]``): the FFT step of an adjoint synthesis."""
+    geo, nm, nr, nb = plan.geo, plan.lmax + 1, plan.nnorth, maps.shape[0]
     cdtype = torch.complex64 if maps.dtype == torch.float32 else torch.complex128
     spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
     pixels = maps.t()  # (npix, B) view
@@ -945,14 +965,7 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
     del y
     spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
-    del z
-    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
-    td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
-    del ring_m, spec
-    out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
-    alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
-    torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)
-    return torch.view_as_complex(alm)
+    return spec
 
 
 _UNWEIGHT: dict = {}

@@ -35,9 +35,12 @@ class Backend(Protocol):
     def synthesis(self, alm: Array, nside: int, lmax: int) -> Array:
         """Complex alm ``(N, nalm(lmax))`` -> real maps ``(N, 12*nside**2)``."""
 
-    # Optional (directional wavelets, N > 1; the numpy backend has it):
+    # Optional (directional wavelets, N > 1; both backends have it):
     # def spin_synthesis(self, alm: Array, nside: int, lmax: int, spin: int) -> Array:
     #     """Gradient-only spin-n coefficients ``(M, nalm(lmax))`` -> real ``(M, 2, npix)`` (Q, U)."""
+    # Optional (default: scatterdist.scattering.directional.oriented_moduli, numpy):
+    # def oriented_moduli(self, components: Sequence[Array], N: int, harmonics: int) -> list[Array]:
+    #     """N component maps ``(M, npix)`` -> orientation mean and harmonic moduli of ``|W(gamma)|``."""
 
     def modulus(self, maps: Array) -> Array:
         """Pointwise absolute value; may overwrite ``maps`` (always a temporary synthesis output)."""

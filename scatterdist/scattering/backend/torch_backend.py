@@ -1,7 +1,7 @@
 """torch backend: the scattering algorithm on CPU or GPU tensors, differentiable end to end.
 
 Transforms go through :mod:`scatterdist.sphere.torch_sht` (HEALPix SHT in torch with a
-bounded Legendre cache). Filters and index arrays are copied to the device once, in the
+bounded Legendre cache) and, for directional wavelets, :mod:`scatterdist.sphere.torch_spin`. Filters and index arrays are copied to the device once, in the
 compute dtype, when the scattering plan is built.
 """
 
@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from scatterdist.sphere import torch_sht
+from scatterdist.scattering import directional
+from scatterdist.sphere import torch_sht, torch_spin
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -97,6 +98,31 @@ class TorchBackend:
         return torch_sht.synthesis(
             alm, nside, lmax, nthreads=self.nthreads, memory_budget=self.memory_budget
         )
+
+    def spin_synthesis(self, alm: torch.Tensor, nside: int, lmax: int, spin: int) -> torch.Tensor:
+        """Gradient-only spin-``spin`` synthesis ``(M, nalm)`` -> ``(M, 2, npix)`` (Q, U), differentiable."""
+        return torch_spin.spin_synthesis(
+            alm, nside, spin, lmax=lmax, nthreads=self.nthreads, memory_budget=self.memory_budget
+        )
+
+    def oriented_moduli(self, components: Sequence[torch.Tensor], N: int, harmonics: int) -> list[torch.Tensor]:
+        """The N component maps ``(M, npix)`` of a directional wavelet -> ``harmonics + 1`` maps
+        ``(M, npix)``: the mean of ``|W(gamma_k)|`` over the 2N modulus orientations, then the
+        moduli of its harmonics (as :func:`scatterdist.scattering.directional.oriented_moduli`,
+        in one steering and one reduction product). CPU tensors that need no gradient go through
+        the numpy function itself on zero-copy views (cache-blocked: 0.1-0.2 s against 0.85 s for
+        4 x 6 maps at nside 256, float64, 2 threads)."""
+        components = list(components)
+        needs_grad = torch.is_grad_enabled() and any(c.requires_grad for c in components)
+        if self.device.type == "cpu" and not needs_grad:
+            reduced = directional.oriented_moduli([c.numpy() for c in components], N, harmonics)
+            return [torch.from_numpy(r).to(self.dtype) for r in reduced]
+        steer = directional.steering_matrix(N, directional.modulus_orientations(N))
+        reduce = directional._harmonic_matrix(steer.shape[0], harmonics)
+        comps = torch.stack(components)  # (N, M, npix)
+        w = torch.tensordot(self.from_numpy(steer), comps, dims=1).abs()  # (2N, M, npix)
+        r = torch.tensordot(self.from_numpy(reduce), w, dims=1)  # (2H + 1, M, npix)
+        return [r[0]] + [torch.hypot(r[2 * h - 1], r[2 * h]) for h in range(1, harmonics + 1)]
 
     def modulus(self, maps: torch.Tensor) -> torch.Tensor:
         """``|maps|``, in place unless autograd needs the input (then out of place)."""
