@@ -279,8 +279,11 @@ def kernel_code(name: str, dtype: str, arch: int = 90) -> dict:
     return _KERNEL_CODE[key]
 
 
-#: Degrees of the recurrence per iteration of each kernel's loop.
-DEGREES_PER_ITERATION = {"synth_kernel": 2, "adjoint_kernel": 2, "synth_dot_kernel": 16, "adjoint_dot_kernel": 16}
+def degrees_per_iteration(name: str) -> int:
+    """Degrees of the recurrence per iteration of a kernel's loop (the tl.dot kernels: ``DEGREES``)."""
+    from scatterdist.sphere import triton_legendre
+
+    return triton_legendre.DEGREES if name.endswith("_dot_kernel") else 2
 
 
 def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dict = H100,
@@ -294,7 +297,7 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     suffix = "_dot_kernel" if kernel in ("dot", "workspace") else "_kernel"
     name = ("synth" if kind == "synthesis" else "adjoint") + suffix
     code = kernel_code(name, dtype)
-    degrees = DEGREES_PER_ITERATION[name]
+    degrees = degrees_per_iteration(name)
     M = lmax + 1
     iterations_per_block = sum(-(-(lmax - m + 1) // degrees) for m in range(M))
     col_blocks = -(-ncol // code["BC"])
@@ -305,8 +308,11 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     seconds = cycles / schedulers / device.get("clock_hz", 1.755e9)
     itemsize = 4 if dtype == "float32" else 8
     nalm = alm_size(lmax)
-    coef_passes = ring_blocks if kind == "synthesis" else 2 * ring_blocks  # adjoint: read + write per ring block
-    moved = nalm * ncol * itemsize * coef_passes + M * 2 * nr * ncol * itemsize + M * nr * 12
+    coef_passes = ring_blocks if kind == "synthesis" else 2 * ring_blocks - 1  # adjoint: read + write per ring block
+    # the recurrence workspace (a_lm, a_lm b_lm): read by every (ring block, column block) of each m,
+    # counted from memory each time (conservative: most of it is an L2 hit)
+    workspace = _workspace_bytes(lmax) * ring_blocks * col_blocks
+    moved = nalm * ncol * itemsize * coef_passes + M * 2 * nr * ncol * itemsize + M * nr * 12 + workspace
     useful = 2.0 * nalm * nr * ncol
     peak = device["fp32" if dtype == "float32" else "fp64"]
     roof = max((nalm * ncol * itemsize + M * 2 * nr * ncol * itemsize) / device["bandwidth"], useful / peak)
@@ -319,6 +325,20 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     else:
         seconds = max(seconds, moved / device["bandwidth"])
     return {"seconds": seconds, "roofline_s": roof, "bytes": moved, "flops": useful, "kernel": name, **code}
+
+
+def _workspace_bytes(lmax: int) -> int:
+    from scatterdist.sphere import triton_legendre
+
+    return triton_legendre.workspace_rows(lmax) * 16
+
+
+def coefficients_time(lmax: int, device: dict = H100) -> dict:
+    """The launch that fills the recurrence workspace (one per fused transform): its bytes written."""
+    moved = _workspace_bytes(lmax)
+    seconds = moved / device["bandwidth"]
+    return {"seconds": seconds, "roofline_s": seconds, "bytes": moved, "flops": 0.0, "kernel": "coefficients_kernel",
+            "registers": 0, "loop_cycles": 0.0}
 
 
 # ----------------------------------------------------------------------------- the model
@@ -385,8 +405,15 @@ class Model:
             dtype = str(data.dtype).replace("torch.", "")
             nr = x.shape[0]
             ncol = data.shape[-1]
+            from scatterdist.sphere import triton_legendre
+
+            # the transient workspace the real launch allocates (counted in the peak while it lives)
+            workspace = torch.empty((triton_legendre.workspace_rows(lmax), 2), dtype=torch.float64, device="meta")
+            self.fused.append({"kind": kind, "lmax": lmax, "nr": nr, "ncol": ncol, "dtype": "float64",
+                               **coefficients_time(lmax, self.device)})
             self.fused.append({"kind": kind, "lmax": lmax, "nr": nr, "ncol": ncol, "dtype": dtype,
                                **fused_time(kind, lmax, nr, ncol, dtype, self.device, self.kernel)})
+            del workspace
             if kind == "synthesis":
                 return torch.empty((lmax + 1, 2, nr, ncol), dtype=data.dtype, device="meta")
             return torch.empty((nalm, ncol), dtype=data.dtype, device="meta")
