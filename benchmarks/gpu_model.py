@@ -372,8 +372,11 @@ class Model:
     """Runs one scattering call on meta tensors under a :class:`Recorder`."""
 
     def __init__(self, device: dict = H100, memory_bytes: int = 80 << 30, engine: str = "auto",
-                 kernel: str = "dot") -> None:
+                 kernel: str = "dot", elementwise: bool = True) -> None:
         self.kernel = kernel  # fused Legendre kernel: "dot", "loop" or "workspace" (see fused_time)
+        # the chirp-z passes as the Triton kernels of triton_elementwise (what CUDA runs), or torch ops
+        self.elementwise = elementwise
+        self._rec: Recorder | None = None
         self.device = device
         self.memory_bytes = memory_bytes
         self.budget = int(memory_bytes * torch_sht.DEFAULT_MEMORY_BUDGET_CUDA_FRACTION)
@@ -419,11 +422,19 @@ class Model:
             return torch.empty((nalm, ncol), dtype=data.dtype, device="meta")
         return launch
 
+    def _elementwise_launch(self, name: str, grid: tuple, args: tuple, nbytes: int) -> None:
+        """Stand-in for ``triton_elementwise._run``: the launch recorded with the bytes the wrapper
+        says it reads and writes, timed at the bandwidth (a memory-bound kernel: a few flops a byte)."""
+        if self._rec is None:  # the warm-up call, outside the count
+            return
+        dtype = next(str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+        self._rec.ops.append(Op(name, [], dtype, nbytes, 0.0, True, seconds=nbytes / self.device["bandwidth"]))
+
     def run(self, nside: int, batch: int, dtype: torch.dtype = torch.float32, depth: int = 2,
             L: int | None = None) -> dict:
         """Model of ``Scattering(nside, L, depth)(maps)`` on ``batch`` maps: a dict of figures."""
         from scatterdist.scattering import inputs
-        from scatterdist.sphere import triton_legendre
+        from scatterdist.sphere import triton_elementwise, triton_legendre
 
         torch_sht.clear_legendre_cache()
         self.fused = []
@@ -452,6 +463,8 @@ class Model:
             (triton_legendre, {"synthesis_legendre": self._fused("synthesis"),
                                "adjoint_legendre": self._fused("adjoint")}),
             (inputs, {"_all_clean": all_clean}),
+            (torch_sht, {"_fuse_elementwise": lambda device: self.elementwise}),
+            (triton_elementwise, {"_run": self._elementwise_launch}),
         ]
         with contextlib.ExitStack() as stack:
             for module, attrs in patches:
@@ -462,11 +475,14 @@ class Model:
             filters = sum(_nbytes(t) for t in [sc.plan.eta, *sc.plan.kappa.values()])
             sc._outputs(x, None)  # steady state: plans and small constants built once, outside the count
             self.fused = []
-            rec = Recorder(self.device)
-            with rec:
-                out, _, _ = sc._outputs(x, None)
-                shape = list(out.shape)
-                del out
+            rec = self._rec = Recorder(self.device)
+            try:
+                with rec:
+                    out, _, _ = sc._outputs(x, None)
+                    shape = list(out.shape)
+                    del out
+            finally:
+                self._rec = None
             rec.syncs += 1  # bool() of the clean-input check
         self.last_recorder = rec
         launches = [op for op in rec.ops if op.launch]
@@ -479,7 +495,8 @@ class Model:
         by_kind = Counter()
         for op in launches:
             kind = ("fft" if op.name.startswith("_fft") else "matmul" if op.name in ("bmm", "mm", "matmul")
-                    else "gather/scatter" if op.name.startswith("index") else "elementwise/copy")
+                    else "gather/scatter" if op.name.startswith("index")
+                    else "fused chirp-z" if op.name.startswith("chirp_") else "elementwise/copy")
             by_kind[kind] += op.seconds
         by_kind["fused Legendre"] = fused_roof
         resident = plans + self.tables_bytes + filters + _nbytes(x)
@@ -531,11 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=["auto", "tables", "fused"], default="auto")
     ap.add_argument("--kernel", choices=["dot", "loop", "workspace"], default="dot",
                     help="fused Legendre step: tl.dot tiles (the engine's), the first per-degree loop, or table tiles + bmm")
+    ap.add_argument("--torch-elementwise", action="store_true",
+                    help="the chirp-z passes as torch ops (the CPU path) instead of the fused Triton kernels")
     ap.add_argument("--memory-gib", type=float, default=80.0, help="device memory (H100: 80)")
     ap.add_argument("--max-peak-gib", type=float, default=None, help="skip (nside, batch) whose peak exceeds this")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine, kernel=args.kernel)
+    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine, kernel=args.kernel,
+                  elementwise=not args.torch_elementwise)
     rows = []
     for nside in args.nside:
         for batch in args.batch:
@@ -548,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps({"device": "H100 SXM (model)", "figures": H100, "engine": args.engine, "kernel": args.kernel,
+                                         "fused_elementwise": not args.torch_elementwise,
                                          "rows": rows}, indent=1))
     return 0
 

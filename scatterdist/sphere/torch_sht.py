@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from scatterdist.sphere import triton_legendre
+from scatterdist.sphere import triton_elementwise, triton_legendre
 from scatterdist.sphere.alm import alm_size, lmax_from_size
 from scatterdist.sphere.healpix import check_nside, npix2nside, ring_geometry
 from scatterdist.sphere.sht import ANALYSIS_MODES, LSQ_EPSILON, LSQ_MAXITER, _check_lmax
@@ -712,6 +712,47 @@ def _fused_or_fallback(plan: _Plan, budget: int, run, fallback):
         return fallback()
 
 
+#: The chirp-z transform's elementwise passes as Triton kernels (:mod:`triton_elementwise`):
+#: "auto" on CUDA tensors (the torch ops elsewhere), "on" wherever the kernels run (CPU tensors
+#: under ``TRITON_INTERPRET=1``: how the suite tests them), "off" never.
+FUSED_ELEMENTWISE = os.environ.get("SCATTERDIST_FUSED_ELEMENTWISE", "auto")
+_ELEMENTWISE_FAILED: dict[str, str] = {}
+
+
+def _fuse_elementwise(device: torch.device) -> bool:
+    """Whether the chirp-z passes on ``device`` run as the fused Triton kernels."""
+    setting = FUSED_ELEMENTWISE
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"FUSED_ELEMENTWISE / $SCATTERDIST_FUSED_ELEMENTWISE must be auto, on or off, got {setting!r}")
+    if setting == "off" or str(device) in _ELEMENTWISE_FAILED or not triton_elementwise.usable(device):
+        return False
+    return setting == "on" or device.type == "cuda"
+
+
+def _elementwise_or_fallback(device: torch.device, run, fallback):
+    """``run()`` (fused chirp-z kernels); on a Triton failure: one warning per device, and ``fallback()``
+    (the torch ops, same numbers) now and for the rest of the process. Out-of-memory propagates."""
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # triton raises CompilationError, RuntimeError, OSError, CalledProcessError...
+        if FUSED_ELEMENTWISE == "on":
+            raise
+        key = str(device)
+        with _LOCK:
+            first = key not in _ELEMENTWISE_FAILED
+            _ELEMENTWISE_FAILED[key] = f"{type(exc).__name__}: {exc}"
+        if first:
+            import warnings
+
+            warnings.warn(
+                f"the fused Triton chirp-z kernels failed on {key} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "using torch ops for them in this process (slower, same numbers)", TritonFallbackWarning,
+                stacklevel=3)
+        return fallback()
+
+
 def _engine_setting() -> str:
     engine = LEGENDRE_ENGINE
     if engine not in _ENGINES:
@@ -904,12 +945,26 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
         torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
                         out=out[a:b].view(-1, geo.neq, nb))
     # chirp-z over m for every pair of polar rings at once
-    x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
-    z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
-    del spec, ns, x
-    flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
-    for a, b, index in geo.segments:
-        torch.index_select(flat, 0, index, out=out[a:b])
+    def chirp_torch() -> None:
+        x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
+        z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
+        del x
+        flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
+        for a, b, index in geo.segments:
+            torch.index_select(flat, 0, index, out=out[a:b])
+
+    def chirp_fused() -> None:  # the same passes as three kernels around the FFTs (triton_elementwise)
+        x = triton_elementwise.chirp_in(spec, geo.pair_rings, plan.pre, geo.P)
+        f = torch.fft.fft(x, dim=0)
+        del x  # x is P rows long (padded): free it before the inverse FFT
+        z = torch.fft.ifft(f.mul_(geo.kernel), dim=0)
+        del f
+        triton_elementwise.chirp_out(z, geo.post, geo.segments, out)
+
+    if _fuse_elementwise(alm.device):
+        _elementwise_or_fallback(alm.device, chirp_fused, chirp_torch)
+    else:
+        chirp_torch()
     return out.t()
 
 
@@ -937,15 +992,29 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
         torch.view_as_real(x).mul_(plan.eq_adjoint)
         x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
         spec.index_copy_(1, geo.eq_rings, x)
-    slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
-    for a, b, index in geo.segments:
-        slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
-    y = slots.view(geo.nmax, 2, geo.npair, nb) * geo.post
-    del slots
-    z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
-    del y
-    spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
-    del z
+
+    def chirp_torch() -> None:
+        slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
+        for a, b, index in geo.segments:
+            slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
+        y = slots.view(geo.nmax, 2, geo.npair, nb) * geo.post
+        del slots
+        z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
+        del y
+        spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
+
+    def chirp_fused() -> None:  # the same passes as kernels around the FFTs (triton_elementwise)
+        y = triton_elementwise.chirp_in_adjoint(pixels, geo.post, geo.segments, geo.npair, geo.P)
+        f = torch.fft.ifft(y, dim=0)
+        del y  # P rows long (padded): free it before the second FFT
+        z = torch.fft.fft(f.mul_(geo.kernel), dim=0)
+        del f
+        triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, spec)
+
+    if _fuse_elementwise(maps.device):
+        _elementwise_or_fallback(maps.device, chirp_fused, chirp_torch)
+    else:
+        chirp_torch()
     ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
     td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
     del ring_m, spec

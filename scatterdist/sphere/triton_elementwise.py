@@ -1,0 +1,231 @@
+"""Fused elementwise passes of the chirp-z (Bluestein) ring transform (Triton; issue 20, build 4).
+
+On CUDA, :mod:`scatterdist.sphere.torch_sht` runs the memory-bound passes around the two FFTs of
+its chirp-z transform as four kernels instead of chains of torch ops (each torch op reads and
+writes the whole array once):
+
+==========================  ===============================================  ==========================
+kernel                      does                                             replaces (torch ops)
+==========================  ===============================================  ==========================
+``chirp_in_kernel``         gather the pair rings of the spectrum, times     ``index_select``, ``mul_``,
+                            the pre-chirp, zero rows up to the FFT length    ``constant_pad_nd`` (fft n=P)
+``chirp_out_kernel``        times the post-chirp, real part, to the RING     ``mul_``, ``clone`` (real),
+                            pixels of a segment                              ``index_select``
+``chirp_in_adjoint_kernel`` RING pixels of a segment times the post-chirp    ``zeros``, ``index_put_``,
+                            into the (zeroed) padded FFT input               ``mul``, ``constant_pad_nd``
+``chirp_out_adjoint_kernel`` times the pre-chirp, to the pair rings of the   ``mul_``, ``index_copy_``
+                            spectrum
+==========================  ===============================================  ==========================
+
+Shapes (``R`` ring pairs, ``B`` maps, ``M`` orders, ``P`` FFT length, ``nmax`` longest ring): the
+chirp-z array is ``(P, 2, R, B)`` complex (rows = m or ring slot, then the northern ring or its
+mirror, the pair, the map); ``spec`` is ``(M, 2 nnorth, B)`` complex; ``pre`` ``(M, 1, R, 1)``,
+``post`` ``(nmax, 1, R, 1)`` complex; a segment ``(a, b, index)`` sends slot ``index[i]`` of the
+flattened ``(nmax, 2, R)`` output to RING pixel ``a + i``. Complex tensors are read through
+their real views (re, im interleaved). CPU tensors keep the torch ops (or run these kernels
+under ``TRITON_INTERPRET=1``, which is how the suite tests them against the torch ops).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scatterdist.sphere import triton_legendre
+
+#: Elements (complex values or output pixels x maps) per program.
+BLOCK = 1024
+
+try:  # triton is optional (the torch ops run without it)
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the environment
+    triton = None
+
+
+def usable(device: torch.device) -> bool:
+    """Whether these kernels can run on ``device`` here (CUDA, or any device in interpret mode)."""
+    return triton_legendre.usable(device)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _cmul(ar, ai, br, bi):
+        return ar * br - ai * bi, ar * bi + ai * br
+
+    @triton.jit
+    def chirp_in_kernel(spec_ptr, rings_ptr, pre_ptr, x_ptr, M, nspec, R, B, BLOCK: tl.constexpr):
+        # x[m, s, j, b] = spec[m, rings[s R + j], b] pre[m, j] (m < M), 0 for M <= m < P
+        m = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        n = 2 * R * B
+        valid = e < n
+        sj = e // B
+        b = e % B
+        live = valid & ((e * 0 + m) < M)  # a row of the zero padding when m >= M
+        ring = tl.load(rings_ptr + sj, mask=live, other=0)
+        src = 2 * ((m * nspec + ring) * B + b)
+        sr = tl.load(spec_ptr + src, mask=live, other=0.0)
+        si = tl.load(spec_ptr + src + 1, mask=live, other=0.0)
+        pj = 2 * (m * R + sj % R)
+        pr = tl.load(pre_ptr + pj, mask=live, other=0.0)
+        pi = tl.load(pre_ptr + pj + 1, mask=live, other=0.0)
+        re, im = _cmul(sr, si, pr, pi)
+        dst = 2 * (m * n + e)
+        tl.store(x_ptr + dst, re, mask=valid)
+        tl.store(x_ptr + dst + 1, im, mask=valid)
+
+    @triton.jit
+    def chirp_out_kernel(z_ptr, zs0, zs1, zs2, zs3, post_ptr, index_ptr, out_ptr, total, R, B, BLOCK: tl.constexpr):
+        # out[i, b] = Re(z[q, b] post[q // 2R, q % R]), q = index[i] = (n, s, j) of the (nmax, 2, R) slots;
+        # z read through its strides (zs*, in complex elements: FFT outputs need not be contiguous)
+        e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = e < total
+        i = e // B
+        b = e % B
+        q = tl.load(index_ptr + i, mask=valid, other=0).to(tl.int64)
+        n = q // (2 * R)
+        j = q % R
+        src = 2 * (n * zs0 + ((q // R) % 2) * zs1 + j * zs2 + b * zs3)
+        zr = tl.load(z_ptr + src, mask=valid, other=0.0)
+        zi = tl.load(z_ptr + src + 1, mask=valid, other=0.0)
+        pq = 2 * (n * R + j)
+        pr = tl.load(post_ptr + pq, mask=valid, other=0.0)
+        pi = tl.load(post_ptr + pq + 1, mask=valid, other=0.0)
+        tl.store(out_ptr + e, zr * pr - zi * pi, mask=valid)
+
+    @triton.jit
+    def chirp_in_adjoint_kernel(pix_ptr, pix_stride_p, pix_stride_b, post_ptr, index_ptr, y_ptr, total, R, B,
+                                BLOCK: tl.constexpr):
+        # y[q, b] = pixels[i, b] post[q // 2R, q % R], q = index[i]
+        e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = e < total
+        i = e // B
+        b = e % B
+        q = tl.load(index_ptr + i, mask=valid, other=0).to(tl.int64)
+        v = tl.load(pix_ptr + i * pix_stride_p + b * pix_stride_b, mask=valid, other=0.0)
+        pq = 2 * ((q // (2 * R)) * R + q % R)
+        pr = tl.load(post_ptr + pq, mask=valid, other=0.0)
+        pi = tl.load(post_ptr + pq + 1, mask=valid, other=0.0)
+        dst = 2 * (q * B + b)
+        tl.store(y_ptr + dst, v * pr, mask=valid)
+        tl.store(y_ptr + dst + 1, v * pi, mask=valid)
+
+    @triton.jit
+    def chirp_out_adjoint_kernel(z_ptr, zs0, zs1, zs2, zs3, pre_ptr, rings_ptr, spec_ptr, nspec, R, B,
+                                 BLOCK: tl.constexpr):
+        # spec[m, rings[s R + j], b] = z[m, s, j, b] pre[m, j]; z read through its strides
+        m = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = e < 2 * R * B
+        sj = e // B
+        b = e % B
+        j = sj % R
+        src = 2 * (m * zs0 + (sj // R) * zs1 + j * zs2 + b * zs3)
+        zr = tl.load(z_ptr + src, mask=valid, other=0.0)
+        zi = tl.load(z_ptr + src + 1, mask=valid, other=0.0)
+        pj = 2 * (m * R + j)
+        pr = tl.load(pre_ptr + pj, mask=valid, other=0.0)
+        pi = tl.load(pre_ptr + pj + 1, mask=valid, other=0.0)
+        re, im = _cmul(zr, zi, pr, pi)
+        ring = tl.load(rings_ptr + sj, mask=valid, other=0)
+        dst = 2 * ((m * nspec + ring) * B + b)
+        tl.store(spec_ptr + dst, re, mask=valid)
+        tl.store(spec_ptr + dst + 1, im, mask=valid)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _run(name: str, grid: tuple, args: tuple, nbytes: int) -> None:
+    """Launch kernel ``name`` under the device guard of its tensors. ``nbytes``: what the launch reads
+    and writes in device memory (``benchmarks/gpu_model.py`` replaces this function to time it)."""
+    kernel = globals()[name]
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with triton_legendre.device_guard(device):
+        kernel[grid](*args, BLOCK=BLOCK)
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_contiguous():
+        raise ValueError(f"the chirp-z kernels need contiguous tensors, got strides {t.stride()} for {tuple(t.shape)}")
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def chirp_in(spec: torch.Tensor, rings: torch.Tensor, pre: torch.Tensor, P: int) -> torch.Tensor:
+    """``(P, 2, R, B)`` complex: ``spec[:, rings]`` (as ``(M, 2, R, B)``) times ``pre``, zero rows ``M .. P-1``
+    (the synthesis' FFT input, already padded)."""
+    M, nspec, B = spec.shape
+    R = pre.shape[2]
+    x = torch.empty((P, 2, R, B), dtype=spec.dtype, device=spec.device)
+    grid = (P, _cdiv(2 * R * B, BLOCK))
+    nbytes = _nbytes(x) + _nbytes(rings) + 2 * R * B * M * spec.element_size() + _nbytes(pre)
+    _run("chirp_in_kernel", grid, (_real(spec), rings, _real(pre), _real(x), M, nspec, R, B), nbytes)
+    return x
+
+
+def chirp_out(z: torch.Tensor, post: torch.Tensor, segments: list, out: torch.Tensor) -> None:
+    """RING pixels ``out[a:b] = Re(z * post)[index]`` of every segment; ``z`` ``(>= nmax, 2, R, B)`` complex,
+    ``out`` ``(npix, B)`` real contiguous."""
+    R, B = z.shape[2], z.shape[3]
+    for a, b, index in segments:
+        count = b - a
+        nbytes = 3 * _nbytes(out[a:b]) + _nbytes(index) + _nbytes(post)  # z read (complex), out written
+        _run("chirp_out_kernel", (_cdiv(count * B, BLOCK),),
+             (torch.view_as_real(z), *z.stride(), _real(post), index, out[a:b], count * B, R, B), nbytes)
+
+
+def chirp_in_adjoint(pixels: torch.Tensor, post: torch.Tensor, segments: list, R: int, P: int) -> torch.Tensor:
+    """``(P, 2, R, B)`` complex zeros with slot ``index[i]`` = RING pixel ``a + i`` times ``post``, for every
+    segment (the adjoint's FFT input, already padded). ``pixels``: ``(npix, B)`` real, any strides."""
+    B = pixels.shape[1]
+    cdtype = torch.complex64 if pixels.dtype == torch.float32 else torch.complex128
+    y = torch.zeros((P, 2, R, B), dtype=cdtype, device=pixels.device)
+    for a, b, index in segments:
+        count = b - a
+        src = pixels[a:b]
+        nbytes = _nbytes(src) * 3 + _nbytes(index) + _nbytes(post)  # pixels read, complex slots written
+        _run("chirp_in_adjoint_kernel", (_cdiv(count * B, BLOCK),),
+             (src, src.stride(0), src.stride(1), _real(post), index, _real(y), count * B, R, B), nbytes)
+    return y
+
+
+def chirp_out_adjoint(z: torch.Tensor, pre: torch.Tensor, rings: torch.Tensor, spec: torch.Tensor) -> None:
+    """``spec[:, rings]`` (as ``(M, 2, R, B)``) = ``z[:M] * pre``; ``spec`` ``(M, 2 nnorth, B)`` complex."""
+    M, nspec, B = spec.shape
+    R = pre.shape[2]
+    grid = (M, _cdiv(2 * R * B, BLOCK))
+    moved = M * 2 * R * B * spec.element_size()
+    nbytes = 2 * moved + _nbytes(rings) + _nbytes(pre)
+    _run("chirp_out_adjoint_kernel", grid, (torch.view_as_real(z), *z.stride(), _real(pre), rings, _real(spec), nspec, R, B),
+         nbytes)
+
+
+def launch_configs() -> list[dict]:
+    """Every kernel of this module with its Triton signature, float32 and float64 (for
+    :func:`scatterdist.sphere.triton_aot.compile_all`)."""
+    if triton is None:
+        return []
+    configs = []
+    strides = {"zs0": "i64", "zs1": "i64", "zs2": "i64", "zs3": "i64"}
+    for dtype, ptr in (("float32", "*fp32"), ("float64", "*fp64")):
+        sigs = {
+            "chirp_in_kernel": {"spec_ptr": ptr, "rings_ptr": "*i64", "pre_ptr": ptr, "x_ptr": ptr, "M": "i32",
+                                "nspec": "i32", "R": "i32", "B": "i32"},
+            "chirp_out_kernel": {"z_ptr": ptr, **strides, "post_ptr": ptr, "index_ptr": "*i32", "out_ptr": ptr, "total": "i64",
+                                 "R": "i32", "B": "i32"},
+            "chirp_in_adjoint_kernel": {"pix_ptr": ptr, "pix_stride_p": "i32", "pix_stride_b": "i32",
+                                        "post_ptr": ptr, "index_ptr": "*i32", "y_ptr": ptr, "total": "i64",
+                                        "R": "i32", "B": "i32"},
+            "chirp_out_adjoint_kernel": {"z_ptr": ptr, **strides, "pre_ptr": ptr, "rings_ptr": "*i64", "spec_ptr": ptr,
+                                         "nspec": "i32", "R": "i32", "B": "i32"},
+        }
+        for name, sig in sigs.items():
+            configs.append({"name": name, "fn": globals()[name], "dtype": dtype, "signature": sig,
+                            "constexprs": {"BLOCK": BLOCK}})
+    return configs
