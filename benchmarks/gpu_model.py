@@ -496,7 +496,7 @@ class Model:
         for op in launches:
             kind = ("fft" if op.name.startswith("_fft") else "matmul" if op.name in ("bmm", "mm", "matmul")
                     else "gather/scatter" if op.name.startswith("index")
-                    else "fused chirp-z" if op.name.startswith("chirp_") else "elementwise/copy")
+                    else "fused chirp-z" if op.name.startswith(("chirp_", "equator_")) else "elementwise/copy")
             by_kind[kind] += op.seconds
         by_kind["fused Legendre"] = fused_roof
         resident = plans + self.tables_bytes + filters + _nbytes(x)

@@ -934,27 +934,35 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     coeffs = torch.view_as_real(alm).transpose(0, 1).reshape(plan.nalm, 2 * nb)
     eo = _legendre_synthesis(plan, coeffs, budget)  # (M, 2, nr, C)
     del coeffs
-    ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
-    del eo
-    spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
     out = torch.empty((geo.npix, nb), dtype=real, device=alm.device)  # RING pixels x maps
-    if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
-        x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
-        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
-        a, b = geo.eq_pix
-        torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
-                        out=out[a:b].view(-1, geo.neq, nb))
-    # chirp-z over m for every pair of polar rings at once
-    def chirp_torch() -> None:
+
+    def rings_torch() -> None:
+        nonlocal eo
+        ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
+        eo = None
+        spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
+        if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
+            x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
+            x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+            a, b = geo.eq_pix
+            torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
+                            out=out[a:b].view(-1, geo.neq, nb))
+            del x
+        # chirp-z over m for every pair of polar rings at once
         x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
         z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
-        del x
+        del spec, ns, x
         flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
         for a, b, index in geo.segments:
             torch.index_select(flat, 0, index, out=out[a:b])
 
-    def chirp_fused() -> None:  # the same passes as three kernels around the FFTs (triton_elementwise)
-        x = triton_elementwise.chirp_in(spec, geo.pair_rings, plan.pre, geo.P)
+    def rings_fused() -> None:  # the same passes as kernels around the FFTs (triton_elementwise)
+        if geo.eq_rings is not None:  # north/south, ring gather, phase, padding: one kernel
+            x = triton_elementwise.equator_in(eo, geo.eq_rings, plan.eq_shift, geo.eq_shifted, geo.neq // 2 + 1)
+            a, b = geo.eq_pix
+            torch.fft.irfft(x, n=geo.neq, dim=1, norm="forward", out=out[a:b].view(-1, geo.neq, nb))
+            del x
+        x = triton_elementwise.chirp_in(eo, geo.pair_rings, plan.pre, geo.P)
         f = torch.fft.fft(x, dim=0)
         del x  # x is P rows long (padded): free it before the inverse FFT
         z = torch.fft.ifft(f.mul_(geo.kernel), dim=0)
@@ -962,9 +970,9 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
         triton_elementwise.chirp_out(z, geo.post, geo.segments, out)
 
     if _fuse_elementwise(alm.device):
-        _elementwise_or_fallback(alm.device, chirp_fused, chirp_torch)
+        _elementwise_or_fallback(alm.device, rings_fused, rings_torch)
     else:
-        chirp_torch()
+        rings_torch()
     return out.t()
 
 

@@ -1,29 +1,31 @@
-"""Fused elementwise passes of the chirp-z (Bluestein) ring transform (Triton; issue 20, build 4).
+"""Fused elementwise passes of the ring transforms (Triton; issue 20, build 4).
 
-On CUDA, :mod:`scatterdist.sphere.torch_sht` runs the memory-bound passes around the two FFTs of
-its chirp-z transform as four kernels instead of chains of torch ops (each torch op reads and
-writes the whole array once):
+On CUDA, :mod:`scatterdist.sphere.torch_sht` runs the memory-bound passes between the Legendre
+sums and the ring FFTs, and around the two FFTs of its chirp-z transform, as five kernels
+instead of chains of torch ops (each torch op reads and writes the whole array once):
 
-==========================  ===============================================  ==========================
-kernel                      does                                             replaces (torch ops)
-==========================  ===============================================  ==========================
-``chirp_in_kernel``         gather the pair rings of the spectrum, times     ``index_select``, ``mul_``,
-                            the pre-chirp, zero rows up to the FFT length    ``constant_pad_nd`` (fft n=P)
-``chirp_out_kernel``        times the post-chirp, real part, to the RING     ``mul_``, ``clone`` (real),
-                            pixels of a segment                              ``index_select``
-``chirp_in_adjoint_kernel`` RING pixels of a segment times the post-chirp    ``zeros``, ``index_put_``,
-                            into the (zeroed) padded FFT input               ``mul``, ``constant_pad_nd``
-``chirp_out_adjoint_kernel`` times the pre-chirp, to the pair rings of the   ``mul_``, ``index_copy_``
-                            spectrum
-==========================  ===============================================  ==========================
+- ``equator_in_kernel`` (synthesis): the north/south combination of the even/odd Legendre sums,
+  the gather of the equatorial rings, their half-pixel phase, the zero padding to ``neq/2 + 1``
+  (replaces the combination ``bmm`` and its layout ``clone``, ``index_select``, ``mul_``,
+  ``constant_pad_nd`` of the ``irfft``);
+- ``chirp_in_kernel`` (synthesis): the same combination for the chirp-z pair rings, times the
+  pre-chirp, zero rows up to the FFT length ``P`` (``index_select``, ``mul_``, ``constant_pad_nd``);
+- ``chirp_out_kernel`` (synthesis): times the post-chirp, real part, to the RING pixels of a
+  segment (``mul_``, the ``clone`` of the real part, ``index_select``);
+- ``chirp_in_adjoint_kernel``: RING pixels of a segment times the post-chirp into the zeroed,
+  padded FFT input (``index_put_``, ``mul``, ``constant_pad_nd``);
+- ``chirp_out_adjoint_kernel``: times the pre-chirp, to the pair rings of the spectrum
+  (``mul_``, ``index_copy_``).
 
-Shapes (``R`` ring pairs, ``B`` maps, ``M`` orders, ``P`` FFT length, ``nmax`` longest ring): the
-chirp-z array is ``(P, 2, R, B)`` complex (rows = m or ring slot, then the northern ring or its
-mirror, the pair, the map); ``spec`` is ``(M, 2 nnorth, B)`` complex; ``pre`` ``(M, 1, R, 1)``,
+Shapes (``R`` ring pairs, ``B`` maps, ``M`` orders, ``P`` FFT length, ``nmax`` longest ring):
+the even/odd sums ``eo`` are ``(M, 2, nnorth, 2B)`` real (any strides); the spectrum ``spec``
+``(M, 2 nnorth, B)`` complex on the ring axis [north | south mirrors] (north = even + odd,
+mirror = even - odd); the chirp-z array ``(P, 2, R, B)`` complex; ``pre`` ``(M, 1, R, 1)``,
 ``post`` ``(nmax, 1, R, 1)`` complex; a segment ``(a, b, index)`` sends slot ``index[i]`` of the
 flattened ``(nmax, 2, R)`` output to RING pixel ``a + i``. Complex tensors are read through
-their real views (re, im interleaved). CPU tensors keep the torch ops (or run these kernels
-under ``TRITON_INTERPRET=1``, which is how the suite tests them against the torch ops).
+their real views (re, im interleaved); FFT outputs through their strides. CPU tensors keep the
+torch ops (or run these kernels under ``TRITON_INTERPRET=1``, which is how the suite tests
+them against the torch ops).
 """
 
 from __future__ import annotations
@@ -54,8 +56,23 @@ if triton is not None:
         return ar * br - ai * bi, ar * bi + ai * br
 
     @triton.jit
-    def chirp_in_kernel(spec_ptr, rings_ptr, pre_ptr, x_ptr, M, nspec, R, B, BLOCK: tl.constexpr):
-        # x[m, s, j, b] = spec[m, rings[s R + j], b] pre[m, j] (m < M), 0 for M <= m < P
+    def _north_south(eo_ptr, es0, es1, es2, es3, m, ring, b, nr, mask):
+        # spec[m, ring, b] of the ring axis [north (nr) | south mirrors] from the even / odd sums
+        # eo (M, 2, nr, 2B) (strides es*, real elements): even + odd (north), even - odd (mirror)
+        half = ring // nr
+        r = ring - half * nr
+        sign = 1.0 - 2.0 * half.to(tl.float32)
+        base = m * es0 + r * es2 + (2 * b) * es3
+        er = tl.load(eo_ptr + base, mask=mask, other=0.0)
+        ei = tl.load(eo_ptr + base + es3, mask=mask, other=0.0)
+        orr = tl.load(eo_ptr + base + es1, mask=mask, other=0.0)
+        oi = tl.load(eo_ptr + base + es1 + es3, mask=mask, other=0.0)
+        return er + sign * orr, ei + sign * oi
+
+    @triton.jit
+    def chirp_in_kernel(eo_ptr, es0, es1, es2, es3, rings_ptr, pre_ptr, x_ptr, M, nr, R, B, BLOCK: tl.constexpr):
+        # x[m, s, j, b] = spec[m, rings[s R + j], b] pre[m, j] (m < M), 0 for M <= m < P; spec
+        # combined from eo on the fly (north/south): no spectrum array is written
         m = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         n = 2 * R * B
@@ -64,14 +81,33 @@ if triton is not None:
         b = e % B
         live = valid & ((e * 0 + m) < M)  # a row of the zero padding when m >= M
         ring = tl.load(rings_ptr + sj, mask=live, other=0)
-        src = 2 * ((m * nspec + ring) * B + b)
-        sr = tl.load(spec_ptr + src, mask=live, other=0.0)
-        si = tl.load(spec_ptr + src + 1, mask=live, other=0.0)
+        sr, si = _north_south(eo_ptr, es0, es1, es2, es3, m, ring, b, nr, live)
         pj = 2 * (m * R + sj % R)
         pr = tl.load(pre_ptr + pj, mask=live, other=0.0)
         pi = tl.load(pre_ptr + pj + 1, mask=live, other=0.0)
         re, im = _cmul(sr, si, pr, pi)
         dst = 2 * (m * n + e)
+        tl.store(x_ptr + dst, re, mask=valid)
+        tl.store(x_ptr + dst + 1, im, mask=valid)
+
+    @triton.jit
+    def equator_in_kernel(eo_ptr, es0, es1, es2, es3, rings_ptr, shift_ptr, x_ptr, first_shifted, M, H, nr, B,
+                          BLOCK: tl.constexpr):
+        # x[q, m, b] = spec[m, rings[q], b] (times shift[m] on the shifted rings q = first_shifted, +2, ...)
+        # for m < M, 0 up to H = neq/2 + 1: the equatorial irfft's input, already padded
+        q = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = e < H * B
+        m = e // B
+        b = e % B
+        live = valid & (m < M)
+        ring = tl.load(rings_ptr + q + e * 0, mask=live, other=0)
+        sr, si = _north_south(eo_ptr, es0, es1, es2, es3, m, ring, b, nr, live)
+        shifted = (e * 0 + q >= first_shifted) & ((e * 0 + q - first_shifted) % 2 == 0) & live
+        hr = tl.load(shift_ptr + 2 * m, mask=shifted, other=1.0)
+        hi = tl.load(shift_ptr + 2 * m + 1, mask=shifted, other=0.0)
+        re, im = _cmul(sr, si, hr, hi)
+        dst = 2 * (q * H * B + e)
         tl.store(x_ptr + dst, re, mask=valid)
         tl.store(x_ptr + dst + 1, im, mask=valid)
 
@@ -157,16 +193,35 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def chirp_in(spec: torch.Tensor, rings: torch.Tensor, pre: torch.Tensor, P: int) -> torch.Tensor:
-    """``(P, 2, R, B)`` complex: ``spec[:, rings]`` (as ``(M, 2, R, B)``) times ``pre``, zero rows ``M .. P-1``
-    (the synthesis' FFT input, already padded)."""
-    M, nspec, B = spec.shape
-    R = pre.shape[2]
-    x = torch.empty((P, 2, R, B), dtype=spec.dtype, device=spec.device)
+def chirp_in(eo: torch.Tensor, rings: torch.Tensor, pre: torch.Tensor, P: int) -> torch.Tensor:
+    """``(P, 2, R, B)`` complex: the spectrum ``spec[:, rings]`` (as ``(M, 2, R, B)``) times ``pre``, zero
+    rows ``M .. P-1`` (the synthesis' FFT input, already padded). ``eo``: the even / odd Legendre sums
+    ``(M, 2, nr, 2B)`` real, any strides; ``spec`` (north = even + odd, mirror = even - odd) is never stored."""
+    M, _, nr, C = eo.shape
+    B, R = C // 2, pre.shape[2]
+    x = torch.empty((P, 2, R, B), dtype=_complex(eo.dtype), device=eo.device)
     grid = (P, _cdiv(2 * R * B, BLOCK))
-    nbytes = _nbytes(x) + _nbytes(rings) + 2 * R * B * M * spec.element_size() + _nbytes(pre)
-    _run("chirp_in_kernel", grid, (_real(spec), rings, _real(pre), _real(x), M, nspec, R, B), nbytes)
+    nbytes = _nbytes(x) + _nbytes(rings) + 2 * (M * 2 * R * B * 2 * eo.element_size()) + _nbytes(pre)
+    _run("chirp_in_kernel", grid, (eo, *eo.stride(), rings, _real(pre), _real(x), M, nr, R, B), nbytes)
     return x
+
+
+def equator_in(eo: torch.Tensor, rings: torch.Tensor, shift: torch.Tensor, first_shifted: int, H: int) -> torch.Tensor:
+    """``(count, H, B)`` complex: the spectrum of the equatorial rings ``spec[:, rings]`` transposed to
+    (ring, m, map), times ``shift`` on every other ring from ``first_shifted``, zero for m >= M (the
+    input of the equatorial ``irfft(n=neq)``, ``H = neq/2 + 1``); ``eo`` as in :func:`chirp_in`."""
+    M, _, nr, C = eo.shape
+    B, count = C // 2, rings.shape[0]
+    x = torch.empty((count, H, B), dtype=_complex(eo.dtype), device=eo.device)
+    grid = (count, _cdiv(H * B, BLOCK))
+    nbytes = _nbytes(x) + _nbytes(rings) + 2 * (M * count * B * 2 * eo.element_size()) + _nbytes(shift)
+    _run("equator_in_kernel", grid,
+         (eo, *eo.stride(), rings, _real(shift.reshape(-1)), _real(x), first_shifted, M, H, nr, B), nbytes)
+    return x
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
 
 
 def chirp_out(z: torch.Tensor, post: torch.Tensor, segments: list, out: torch.Tensor) -> None:
@@ -213,10 +268,13 @@ def launch_configs() -> list[dict]:
         return []
     configs = []
     strides = {"zs0": "i64", "zs1": "i64", "zs2": "i64", "zs3": "i64"}
+    estrides = {"es0": "i64", "es1": "i64", "es2": "i64", "es3": "i64"}
     for dtype, ptr in (("float32", "*fp32"), ("float64", "*fp64")):
         sigs = {
-            "chirp_in_kernel": {"spec_ptr": ptr, "rings_ptr": "*i64", "pre_ptr": ptr, "x_ptr": ptr, "M": "i32",
-                                "nspec": "i32", "R": "i32", "B": "i32"},
+            "chirp_in_kernel": {"eo_ptr": ptr, **estrides, "rings_ptr": "*i64", "pre_ptr": ptr, "x_ptr": ptr,
+                                "M": "i32", "nr": "i32", "R": "i32", "B": "i32"},
+            "equator_in_kernel": {"eo_ptr": ptr, **estrides, "rings_ptr": "*i64", "shift_ptr": ptr, "x_ptr": ptr,
+                                  "first_shifted": "i32", "M": "i32", "H": "i32", "nr": "i32", "B": "i32"},
             "chirp_out_kernel": {"z_ptr": ptr, **strides, "post_ptr": ptr, "index_ptr": "*i32", "out_ptr": ptr, "total": "i64",
                                  "R": "i32", "B": "i32"},
             "chirp_in_adjoint_kernel": {"pix_ptr": ptr, "pix_stride_p": "i32", "pix_stride_b": "i32",
