@@ -11,10 +11,11 @@ geometry and the start of the recurrence from the plan:
   ``mantissa * 2**(SCALE_BITS*k)``, so that nothing underflows near the poles.
 
 Recurrence (float64): ``lambda_{l,m} = a_lm (x lambda_{l-1,m} - b_lm lambda_{l-2,m})`` with
-``a_lm = sqrt((4l^2-1)/(l^2-m^2))``, ``b_lm = sqrt(((l-1)^2-m^2)/(4(l-1)^2-1))``; whenever a
-scaled value exceeds ``2**SCALE_BITS`` it is renormalised and its exponent raised. Values
-with ``k = -1`` enter the sums multiplied by ``2**-SCALE_BITS``; smaller ones are exactly 0
-in any float format.
+``a_lm = sqrt((4l^2-1)/(l^2-m^2))``, ``b_lm = sqrt(((l-1)^2-m^2)/(4(l-1)^2-1))``; at the end
+of every block of DEGREES degrees a mantissa above ``2**SCALE_BITS`` (with ``k < 0``) is
+renormalised and its exponent raised. Values with ``k = -1`` enter the sums multiplied by
+``2**-SCALE_BITS``; smaller ones (below ``2**-SCALE_BITS`` times the block's growth, under
+``2**-150``) enter as 0.
 
 Layouts (``C = 2*B`` real columns, the real and imaginary parts of B transforms):
 
