@@ -991,17 +991,18 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     nb = maps.shape[0]
     nr, nm = plan.nnorth, lmax + 1
     cdtype = torch.complex64 if maps.dtype == torch.float32 else torch.complex128
-    spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
     pixels = maps.t()  # (npix, B) view
-    if geo.eq_rings is not None:  # c_m conj(rfft) by one real product, then the shifted rings' phase
-        a, b = geo.eq_pix
-        x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
-        x = x.narrow(1, 0, nm).transpose(0, 1)  # (M, count, B) view
-        torch.view_as_real(x).mul_(plan.eq_adjoint)
-        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
-        spec.index_copy_(1, geo.eq_rings, x)
 
-    def chirp_torch() -> None:
+    def rings_torch() -> torch.Tensor:
+        spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
+        if geo.eq_rings is not None:  # c_m conj(rfft) by one real product, then the shifted rings' phase
+            a, b = geo.eq_pix
+            x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+            x = x.narrow(1, 0, nm).transpose(0, 1)  # (M, count, B) view
+            torch.view_as_real(x).mul_(plan.eq_adjoint)
+            x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+            spec.index_copy_(1, geo.eq_rings, x)
+            del x
         slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
         for a, b, index in geo.segments:
             slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
@@ -1010,22 +1011,29 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
         z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
         del y
         spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
+        del z
+        ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
+        return torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
 
-    def chirp_fused() -> None:  # the same passes as kernels around the FFTs (triton_elementwise)
+    def rings_fused() -> torch.Tensor:  # the same passes as kernels around the FFTs (triton_elementwise)
+        td = torch.empty((nm, 2, nr, 2 * nb), dtype=maps.dtype, device=maps.device)  # every ring written once
+        if geo.eq_rings is not None:  # c_m conj, phase, north/south combination: one kernel after the rfft
+            a, b = geo.eq_pix
+            x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+            triton_elementwise.equator_out(x, plan.eq_shift, geo.eq_rings, geo.eq_shifted, td)
+            del x
         y = triton_elementwise.chirp_in_adjoint(pixels, geo.post, geo.segments, geo.npair, geo.P)
         f = torch.fft.ifft(y, dim=0)
         del y  # P rows long (padded): free it before the second FFT
         z = torch.fft.fft(f.mul_(geo.kernel), dim=0)
         del f
-        triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, spec)
+        triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, td)
+        return td
 
     if _fuse_elementwise(maps.device):
-        _elementwise_or_fallback(maps.device, chirp_fused, chirp_torch)
+        td = _elementwise_or_fallback(maps.device, rings_fused, rings_torch)
     else:
-        chirp_torch()
-    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
-    td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
-    del ring_m, spec
+        td = rings_torch()
     out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
     alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
     torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)

@@ -1,7 +1,7 @@
 """Fused elementwise passes of the ring transforms (Triton; issue 20, build 4).
 
 On CUDA, :mod:`scatterdist.sphere.torch_sht` runs the memory-bound passes between the Legendre
-sums and the ring FFTs, and around the two FFTs of its chirp-z transform, as five kernels
+sums and the ring FFTs, and around the two FFTs of its chirp-z transform, as six kernels
 instead of chains of torch ops (each torch op reads and writes the whole array once):
 
 - ``equator_in_kernel`` (synthesis): the north/south combination of the even/odd Legendre sums,
@@ -14,13 +14,18 @@ instead of chains of torch ops (each torch op reads and writes the whole array o
   segment (``mul_``, the ``clone`` of the real part, ``index_select``);
 - ``chirp_in_adjoint_kernel``: RING pixels of a segment times the post-chirp into the zeroed,
   padded FFT input (``index_put_``, ``mul``, ``constant_pad_nd``);
-- ``chirp_out_adjoint_kernel``: times the pre-chirp, to the pair rings of the spectrum
-  (``mul_``, ``index_copy_``).
+- ``chirp_out_adjoint_kernel``: times the pre-chirp, and the north/south combination of each
+  pair straight into the adjoint Legendre input ``td`` (``mul_``, ``index_copy_`` into a zeroed
+  spectrum, the combination ``bmm``);
+- ``equator_out_kernel``: after the equatorial ``rfft``, ``c_m conj``, the half-pixel phase and
+  the north/south combination into ``td`` (``mul_`` twice, ``index_copy_``; ring q's mirror is
+  ring ``count - 1 - q`` in RING order, the equator has none).
 
 Shapes (``R`` ring pairs, ``B`` maps, ``M`` orders, ``P`` FFT length, ``nmax`` longest ring):
 the even/odd sums ``eo`` are ``(M, 2, nnorth, 2B)`` real (any strides); the spectrum ``spec``
 ``(M, 2 nnorth, B)`` complex on the ring axis [north | south mirrors] (north = even + odd,
-mirror = even - odd); the chirp-z array ``(P, 2, R, B)`` complex; ``pre`` ``(M, 1, R, 1)``,
+mirror = even - odd); the adjoint's ``td`` ``(M, 2, nnorth, 2B)`` real (north + mirror,
+north - mirror); the chirp-z array ``(P, 2, R, B)`` complex; ``pre`` ``(M, 1, R, 1)``,
 ``post`` ``(nmax, 1, R, 1)`` complex; a segment ``(a, b, index)`` sends slot ``index[i]`` of the
 flattened ``(nmax, 2, R)`` output to RING pixel ``a + i``. Complex tensors are read through
 their real views (re, im interleaved); FFT outputs through their strides. CPU tensors keep the
@@ -148,26 +153,67 @@ if triton is not None:
         tl.store(y_ptr + dst + 1, v * pi, mask=valid)
 
     @triton.jit
-    def chirp_out_adjoint_kernel(z_ptr, zs0, zs1, zs2, zs3, pre_ptr, rings_ptr, spec_ptr, nspec, R, B,
+    def _to_td(td_ptr, m, r, b, nr, B, n_re, n_im, s_re, s_im, mask):
+        # td[m, 0, r, (2b, 2b+1)] = north + south, td[m, 1, r, ...] = north - south; td (M, 2, nr, 2B) contiguous
+        base = ((m * 2) * nr + r) * (2 * B) + 2 * b
+        half = nr * (2 * B)
+        tl.store(td_ptr + base, n_re + s_re, mask=mask)
+        tl.store(td_ptr + base + 1, n_im + s_im, mask=mask)
+        tl.store(td_ptr + base + half, n_re - s_re, mask=mask)
+        tl.store(td_ptr + base + half + 1, n_im - s_im, mask=mask)
+
+    @triton.jit
+    def chirp_out_adjoint_kernel(z_ptr, zs0, zs1, zs2, zs3, pre_ptr, rings_ptr, td_ptr, nr, R, B,
                                  BLOCK: tl.constexpr):
-        # spec[m, rings[s R + j], b] = z[m, s, j, b] pre[m, j]; z read through its strides
+        # pair j: north ring r = rings[j] and its mirror; value = z[m, s, j, b] pre[m, j] (s = 0, 1),
+        # combined into td (north + mirror, north - mirror); z read through its strides
         m = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = e < 2 * R * B
-        sj = e // B
+        valid = e < R * B
+        j = e // B
         b = e % B
-        j = sj % R
-        src = 2 * (m * zs0 + (sj // R) * zs1 + j * zs2 + b * zs3)
-        zr = tl.load(z_ptr + src, mask=valid, other=0.0)
-        zi = tl.load(z_ptr + src + 1, mask=valid, other=0.0)
+        src = 2 * (m * zs0 + j * zs2 + b * zs3)
+        nre = tl.load(z_ptr + src, mask=valid, other=0.0)
+        nim = tl.load(z_ptr + src + 1, mask=valid, other=0.0)
+        sre = tl.load(z_ptr + src + 2 * zs1, mask=valid, other=0.0)
+        sim = tl.load(z_ptr + src + 2 * zs1 + 1, mask=valid, other=0.0)
         pj = 2 * (m * R + j)
         pr = tl.load(pre_ptr + pj, mask=valid, other=0.0)
         pi = tl.load(pre_ptr + pj + 1, mask=valid, other=0.0)
-        re, im = _cmul(zr, zi, pr, pi)
-        ring = tl.load(rings_ptr + sj, mask=valid, other=0)
-        dst = 2 * ((m * nspec + ring) * B + b)
-        tl.store(spec_ptr + dst, re, mask=valid)
-        tl.store(spec_ptr + dst + 1, im, mask=valid)
+        nre, nim = _cmul(nre, nim, pr, pi)
+        sre, sim = _cmul(sre, sim, pr, pi)
+        r = tl.load(rings_ptr + j, mask=valid, other=0)
+        _to_td(td_ptr, m, r, b, nr, B, nre, nim, sre, sim, valid)
+
+    @triton.jit
+    def _equator_value(x_ptr, xs0, xs1, xs2, shift_ptr, first_shifted, q, m, b, cm, mask):
+        src = 2 * (q * xs0 + m * xs1 + b * xs2)
+        xr = tl.load(x_ptr + src, mask=mask, other=0.0) * cm
+        xi = -tl.load(x_ptr + src + 1, mask=mask, other=0.0) * cm
+        shifted = mask & (q >= first_shifted) & ((q - first_shifted) % 2 == 0)
+        hr = tl.load(shift_ptr + 2 * m, mask=shifted, other=1.0)
+        hi = tl.load(shift_ptr + 2 * m + 1, mask=shifted, other=0.0)
+        return _cmul(xr, xi, hr, hi)
+
+    @triton.jit
+    def equator_out_kernel(x_ptr, xs0, xs1, xs2, shift_ptr, rings_ptr, td_ptr, first_shifted, count, M, nr, B,
+                           BLOCK: tl.constexpr):
+        # equatorial rings q (RING order, count = 2 nside + 1; ring q's mirror is count - 1 - q, the
+        # equator its own): c_m conj(rfft) (times the shift on shifted rings) of the north ring and
+        # of its mirror, combined into td; x (count, >= M, B) complex read through its strides
+        q = tl.program_id(0).to(tl.int64)  # 0 .. count // 2: the northern half and the equator
+        e = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = e < M * B
+        m = e // B
+        b = e % B
+        cm = tl.where(m == 0, 1.0, 2.0)
+        qq = e * 0 + q
+        mirror = count - 1 - qq
+        has_mirror = valid & (mirror != qq)
+        nre, nim = _equator_value(x_ptr, xs0, xs1, xs2, shift_ptr, first_shifted, qq, m, b, cm, valid)
+        sre, sim = _equator_value(x_ptr, xs0, xs1, xs2, shift_ptr, first_shifted, mirror, m, b, cm, has_mirror)
+        r = tl.load(rings_ptr + qq, mask=valid, other=0)
+        _to_td(td_ptr, m, r, b, nr, B, nre, nim, sre, sim, valid)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -250,14 +296,34 @@ def chirp_in_adjoint(pixels: torch.Tensor, post: torch.Tensor, segments: list, R
     return y
 
 
-def chirp_out_adjoint(z: torch.Tensor, pre: torch.Tensor, rings: torch.Tensor, spec: torch.Tensor) -> None:
-    """``spec[:, rings]`` (as ``(M, 2, R, B)``) = ``z[:M] * pre``; ``spec`` ``(M, 2 nnorth, B)`` complex."""
-    M, nspec, B = spec.shape
-    R = pre.shape[2]
-    grid = (M, _cdiv(2 * R * B, BLOCK))
-    moved = M * 2 * R * B * spec.element_size()
-    nbytes = 2 * moved + _nbytes(rings) + _nbytes(pre)
-    _run("chirp_out_adjoint_kernel", grid, (torch.view_as_real(z), *z.stride(), _real(pre), rings, _real(spec), nspec, R, B),
+def chirp_out_adjoint(z: torch.Tensor, pre: torch.Tensor, rings: torch.Tensor, td: torch.Tensor) -> None:
+    """Pair rings of ``td`` ``(M, 2, nr, 2B)`` real contiguous (north + mirror, north - mirror) from
+    ``z[:M] * pre``; ``rings``: the pairs' northern rings (``(2R,)`` pair rings, first half used)."""
+    M, _, nr, C = td.shape
+    B, R = C // 2, pre.shape[2]
+    if not td.is_contiguous():
+        raise ValueError("chirp_out_adjoint writes a contiguous td")
+    grid = (M, _cdiv(R * B, BLOCK))
+    moved = M * 2 * R * B * 2 * td.element_size()
+    nbytes = 2 * moved + _nbytes(rings) // 2 + _nbytes(pre)
+    _run("chirp_out_adjoint_kernel", grid,
+         (torch.view_as_real(z), *z.stride(), _real(pre), rings, td, nr, R, B), nbytes)
+
+
+def equator_out(x: torch.Tensor, shift: torch.Tensor, rings: torch.Tensor, first_shifted: int,
+                td: torch.Tensor) -> None:
+    """Equatorial rings of ``td`` ``(M, 2, nr, 2B)`` (north + mirror, north - mirror) from their ``rfft``
+    ``x`` ``(count, >= M, B)`` complex (any strides): ``c_m conj(x)``, times ``shift`` on every other ring
+    from ``first_shifted``; ring q's mirror is ``count - 1 - q`` (RING order), the equator has none."""
+    M, _, nr, C = td.shape
+    B, count = C // 2, x.shape[0]
+    if not td.is_contiguous():
+        raise ValueError("equator_out writes a contiguous td")
+    grid = (count // 2 + 1, _cdiv(M * B, BLOCK))
+    moved = count * M * B * 2 * td.element_size()
+    nbytes = 2 * moved + _nbytes(rings) + _nbytes(shift)
+    _run("equator_out_kernel", grid,
+         (torch.view_as_real(x), *x.stride(), _real(shift.reshape(-1)), rings, td, first_shifted, count, M, nr, B),
          nbytes)
 
 
@@ -280,8 +346,11 @@ def launch_configs() -> list[dict]:
             "chirp_in_adjoint_kernel": {"pix_ptr": ptr, "pix_stride_p": "i32", "pix_stride_b": "i32",
                                         "post_ptr": ptr, "index_ptr": "*i32", "y_ptr": ptr, "total": "i64",
                                         "R": "i32", "B": "i32"},
-            "chirp_out_adjoint_kernel": {"z_ptr": ptr, **strides, "pre_ptr": ptr, "rings_ptr": "*i64", "spec_ptr": ptr,
-                                         "nspec": "i32", "R": "i32", "B": "i32"},
+            "chirp_out_adjoint_kernel": {"z_ptr": ptr, **strides, "pre_ptr": ptr, "rings_ptr": "*i64", "td_ptr": ptr,
+                                         "nr": "i32", "R": "i32", "B": "i32"},
+            "equator_out_kernel": {"x_ptr": ptr, "xs0": "i64", "xs1": "i64", "xs2": "i64", "shift_ptr": ptr,
+                                   "rings_ptr": "*i64", "td_ptr": ptr, "first_shifted": "i32", "count": "i32",
+                                   "M": "i32", "nr": "i32", "B": "i32"},
         }
         for name, sig in sigs.items():
             configs.append({"name": name, "fn": globals()[name], "dtype": dtype, "signature": sig,
