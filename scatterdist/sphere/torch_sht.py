@@ -712,15 +712,16 @@ def _fused_or_fallback(plan: _Plan, budget: int, run, fallback):
         return fallback()
 
 
-#: The chirp-z transform's elementwise passes as Triton kernels (:mod:`triton_elementwise`):
-#: "auto" on CUDA tensors (the torch ops elsewhere), "on" wherever the kernels run (CPU tensors
-#: under ``TRITON_INTERPRET=1``: how the suite tests them), "off" never.
+#: The ring transforms' elementwise passes (north/south combination, ring gathers, chirps,
+#: phases, paddings) as the Triton kernels of :mod:`triton_elementwise`: "auto" on CUDA tensors
+#: (the torch ops elsewhere), "on" wherever the kernels run (CPU tensors under
+#: ``TRITON_INTERPRET=1``: how the suite tests them), "off" never.
 FUSED_ELEMENTWISE = os.environ.get("SCATTERDIST_FUSED_ELEMENTWISE", "auto")
 _ELEMENTWISE_FAILED: dict[str, str] = {}
 
 
 def _fuse_elementwise(device: torch.device) -> bool:
-    """Whether the chirp-z passes on ``device`` run as the fused Triton kernels."""
+    """Whether the ring passes on ``device`` run as the fused Triton kernels (:data:`FUSED_ELEMENTWISE`)."""
     setting = FUSED_ELEMENTWISE
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"FUSED_ELEMENTWISE / $SCATTERDIST_FUSED_ELEMENTWISE must be auto, on or off, got {setting!r}")
@@ -730,7 +731,7 @@ def _fuse_elementwise(device: torch.device) -> bool:
 
 
 def _elementwise_or_fallback(device: torch.device, run, fallback):
-    """``run()`` (fused chirp-z kernels); on a Triton failure: one warning per device, and ``fallback()``
+    """``run()`` (fused ring kernels); on a Triton failure: one warning per device, and ``fallback()``
     (the torch ops, same numbers) now and for the rest of the process. Out-of-memory propagates."""
     try:
         return run()
