@@ -927,7 +927,6 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
         return _ducc0_synthesis(alm, nside, lmax)
     real = alm.real.dtype
     plan = _get_plan(nside, lmax, real, alm.device)
-    geo = plan.geo
     nb = alm.shape[0]
     nr, nm = plan.nnorth, lmax + 1
     # rows (l, m) x columns (batch, re/im); the imaginary parts of the m = 0 coefficients
@@ -935,45 +934,58 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     coeffs = torch.view_as_real(alm).transpose(0, 1).reshape(plan.nalm, 2 * nb)
     eo = _legendre_synthesis(plan, coeffs, budget)  # (M, 2, nr, C)
     del coeffs
-    out = torch.empty((geo.npix, nb), dtype=real, device=alm.device)  # RING pixels x maps
+    if _fuse_elementwise(alm.device):  # CUDA: the ring passes as kernels, no spectrum array
+        return _elementwise_or_fallback(alm.device, lambda: _rings_synthesis_fused(plan, eo),
+                                        lambda: _rings_synthesis(plan, _spectrum(plan, eo)))
+    ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
+    del eo
+    spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
+    del ns
+    return _rings_synthesis(plan, spec)
 
-    def rings_torch() -> None:
-        nonlocal eo
-        ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
-        eo = None
-        spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
-        if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
-            x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
-            x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
-            a, b = geo.eq_pix
-            torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
-                            out=out[a:b].view(-1, geo.neq, nb))
-            del x
-        # chirp-z over m for every pair of polar rings at once
-        x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
-        z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
-        del spec, ns, x
-        flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
-        for a, b, index in geo.segments:
-            torch.index_select(flat, 0, index, out=out[a:b])
 
-    def rings_fused() -> None:  # the same passes as kernels around the FFTs (triton_elementwise)
-        if geo.eq_rings is not None:  # north/south, ring gather, phase, padding: one kernel
-            x = triton_elementwise.equator_in(eo, geo.eq_rings, plan.eq_shift, geo.eq_shifted, geo.neq // 2 + 1)
-            a, b = geo.eq_pix
-            torch.fft.irfft(x, n=geo.neq, dim=1, norm="forward", out=out[a:b].view(-1, geo.neq, nb))
-            del x
-        x = triton_elementwise.chirp_in(eo, geo.pair_rings, plan.pre, geo.P)
-        f = torch.fft.fft(x, dim=0)
-        del x  # x is P rows long (padded): free it before the inverse FFT
-        z = torch.fft.ifft(f.mul_(geo.kernel), dim=0)
-        del f
-        triton_elementwise.chirp_out(z, geo.post, geo.segments, out)
+def _spectrum(plan: _Plan, eo: torch.Tensor) -> torch.Tensor:
+    """Even / odd Legendre sums ``(M, 2, nr, 2B)`` -> ring spectra ``(M, 2*nnorth, B)`` complex."""
+    return torch.view_as_complex(_combine(eo).view(plan.lmax + 1, 2 * plan.nnorth, eo.shape[-1] // 2, 2))
 
-    if _fuse_elementwise(alm.device):
-        _elementwise_or_fallback(alm.device, rings_fused, rings_torch)
-    else:
-        rings_torch()
+
+def _rings_synthesis(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
+    """Ring spectra ``(M, 2*nnorth, B)`` complex (``[north | south mirrors]``, c_m not applied) ->
+    maps ``(B, npix)`` real (a transposed view of ``(npix, B)``): the FFT step of a synthesis."""
+    geo, nm, nb = plan.geo, plan.lmax + 1, spec.shape[-1]
+    out = torch.empty((geo.npix, nb), dtype=plan.dtype, device=spec.device)  # RING pixels x maps
+    if geo.eq_rings is not None:  # one real FFT over m for every equatorial ring (no aliasing)
+        x = spec.index_select(1, geo.eq_rings)  # (M, count, B), rings in RING order
+        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+        a, b = geo.eq_pix
+        torch.fft.irfft(x.transpose(0, 1), n=geo.neq, dim=1, norm="forward",
+                        out=out[a:b].view(-1, geo.neq, nb))
+    # chirp-z over m for every pair of polar rings at once
+    x = spec.index_select(1, geo.pair_rings).view(nm, 2, geo.npair, nb).mul_(plan.pre)
+    z = torch.fft.ifft(torch.fft.fft(x, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[: geo.nmax]
+    del spec, x
+    flat = z.mul_(geo.post).real.reshape(-1, nb)  # (nmax * 2R, B) slots
+    for a, b, index in geo.segments:
+        torch.index_select(flat, 0, index, out=out[a:b])
+    return out.t()
+
+
+def _rings_synthesis_fused(plan: _Plan, eo: torch.Tensor) -> torch.Tensor:
+    """:func:`_rings_synthesis` from the even / odd sums ``eo`` ``(M, 2, nr, 2B)`` by the kernels of
+    :mod:`triton_elementwise` (the north/south combination computed where it is read)."""
+    geo, nb = plan.geo, eo.shape[-1] // 2
+    out = torch.empty((geo.npix, nb), dtype=plan.dtype, device=eo.device)  # RING pixels x maps
+    if geo.eq_rings is not None:  # north/south, ring gather, phase, padding: one kernel
+        x = triton_elementwise.equator_in(eo, geo.eq_rings, plan.eq_shift, geo.eq_shifted, geo.neq // 2 + 1)
+        a, b = geo.eq_pix
+        torch.fft.irfft(x, n=geo.neq, dim=1, norm="forward", out=out[a:b].view(-1, geo.neq, nb))
+        del x
+    x = triton_elementwise.chirp_in(eo, geo.pair_rings, plan.pre, geo.P)
+    f = torch.fft.fft(x, dim=0)
+    del x  # x is P rows long (padded): free it before the inverse FFT
+    z = torch.fft.ifft(f.mul_(geo.kernel), dim=0)
+    del f
+    triton_elementwise.chirp_out(z, geo.post, geo.segments, out)
     return out.t()
 
 
@@ -988,57 +1000,69 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
         return _ducc0_adjoint(maps, lmax)
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
-    geo = plan.geo
     nb = maps.shape[0]
-    nr, nm = plan.nnorth, lmax + 1
-    cdtype = torch.complex64 if maps.dtype == torch.float32 else torch.complex128
-    pixels = maps.t()  # (npix, B) view
-
-    def rings_torch() -> torch.Tensor:
-        spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
-        if geo.eq_rings is not None:  # c_m conj(rfft) by one real product, then the shifted rings' phase
-            a, b = geo.eq_pix
-            x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
-            x = x.narrow(1, 0, nm).transpose(0, 1)  # (M, count, B) view
-            torch.view_as_real(x).mul_(plan.eq_adjoint)
-            x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
-            spec.index_copy_(1, geo.eq_rings, x)
-            del x
-        slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
-        for a, b, index in geo.segments:
-            slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
-        y = slots.view(geo.nmax, 2, geo.npair, nb) * geo.post
-        del slots
-        z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
-        del y
-        spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
-        del z
-        ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
-        return torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
-
-    def rings_fused() -> torch.Tensor:  # the same passes as kernels around the FFTs (triton_elementwise)
-        td = torch.empty((nm, 2, nr, 2 * nb), dtype=maps.dtype, device=maps.device)  # every ring written once
-        if geo.eq_rings is not None:  # c_m conj, phase, north/south combination: one kernel after the rfft
-            a, b = geo.eq_pix
-            x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
-            triton_elementwise.equator_out(x, plan.eq_shift, geo.eq_rings, geo.eq_shifted, td)
-            del x
-        y = triton_elementwise.chirp_in_adjoint(pixels, geo.post, geo.segments, geo.npair, geo.P)
-        f = torch.fft.ifft(y, dim=0)
-        del y  # P rows long (padded): free it before the second FFT
-        z = torch.fft.fft(f.mul_(geo.kernel), dim=0)
-        del f
-        triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, td)
-        return td
-
-    if _fuse_elementwise(maps.device):
-        td = _elementwise_or_fallback(maps.device, rings_fused, rings_torch)
+    if _fuse_elementwise(maps.device):  # CUDA: the ring passes as kernels, no spectrum array
+        td = _elementwise_or_fallback(maps.device, lambda: _rings_adjoint_fused(plan, maps),
+                                      lambda: _north_south(plan, _rings_adjoint(plan, maps)))
     else:
-        td = rings_torch()
+        td = _north_south(plan, _rings_adjoint(plan, maps))
     out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
+    del td
     alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
     torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)
     return torch.view_as_complex(alm)
+
+
+def _north_south(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
+    """Ring spectra ``(M, 2*nnorth, B)`` -> ``td`` ``(M, 2, nnorth, 2B)`` real: north + south, north - south."""
+    nm, nr, nb = plan.lmax + 1, plan.nnorth, spec.shape[-1]
+    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
+    return torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)
+
+
+def _rings_adjoint(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(B, npix)`` real -> ring spectra ``(M, 2*nnorth, B)`` complex, conjugated and times
+    c_m (``[north | south mirrors]``): the FFT step of an adjoint synthesis."""
+    geo, nm, nr, nb = plan.geo, plan.lmax + 1, plan.nnorth, maps.shape[0]
+    cdtype = torch.complex64 if maps.dtype == torch.float32 else torch.complex128
+    spec = torch.zeros((nm, 2 * nr, nb), dtype=cdtype, device=maps.device)  # [north | south mirrors | zero ring]
+    pixels = maps.t()  # (npix, B) view
+    if geo.eq_rings is not None:  # c_m conj(rfft) by one real product, then the shifted rings' phase
+        a, b = geo.eq_pix
+        x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+        x = x.narrow(1, 0, nm).transpose(0, 1)  # (M, count, B) view
+        torch.view_as_real(x).mul_(plan.eq_adjoint)
+        x[:, geo.eq_shifted :: 2].mul_(plan.eq_shift)
+        spec.index_copy_(1, geo.eq_rings, x)
+    slots = torch.zeros((geo.nmax * 2 * geo.npair, nb), dtype=maps.dtype, device=maps.device)
+    for a, b, index in geo.segments:
+        slots.index_put_((index,), pixels[a:b])  # each slot at most once: no accumulation
+    y = slots.view(geo.nmax, 2, geo.npair, nb) * geo.post
+    del slots
+    z = torch.fft.fft(torch.fft.ifft(y, n=geo.P, dim=0).mul_(geo.kernel), dim=0)[:nm]
+    del y
+    spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
+    return spec
+
+
+def _rings_adjoint_fused(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
+    """``td`` of :func:`_north_south` straight from the maps, by the kernels of :mod:`triton_elementwise`
+    (no spectrum array: the north/south combination is computed where the rings are written)."""
+    geo, nm, nr, nb = plan.geo, plan.lmax + 1, plan.nnorth, maps.shape[0]
+    pixels = maps.t()  # (npix, B) view
+    td = torch.empty((nm, 2, nr, 2 * nb), dtype=maps.dtype, device=maps.device)  # every ring written once
+    if geo.eq_rings is not None:  # c_m conj, phase, north/south combination: one kernel after the rfft
+        a, b = geo.eq_pix
+        x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+        triton_elementwise.equator_out(x, plan.eq_shift, geo.eq_rings, geo.eq_shifted, td)
+        del x
+    y = triton_elementwise.chirp_in_adjoint(pixels, geo.post, geo.segments, geo.npair, geo.P)
+    f = torch.fft.ifft(y, dim=0)
+    del y  # P rows long (padded): free it before the second FFT
+    z = torch.fft.fft(f.mul_(geo.kernel), dim=0)
+    del f
+    triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, td)
+    return td
 
 
 _UNWEIGHT: dict = {}
