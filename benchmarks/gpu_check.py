@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             steps["compile"] = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"}
     save()
     if cuda:
-        steps["gpu_tests"] = step_pytest(["-m", "gpu", "tests/test_torch_sht.py", "tests/test_torch_scattering.py",
+        steps["gpu_tests"] = step_pytest(["-m", "gpu", "tests/test_torch_sht.py", "tests/test_triton_elementwise.py",
+                                          "tests/test_torch_scattering.py",
                                           "tests/test_torch_ops.py"], min(150, clock.left() - 300))
         save()
         steps["pipeline_gpu"] = step_pytest(["tests/test_gpu_pipeline.py"], min(90, clock.left() - 240))

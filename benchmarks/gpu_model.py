@@ -279,8 +279,11 @@ def kernel_code(name: str, dtype: str, arch: int = 90) -> dict:
     return _KERNEL_CODE[key]
 
 
-#: Degrees of the recurrence per iteration of each kernel's loop.
-DEGREES_PER_ITERATION = {"synth_kernel": 2, "adjoint_kernel": 2, "synth_dot_kernel": 16, "adjoint_dot_kernel": 16}
+def degrees_per_iteration(name: str) -> int:
+    """Degrees of the recurrence per iteration of a kernel's loop (the tl.dot kernels: ``DEGREES``)."""
+    from scatterdist.sphere import triton_legendre
+
+    return triton_legendre.DEGREES if name.endswith("_dot_kernel") else 2
 
 
 def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dict = H100,
@@ -294,7 +297,7 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     suffix = "_dot_kernel" if kernel in ("dot", "workspace") else "_kernel"
     name = ("synth" if kind == "synthesis" else "adjoint") + suffix
     code = kernel_code(name, dtype)
-    degrees = DEGREES_PER_ITERATION[name]
+    degrees = degrees_per_iteration(name)
     M = lmax + 1
     iterations_per_block = sum(-(-(lmax - m + 1) // degrees) for m in range(M))
     col_blocks = -(-ncol // code["BC"])
@@ -305,8 +308,11 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     seconds = cycles / schedulers / device.get("clock_hz", 1.755e9)
     itemsize = 4 if dtype == "float32" else 8
     nalm = alm_size(lmax)
-    coef_passes = ring_blocks if kind == "synthesis" else 2 * ring_blocks  # adjoint: read + write per ring block
-    moved = nalm * ncol * itemsize * coef_passes + M * 2 * nr * ncol * itemsize + M * nr * 12
+    coef_passes = ring_blocks if kind == "synthesis" else 2 * ring_blocks - 1  # adjoint: read + write per ring block
+    # the recurrence workspace (a_lm, a_lm b_lm): read by every (ring block, column block) of each m,
+    # counted from memory each time (conservative: most of it is an L2 hit)
+    workspace = _workspace_bytes(lmax) * ring_blocks * col_blocks
+    moved = nalm * ncol * itemsize * coef_passes + M * 2 * nr * ncol * itemsize + M * nr * 12 + workspace
     useful = 2.0 * nalm * nr * ncol
     peak = device["fp32" if dtype == "float32" else "fp64"]
     roof = max((nalm * ncol * itemsize + M * 2 * nr * ncol * itemsize) / device["bandwidth"], useful / peak)
@@ -319,6 +325,20 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
     else:
         seconds = max(seconds, moved / device["bandwidth"])
     return {"seconds": seconds, "roofline_s": roof, "bytes": moved, "flops": useful, "kernel": name, **code}
+
+
+def _workspace_bytes(lmax: int) -> int:
+    from scatterdist.sphere import triton_legendre
+
+    return triton_legendre.workspace_rows(lmax) * 16
+
+
+def coefficients_time(lmax: int, device: dict = H100) -> dict:
+    """The launch that fills the recurrence workspace (one per fused transform): its bytes written."""
+    moved = _workspace_bytes(lmax)
+    seconds = moved / device["bandwidth"]
+    return {"seconds": seconds, "roofline_s": seconds, "bytes": moved, "flops": 0.0, "kernel": "coefficients_kernel",
+            "registers": 0, "loop_cycles": 0.0}
 
 
 # ----------------------------------------------------------------------------- the model
@@ -352,8 +372,11 @@ class Model:
     """Runs one scattering call on meta tensors under a :class:`Recorder`."""
 
     def __init__(self, device: dict = H100, memory_bytes: int = 80 << 30, engine: str = "auto",
-                 kernel: str = "dot") -> None:
+                 kernel: str = "dot", elementwise: bool = True) -> None:
         self.kernel = kernel  # fused Legendre kernel: "dot", "loop" or "workspace" (see fused_time)
+        # the chirp-z passes as the Triton kernels of triton_elementwise (what CUDA runs), or torch ops
+        self.elementwise = elementwise
+        self._rec: Recorder | None = None
         self.device = device
         self.memory_bytes = memory_bytes
         self.budget = int(memory_bytes * torch_sht.DEFAULT_MEMORY_BUDGET_CUDA_FRACTION)
@@ -385,18 +408,33 @@ class Model:
             dtype = str(data.dtype).replace("torch.", "")
             nr = x.shape[0]
             ncol = data.shape[-1]
+            from scatterdist.sphere import triton_legendre
+
+            # the transient workspace the real launch allocates (counted in the peak while it lives)
+            workspace = torch.empty((triton_legendre.workspace_rows(lmax), 2), dtype=torch.float64, device="meta")
+            self.fused.append({"kind": kind, "lmax": lmax, "nr": nr, "ncol": ncol, "dtype": "float64",
+                               **coefficients_time(lmax, self.device)})
             self.fused.append({"kind": kind, "lmax": lmax, "nr": nr, "ncol": ncol, "dtype": dtype,
                                **fused_time(kind, lmax, nr, ncol, dtype, self.device, self.kernel)})
+            del workspace
             if kind == "synthesis":
                 return torch.empty((lmax + 1, 2, nr, ncol), dtype=data.dtype, device="meta")
             return torch.empty((nalm, ncol), dtype=data.dtype, device="meta")
         return launch
 
+    def _elementwise_launch(self, name: str, grid: tuple, args: tuple, nbytes: int) -> None:
+        """Stand-in for ``triton_elementwise._run``: the launch recorded with the bytes the wrapper
+        says it reads and writes, timed at the bandwidth (a memory-bound kernel: a few flops a byte)."""
+        if self._rec is None:  # the warm-up call, outside the count
+            return
+        dtype = next(str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+        self._rec.ops.append(Op(name, [], dtype, nbytes, 0.0, True, seconds=nbytes / self.device["bandwidth"]))
+
     def run(self, nside: int, batch: int, dtype: torch.dtype = torch.float32, depth: int = 2,
             L: int | None = None) -> dict:
         """Model of ``Scattering(nside, L, depth)(maps)`` on ``batch`` maps: a dict of figures."""
         from scatterdist.scattering import inputs
-        from scatterdist.sphere import triton_legendre
+        from scatterdist.sphere import triton_elementwise, triton_legendre
 
         torch_sht.clear_legendre_cache()
         self.fused = []
@@ -425,6 +463,8 @@ class Model:
             (triton_legendre, {"synthesis_legendre": self._fused("synthesis"),
                                "adjoint_legendre": self._fused("adjoint")}),
             (inputs, {"_all_clean": all_clean}),
+            (torch_sht, {"_fuse_elementwise": lambda device: self.elementwise}),
+            (triton_elementwise, {"_run": self._elementwise_launch}),
         ]
         with contextlib.ExitStack() as stack:
             for module, attrs in patches:
@@ -435,11 +475,14 @@ class Model:
             filters = sum(_nbytes(t) for t in [sc.plan.eta, *sc.plan.kappa.values()])
             sc._outputs(x, None)  # steady state: plans and small constants built once, outside the count
             self.fused = []
-            rec = Recorder(self.device)
-            with rec:
-                out, _, _ = sc._outputs(x, None)
-                shape = list(out.shape)
-                del out
+            rec = self._rec = Recorder(self.device)
+            try:
+                with rec:
+                    out, _, _ = sc._outputs(x, None)
+                    shape = list(out.shape)
+                    del out
+            finally:
+                self._rec = None
             rec.syncs += 1  # bool() of the clean-input check
         self.last_recorder = rec
         launches = [op for op in rec.ops if op.launch]
@@ -452,7 +495,8 @@ class Model:
         by_kind = Counter()
         for op in launches:
             kind = ("fft" if op.name.startswith("_fft") else "matmul" if op.name in ("bmm", "mm", "matmul")
-                    else "gather/scatter" if op.name.startswith("index") else "elementwise/copy")
+                    else "gather/scatter" if op.name.startswith("index")
+                    else "fused chirp-z" if op.name.startswith(("chirp_", "equator_")) else "elementwise/copy")
             by_kind[kind] += op.seconds
         by_kind["fused Legendre"] = fused_roof
         resident = plans + self.tables_bytes + filters + _nbytes(x)
@@ -504,11 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=["auto", "tables", "fused"], default="auto")
     ap.add_argument("--kernel", choices=["dot", "loop", "workspace"], default="dot",
                     help="fused Legendre step: tl.dot tiles (the engine's), the first per-degree loop, or table tiles + bmm")
+    ap.add_argument("--torch-elementwise", action="store_true",
+                    help="the chirp-z passes as torch ops (the CPU path) instead of the fused Triton kernels")
     ap.add_argument("--memory-gib", type=float, default=80.0, help="device memory (H100: 80)")
     ap.add_argument("--max-peak-gib", type=float, default=None, help="skip (nside, batch) whose peak exceeds this")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine, kernel=args.kernel)
+    model = Model(memory_bytes=int(args.memory_gib * 2**30), engine=args.engine, kernel=args.kernel,
+                  elementwise=not args.torch_elementwise)
     rows = []
     for nside in args.nside:
         for batch in args.batch:
@@ -521,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps({"device": "H100 SXM (model)", "figures": H100, "engine": args.engine, "kernel": args.kernel,
+                                         "fused_elementwise": not args.torch_elementwise,
                                          "rows": rows}, indent=1))
     return 0
 

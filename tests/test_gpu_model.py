@@ -32,7 +32,7 @@ def test_model_matches_a_real_cpu_run_at_nside_64(monkeypatch) -> None:
     """Same aten ops (name by name) and the same output shape as the torch engines on CPU tensors."""
     gm = _gpu_model()
     nside, batch = 64, 2
-    model = gm.Model(memory_bytes=4 << 30, engine="tables")
+    model = gm.Model(memory_bytes=4 << 30, engine="tables", elementwise=False)  # the CPU path's torch ops
     predicted = model.run(nside, batch, torch.float32)
     predicted_ops = Counter(op.name for op in model.last_recorder.ops)
 
@@ -66,6 +66,29 @@ def test_model_cli_writes_json_with_the_fused_engine(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["fused_launches"] > 0
-    fused = rows[0]["fused"][0]
-    assert fused["registers"] > 0 and fused["loop_cycles"] > 0 and fused["seconds"] > 0
+    kernels = [f["kernel"] for f in rows[0]["fused"]]
+    dots = [f for f in rows[0]["fused"] if f["kernel"].endswith("_dot_kernel")]
+    # every tl.dot launch comes with the launch that fills its recurrence workspace
+    assert dots and kernels.count("coefficients_kernel") == len(dots) == len(kernels) // 2
+    for fused in dots:
+        assert fused["registers"] > 0 and fused["loop_cycles"] > 0 and fused["seconds"] > 0
     assert "| 32 | 2 |" in proc.stdout
+
+
+def test_model_of_the_fused_chirp_kernels_replaces_their_torch_ops() -> None:
+    """With the CUDA path's fused chirp-z kernels (triton_elementwise) the model records those launches,
+    at their bytes over the bandwidth, in place of the torch ops they fuse: fewer launches and bytes."""
+    gm = _gpu_model()
+    plain = gm.Model(memory_bytes=4 << 30, engine="tables", elementwise=False)
+    fused = gm.Model(memory_bytes=4 << 30, engine="tables", elementwise=True)
+    a, b = plain.run(64, 2, torch.float32), fused.run(64, 2, torch.float32)
+    names = Counter(op.name for op in fused.last_recorder.ops)
+    assert {"chirp_in_kernel", "chirp_out_kernel", "chirp_in_adjoint_kernel", "chirp_out_adjoint_kernel",
+            "equator_in_kernel", "equator_out_kernel"} <= set(names)
+    assert names["bmm"] < Counter(op.name for op in plain.last_recorder.ops)["bmm"]  # no north/south bmm
+    assert names["constant_pad_nd"] < Counter(op.name for op in plain.last_recorder.ops)["constant_pad_nd"]
+    assert b["launches"] < a["launches"] and b["bytes"] < a["bytes"]
+    assert b["output_shape"] == a["output_shape"]
+    for op in fused.last_recorder.ops:
+        if op.name.startswith(("chirp_", "equator_")):
+            assert op.launch and op.bytes > 0 and op.seconds == op.bytes / gm.H100["bandwidth"]

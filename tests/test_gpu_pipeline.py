@@ -436,3 +436,35 @@ def test_mask_geometry_is_built_in_the_loader_threads(tmp_path: Path, monkeypatc
     ds = zstore.open_coefficients(tmp_path / "m.zarr")
     mask = read_mask(str(wmap), 32)
     np.testing.assert_allclose(ds.coverage.values, sc.coverage(mask), rtol=1e-6, atol=1e-7)
+
+
+def test_shards_per_task_follow_the_workers_free_memory_batch(monkeypatch):
+    """The client groups shards for BATCHES_PER_TASK batches of the size the workers derive from
+    their device's free memory (asked on the workers themselves), not for a constant batch."""
+    from scatterdist.pipeline import client as pclient
+    from scatterdist.pipeline import device as pdevice
+    from scatterdist.pipeline import task as ptask
+
+    config = {"backend": "torch", "nside": 2048, "device": "auto"}
+    # the pure rule: 4 batches of the worker batch per task, never fewer tasks than workers
+    assert pclient._shards_per_task(config, None, 4, 100, 2, worker_batch=12) == 12
+    assert pclient._shards_per_task(config, None, 4, 100, 2, worker_batch=5) == 5
+    assert pclient._shards_per_task(config, 8, 4, 100, 2, worker_batch=5) == 8  # an explicit batch wins
+    assert pclient._shards_per_task(config, None, 4, 6, 2, worker_batch=32) == 3  # 2 workers: 2 tasks
+    assert pclient._shards_per_task({"backend": "numpy"}, None, 4, 100, 2, worker_batch=32) == 1
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,  # in-process: the patches apply
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        # a CPU worker: the CPU batch
+        assert pclient.workers_batch_size(client, config) == ptask.TRANSFORM_BATCH
+        # a worker whose device is a CUDA GPU with 39 GiB free: the free-memory batch at nside 2048
+        seen = []
+        monkeypatch.setattr(pdevice, "resolve_device", lambda device: "cuda:1")
+
+        def free_39_gib(cfg, device=None, free_bytes=None):
+            seen.append(device)
+            return real_gpu_batch_size(cfg, device, free_bytes=39 * 2**30)
+
+        real_gpu_batch_size = ptask.gpu_batch_size
+        monkeypatch.setattr(ptask, "gpu_batch_size", free_39_gib)
+        assert pclient.workers_batch_size(client, config) == 5
+        assert seen == ["cuda:1"]

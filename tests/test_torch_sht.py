@@ -306,22 +306,24 @@ from scatterdist.sphere import torch_sht, triton_legendre
 assert triton_legendre.interpret_mode() and triton_legendre.usable(torch.device("cpu"))
 torch.set_num_threads(1)
 errors = {}
-# 1. the kernels against tabulated values, where lambda_mm is scaled near the poles
-nside, lmax = 8, 23
-for dtype in (torch.float64, torch.float32):
-    plan = torch_sht._get_plan(nside, lmax, dtype, torch.device("cpu"))
-    assert int(plan.scale.min()) < 0  # the 2**-300 exponent path is exercised
-    gen = torch.Generator().manual_seed(3)
-    coeffs = torch.randn(plan.nalm, 4, generator=gen, dtype=torch.float64).to(dtype)
-    tables = torch_sht._legendre_synthesis(plan, coeffs, 1 << 30)
-    fused = triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, lmax)
-    assert fused.shape == tables.shape == (lmax + 1, 2, 2 * nside, 4)
-    errors[f"synthesis {dtype}"] = float((fused - tables).abs().max() / tables.abs().max())
-    td = torch.randn(lmax + 1, 2, 2 * nside, 4, generator=gen, dtype=torch.float64).to(dtype)
-    tables = torch_sht._legendre_adjoint(plan, td, 1 << 30)
-    fused = triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, lmax, plan.nalm)
-    assert fused.shape == tables.shape == (plan.nalm, 4)
-    errors[f"adjoint {dtype}"] = float((fused - tables).abs().max() / tables.abs().max())
+# 1. the kernels against tabulated values, where lambda_mm is scaled near the poles; lmax 70:
+#    several 32-degree blocks per order and a partial last block; nside 128: 256 rings, several
+#    ring blocks (the adjoint adds into its rows from the second one on)
+for nside, lmax in ((8, 23), (32, 70), (128, 20)):
+    for dtype in (torch.float64, torch.float32):
+        plan = torch_sht._get_plan(nside, lmax, dtype, torch.device("cpu"))
+        assert int(plan.scale.min()) < 0  # the 2**-300 exponent path is exercised
+        gen = torch.Generator().manual_seed(3)
+        coeffs = torch.randn(plan.nalm, 4, generator=gen, dtype=torch.float64).to(dtype)
+        tables = torch_sht._legendre_synthesis(plan, coeffs, 1 << 30)
+        fused = triton_legendre.synthesis_legendre(coeffs, plan.cos_theta, plan.start, plan.scale, lmax)
+        assert fused.shape == tables.shape == (lmax + 1, 2, 2 * nside, 4)
+        errors[f"synthesis {dtype} lmax {lmax}"] = float((fused - tables).abs().max() / tables.abs().max())
+        td = torch.randn(lmax + 1, 2, 2 * nside, 4, generator=gen, dtype=torch.float64).to(dtype)
+        tables = torch_sht._legendre_adjoint(plan, td, 1 << 30)
+        fused = triton_legendre.adjoint_legendre(td, plan.cos_theta, plan.start, plan.scale, lmax, plan.nalm)
+        assert fused.shape == tables.shape == (plan.nalm, 4)
+        errors[f"adjoint {dtype} lmax {lmax}"] = float((fused - tables).abs().max() / tables.abs().max())
 # 2. whole transforms through the fused engine against ducc0
 torch_sht.LEGENDRE_ENGINE = "fused"
 nside, lmax = 4, 11

@@ -24,7 +24,6 @@ from scatterdist.inputs import BadMapError, Catalog, load_maps
 from scatterdist.pipeline.device import check_device
 from scatterdist.pipeline.placement import spread_gpus
 from scatterdist.pipeline.task import (
-    GPU_BATCH,
     PREFETCH,
     DataOptions,
     ShardResult,
@@ -32,6 +31,7 @@ from scatterdist.pipeline.task import (
     TaskResult,
     _to_numpy,
     run_shards,
+    worker_batch_size,
 )
 
 __all__ = ["ScatterSummary", "scatter", "default_shard_size", "check_data_options", "BATCHES_PER_TASK"]
@@ -128,15 +128,26 @@ def _changed_inputs(store: str, catalog: Catalog, status: np.ndarray) -> list[tu
 
 
 def _shards_per_task(config: dict[str, Any], batch_size: int | None, shard_size: int,
-                     n_shards: int, n_workers: int) -> int:
+                     n_shards: int, n_workers: int, worker_batch: int = 1) -> int:
     """numpy backend: 1 (one task per shard). torch: enough shards for :data:`BATCHES_PER_TASK`
-    device batches, but never fewer tasks than workers."""
+    device batches of ``batch_size`` maps (default: ``worker_batch``, the batch the workers size
+    from their device's free memory, :func:`workers_batch_size`), but never fewer tasks than workers."""
     if config.get("backend", "numpy") != "torch":
         return 1
-    batch = batch_size or GPU_BATCH
+    batch = batch_size or max(1, int(worker_batch))
     want = max(1, math.ceil(BATCHES_PER_TASK * batch / shard_size))
     fair = max(1, math.ceil(n_shards / max(1, n_workers)))
     return max(1, min(want, fair))
+
+
+def workers_batch_size(client: Client, config: dict[str, Any]) -> int:
+    """The smallest default batch among the workers (each sizes it from its own device's free
+    memory, :func:`scatterdist.pipeline.task.worker_batch_size`), so that a task holds at least
+    :data:`BATCHES_PER_TASK` batches on every worker."""
+    sizes = client.run(worker_batch_size, config)
+    if not sizes:
+        raise RuntimeError("the Dask cluster has no workers: start workers, then run scatter again")
+    return min(int(v) for v in sizes.values())
 
 
 def _progress_bar(total: int, progress: bool | None, skipped: int):
@@ -271,8 +282,11 @@ def scatter(
         if config.get("backend", "numpy") == "torch" and config.get("device", "auto") in ("auto", "cuda"):
             spread_gpus(client)  # one GPU per worker where a host's workers see the same GPUs
         nthreads = client.nthreads()
-        group = shards_per_task or _shards_per_task(config, batch_size, lay.shard_size,
-                                                    len(plan), len(nthreads))
+        if shards_per_task:
+            group = shards_per_task
+        else:
+            worker_batch = 1 if batch_size or config.get("backend", "numpy") != "torch" else workers_batch_size(client, config)
+            group = _shards_per_task(config, batch_size, lay.shard_size, len(plan), len(nthreads), worker_batch)
         groups = [plan[i : i + group] for i in range(0, len(plan), group)]
         window = window or max(2, 2 * (sum(nthreads.values()) or 1))
         bar = _progress_bar(n_todo, progress, summary.skipped)

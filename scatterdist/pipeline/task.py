@@ -26,7 +26,7 @@ from scatterdist.pipeline.device import device_name, resolved_config, transform_
 from scatterdist.pipeline.identity import loaded_identity, stat_identity
 
 __all__ = ["ShardResult", "ShardTask", "TaskResult", "DataOptions", "ShardBuffer", "run_shards",
-           "run_shard", "default_batch_size", "gpu_batch_size", "gpu_prefetch", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
+           "run_shard", "default_batch_size", "worker_batch_size", "gpu_batch_size", "gpu_prefetch", "TRANSFORM_BATCH", "GPU_BATCH", "PREFETCH"]
 
 #: Maps per transform call on the numpy backend (bounds worker memory).
 TRANSFORM_BATCH = 8
@@ -61,6 +61,15 @@ def default_batch_size(config: dict[str, Any], device: str | None = None) -> int
     if config.get("backend", "numpy") == "torch" and (device or "").startswith("cuda"):
         return gpu_batch_size(config, device)
     return TRANSFORM_BATCH
+
+
+def worker_batch_size(config: dict[str, Any]) -> int:
+    """The default batch of *this* worker (run on a worker by ``client.run``): its device resolved as its
+    tasks resolve it (the GPU the placement gave it), then :func:`default_batch_size` (free memory)."""
+    from scatterdist.pipeline.device import resolved_config
+
+    config = resolved_config(config)
+    return default_batch_size(config, config.get("device"))
 
 
 def gpu_batch_size(config: dict[str, Any], device: str | None = None, free_bytes: int | None = None) -> int:

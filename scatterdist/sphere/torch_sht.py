@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from scatterdist.sphere import triton_legendre
+from scatterdist.sphere import triton_elementwise, triton_legendre
 from scatterdist.sphere.alm import alm_size, lmax_from_size
 from scatterdist.sphere.healpix import check_nside, npix2nside, ring_geometry
 from scatterdist.sphere.sht import ANALYSIS_MODES, LSQ_EPSILON, LSQ_MAXITER, _check_lmax
@@ -712,6 +712,48 @@ def _fused_or_fallback(plan: _Plan, budget: int, run, fallback):
         return fallback()
 
 
+#: The ring transforms' elementwise passes (north/south combination, ring gathers, chirps,
+#: phases, paddings) as the Triton kernels of :mod:`triton_elementwise`: "auto" on CUDA tensors
+#: (the torch ops elsewhere), "on" wherever the kernels run (CPU tensors under
+#: ``TRITON_INTERPRET=1``: how the suite tests them), "off" never.
+FUSED_ELEMENTWISE = os.environ.get("SCATTERDIST_FUSED_ELEMENTWISE", "auto")
+_ELEMENTWISE_FAILED: dict[str, str] = {}
+
+
+def _fuse_elementwise(device: torch.device) -> bool:
+    """Whether the ring passes on ``device`` run as the fused Triton kernels (:data:`FUSED_ELEMENTWISE`)."""
+    setting = FUSED_ELEMENTWISE
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"FUSED_ELEMENTWISE / $SCATTERDIST_FUSED_ELEMENTWISE must be auto, on or off, got {setting!r}")
+    if setting == "off" or str(device) in _ELEMENTWISE_FAILED or not triton_elementwise.usable(device):
+        return False
+    return setting == "on" or device.type == "cuda"
+
+
+def _elementwise_or_fallback(device: torch.device, run, fallback):
+    """``run()`` (fused ring kernels); on a Triton failure: one warning per device, and ``fallback()``
+    (the torch ops, same numbers) now and for the rest of the process. Out-of-memory propagates."""
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # triton raises CompilationError, RuntimeError, OSError, CalledProcessError...
+        if FUSED_ELEMENTWISE == "on":
+            raise
+        key = str(device)
+        with _LOCK:
+            first = key not in _ELEMENTWISE_FAILED
+            _ELEMENTWISE_FAILED[key] = f"{type(exc).__name__}: {exc}"
+        if first:
+            import warnings
+
+            warnings.warn(
+                f"the fused Triton chirp-z kernels failed on {key} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "using torch ops for them in this process (slower, same numbers)", TritonFallbackWarning,
+                stacklevel=3)
+        return fallback()
+
+
 def _engine_setting() -> str:
     engine = LEGENDRE_ENGINE
     if engine not in _ENGINES:
@@ -892,11 +934,19 @@ def _synthesis_raw(alm: torch.Tensor, nside: int, lmax: int, budget: int) -> tor
     coeffs = torch.view_as_real(alm).transpose(0, 1).reshape(plan.nalm, 2 * nb)
     eo = _legendre_synthesis(plan, coeffs, budget)  # (M, 2, nr, C)
     del coeffs
+    if _fuse_elementwise(alm.device):  # CUDA: the ring passes as kernels, no spectrum array
+        return _elementwise_or_fallback(alm.device, lambda: _rings_synthesis_fused(plan, eo),
+                                        lambda: _rings_synthesis(plan, _spectrum(plan, eo)))
     ns = _combine(eo)  # ring axis [north (nr) | south mirrors of the north rings]: even + odd, even - odd
     del eo
     spec = torch.view_as_complex(ns.view(nm, 2 * nr, nb, 2))  # (M, rings, B)
     del ns
     return _rings_synthesis(plan, spec)
+
+
+def _spectrum(plan: _Plan, eo: torch.Tensor) -> torch.Tensor:
+    """Even / odd Legendre sums ``(M, 2, nr, 2B)`` -> ring spectra ``(M, 2*nnorth, B)`` complex."""
+    return torch.view_as_complex(_combine(eo).view(plan.lmax + 1, 2 * plan.nnorth, eo.shape[-1] // 2, 2))
 
 
 def _rings_synthesis(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
@@ -920,6 +970,25 @@ def _rings_synthesis(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
     return out.t()
 
 
+def _rings_synthesis_fused(plan: _Plan, eo: torch.Tensor) -> torch.Tensor:
+    """:func:`_rings_synthesis` from the even / odd sums ``eo`` ``(M, 2, nr, 2B)`` by the kernels of
+    :mod:`triton_elementwise` (the north/south combination computed where it is read)."""
+    geo, nb = plan.geo, eo.shape[-1] // 2
+    out = torch.empty((geo.npix, nb), dtype=plan.dtype, device=eo.device)  # RING pixels x maps
+    if geo.eq_rings is not None:  # north/south, ring gather, phase, padding: one kernel
+        x = triton_elementwise.equator_in(eo, geo.eq_rings, plan.eq_shift, geo.eq_shifted, geo.neq // 2 + 1)
+        a, b = geo.eq_pix
+        torch.fft.irfft(x, n=geo.neq, dim=1, norm="forward", out=out[a:b].view(-1, geo.neq, nb))
+        del x
+    x = triton_elementwise.chirp_in(eo, geo.pair_rings, plan.pre, geo.P)
+    f = torch.fft.fft(x, dim=0)
+    del x  # x is P rows long (padded): free it before the inverse FFT
+    z = torch.fft.ifft(f.mul_(geo.kernel), dim=0)
+    del f
+    triton_elementwise.chirp_out(z, geo.post, geo.segments, out)
+    return out.t()
+
+
 def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     """Adjoint synthesis: maps ``(B, npix)`` real -> ``sum_p f_p conj(Y_lm(p))`` ``(B, nalm)``. No autograd.
 
@@ -932,15 +1001,23 @@ def _adjoint_raw(maps: torch.Tensor, lmax: int, budget: int) -> torch.Tensor:
     nside = npix2nside(maps.shape[-1])
     plan = _get_plan(nside, lmax, maps.dtype, maps.device)
     nb = maps.shape[0]
-    nr, nm = plan.nnorth, lmax + 1
-    spec = _rings_adjoint(plan, maps)
-    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
-    td = torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)  # north + south, north - south
-    del ring_m, spec
+    if _fuse_elementwise(maps.device):  # CUDA: the ring passes as kernels, no spectrum array
+        td = _elementwise_or_fallback(maps.device, lambda: _rings_adjoint_fused(plan, maps),
+                                      lambda: _north_south(plan, _rings_adjoint(plan, maps)))
+    else:
+        td = _north_south(plan, _rings_adjoint(plan, maps))
     out = _legendre_adjoint(plan, td, budget)  # (nalm, 2B) = c_m conj(alm)
+    del td
     alm = torch.empty((nb, plan.nalm, 2), dtype=maps.dtype, device=maps.device)
     torch.mul(out.view(plan.nalm, nb, 2).transpose(0, 1), _unweight(lmax, maps.dtype, maps.device), out=alm)
     return torch.view_as_complex(alm)
+
+
+def _north_south(plan: _Plan, spec: torch.Tensor) -> torch.Tensor:
+    """Ring spectra ``(M, 2*nnorth, B)`` -> ``td`` ``(M, 2, nnorth, 2B)`` real: north + south, north - south."""
+    nm, nr, nb = plan.lmax + 1, plan.nnorth, spec.shape[-1]
+    ring_m = torch.view_as_real(spec).view(nm, 2, nr * 2 * nb)
+    return torch.bmm(_hadamard(ring_m, nm), ring_m).view(nm, 2, nr, 2 * nb)
 
 
 def _rings_adjoint(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
@@ -966,6 +1043,26 @@ def _rings_adjoint(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
     del y
     spec.index_copy_(1, geo.pair_rings, z.mul_(plan.pre).view(nm, 2 * geo.npair, nb))
     return spec
+
+
+def _rings_adjoint_fused(plan: _Plan, maps: torch.Tensor) -> torch.Tensor:
+    """``td`` of :func:`_north_south` straight from the maps, by the kernels of :mod:`triton_elementwise`
+    (no spectrum array: the north/south combination is computed where the rings are written)."""
+    geo, nm, nr, nb = plan.geo, plan.lmax + 1, plan.nnorth, maps.shape[0]
+    pixels = maps.t()  # (npix, B) view
+    td = torch.empty((nm, 2, nr, 2 * nb), dtype=maps.dtype, device=maps.device)  # every ring written once
+    if geo.eq_rings is not None:  # c_m conj, phase, north/south combination: one kernel after the rfft
+        a, b = geo.eq_pix
+        x = torch.fft.rfft(pixels[a:b].view(-1, geo.neq, nb), dim=1)  # (count, neq/2 + 1, B)
+        triton_elementwise.equator_out(x, plan.eq_shift, geo.eq_rings, geo.eq_shifted, td)
+        del x
+    y = triton_elementwise.chirp_in_adjoint(pixels, geo.post, geo.segments, geo.npair, geo.P)
+    f = torch.fft.ifft(y, dim=0)
+    del y  # P rows long (padded): free it before the second FFT
+    z = torch.fft.fft(f.mul_(geo.kernel), dim=0)
+    del f
+    triton_elementwise.chirp_out_adjoint(z, plan.pre, geo.pair_rings, td)
+    return td
 
 
 _UNWEIGHT: dict = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scatterdist.sphere import triton_legendre
+from scatterdist.sphere import triton_elementwise, triton_legendre
 
 #: Architectures proven in CI: A100 (sm_80) and H100 (sm_90).
 ARCHES = (80, 90)
@@ -103,10 +103,16 @@ def compile_kernel(fn: Any, signature: dict, constexprs: dict, arch: int, num_wa
     return resource_usage(cubin, name), cubin, disassemble(cubin) if with_sass else ""
 
 
+def launch_configs() -> list[dict]:
+    """Every kernel and launch configuration the engine launches: :mod:`triton_legendre` and
+    :mod:`triton_elementwise`."""
+    return triton_legendre.launch_configs() + triton_elementwise.launch_configs()
+
+
 def compile_all(arches: tuple[int, ...] = ARCHES, with_sass: bool = False) -> list[Compiled]:
-    """Every kernel and launch configuration of :mod:`triton_legendre`, for every arch."""
+    """Every kernel and launch configuration of :func:`launch_configs`, for every arch."""
     results = []
-    for launch in triton_legendre.launch_configs():
+    for launch in launch_configs():
         for arch in arches:
             usage, _, sass = compile_kernel(launch["fn"], launch["signature"], launch["constexprs"], arch,
                                             launch.get("num_warps", 4), with_sass)
