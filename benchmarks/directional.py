@@ -21,7 +21,8 @@ scattering line also gives the ratio of process CPU times (all threads), which t
 processes on a shared machine disturbs much less than the wall time.
 Then, for the scattering, where the time goes (one profiled call each, in wall and in CPU time:
 ducc0 syntheses, ducc0 analyses, the rest, and of the rest the fused steering and orientation
-reduction) and what one ducc0 synthesis costs at the finest grid (scalar against the
+reduction, and that reduction alone on the finest grid's first-order signals, in CPU time) and
+what one ducc0 synthesis costs at the finest grid (scalar against the
 gradient-only spin-1 and spin-3 syntheses that N = 4 needs for each wavelet signal; then the
 scalar and spin-3 ones on a Gauss-Legendre grid, which has half HEALPix's rings).
 """
@@ -96,6 +97,22 @@ def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> d
     fns["scalar on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=0, **gl) for a in alm]
     fns["spin-3 on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=3, mode="GRAD_ONLY", **gl) for a in alm]
     return _best(fns, rounds + 1)
+
+
+def _reduction_cost(nside: int, N: int, signals: int, rounds: int) -> float:
+    """Best CPU time of the fused steering and orientation reduction alone
+    (:func:`scatterdist.scattering.directional.oriented_moduli`, harmonic 1) of ``signals`` wavelet
+    signals at ``nside``: N random component planes each, in the ``(N, signals, npix)`` layout that
+    ducc0 writes them in."""
+    from scatterdist.scattering.directional import max_harmonic, oriented_moduli
+
+    comps = np.random.default_rng(2).standard_normal((N, signals, 12 * nside**2))
+    best = float("inf")
+    for _ in range(rounds + 1):
+        c = time.process_time()
+        oriented_moduli(comps, N, max_harmonic(N))
+        best = min(best, time.process_time() - c)
+    return best
 
 
 def _torch_row(nside: int, args: argparse.Namespace, maps: np.ndarray, sc_numpy) -> None:
@@ -193,6 +210,10 @@ def main() -> None:
                       + ", ".join(f"{k} {v / args.maps:.3f} s" for k, v in parts.items()))
         print(f"nside {nside}: one ducc0 synthesis at nside {nside}, lmax {L - 1}, {args.maps} maps: "
               + ", ".join(f"{k} {v:.4f} s" for k, v in _sht_costs(nside, L - 1, args.maps, args.threads, args.rounds).items()))
+        red = _reduction_cost(nside, args.N, 2 * args.maps, args.rounds)
+        print(f"nside {nside}: orientation reduction alone (N={args.N}, {2 * args.maps} wavelet signals at nside {nside}, "
+              f"the finest grid's first order): {red:.4f} s CPU time, "
+              f"{red / (2 * args.maps * 12 * nside**2) * 1e9:.1f} ns per pixel of each signal", flush=True)
         if args.torch:
             _torch_row(nside, args, maps, scN)
         if args.ops:
