@@ -297,7 +297,8 @@ def oriented_moduli(components: Any, N: int, harmonics: int) -> list[np.ndarray]
         np.matmul(S, _gather(stacked, planes, r0, r1, p0, p1, x), out=wb)
         np.abs(wb, out=wb)
         np.matmul(R, wb, out=rb)
-        dest = out[:, r0:r1, p0:p1].reshape(harmonics + 1, size) if r1 - r0 == 1 else out[:, r0:r1].reshape(harmonics + 1, size)
+        # (H + 1, size) views of the output: one row's pixel range, or whole rows (contiguous)
+        dest = (out[:, r0, p0:p1] if r1 - r0 == 1 else out[:, r0:r1].reshape(harmonics + 1, size))
         dest[0] = rb[0]
         for h in range(1, harmonics + 1):
             cos, sin = rb[2 * h - 1], rb[2 * h]
