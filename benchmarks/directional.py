@@ -19,8 +19,10 @@ For each nside (L = 2*nside, default J0), seconds per map of:
 Best of ``--rounds``; the runs alternate so that load from other processes hits all alike. The
 scattering line also gives the ratio of process CPU times (all threads), which the load of other
 processes on a shared machine disturbs much less than the wall time.
-Then, for the scattering, where the time goes (one profiled call each: ducc0 syntheses, ducc0
-analyses, the rest) and what one ducc0 synthesis costs at the finest grid (scalar against the
+Then, for the scattering, where the time goes (one profiled call each, in wall and in CPU time:
+ducc0 syntheses, ducc0 analyses, the rest, and of the rest the fused steering and orientation
+reduction, and that reduction alone on the finest grid's first-order signals, in CPU time) and
+what one ducc0 synthesis costs at the finest grid (scalar against the
 gradient-only spin-1 and spin-3 syntheses that N = 4 needs for each wavelet signal; then the
 scalar and spin-3 ones on a Gauss-Legendre grid, which has half HEALPix's rings).
 """
@@ -50,22 +52,29 @@ def _best(fns: dict, rounds: int, cpu: dict | None = None) -> dict:
     return best
 
 
-def _breakdown(fn) -> dict:
-    """Seconds of one call of ``fn`` in ducc0 syntheses, ducc0 analyses and everything else (cProfile)."""
+def _breakdown(fn, timer=time.perf_counter) -> dict:
+    """Seconds of one call of ``fn`` in ducc0 syntheses, ducc0 analyses and everything else (cProfile),
+    and of the latter in the fused steering and orientation reduction of N > 1
+    (:func:`scatterdist.scattering.directional.oriented_moduli`). ``timer``: ``time.perf_counter``
+    (wall) or ``time.process_time`` (CPU time of all threads: ducc0's included; less disturbed by
+    other processes' load)."""
     import cProfile
     import pstats
 
-    prof = cProfile.Profile()
-    t = time.perf_counter()
+    prof = cProfile.Profile(timer)
+    t = timer()
     prof.enable()
     fn()
     prof.disable()
-    total = time.perf_counter() - t
+    total = timer() - t
     stats = pstats.Stats(prof).stats
     own = {name[2]: v[2] for name, v in stats.items()}
+    cum = {(name[0].rsplit("/", 1)[-1], name[2]): v[3] for name, v in stats.items()}
     synth = own.get("<built-in method ducc0.sht.synthesis>", 0.0)
     anal = own.get("<built-in method ducc0.sht.adjoint_synthesis>", 0.0)
-    return {"synthesis": synth, "analysis": anal, "rest": total - synth - anal, "total": total}
+    orient = cum.get(("directional.py", "oriented_moduli"), 0.0)
+    return {"synthesis": synth, "analysis": anal, "rest": total - synth - anal, "of which orientations": orient,
+            "total": total}
 
 
 def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> dict:
@@ -88,6 +97,22 @@ def _sht_costs(nside: int, lmax: int, maps: int, threads: int, rounds: int) -> d
     fns["scalar on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=0, **gl) for a in alm]
     fns["spin-3 on GL"] = lambda: [ducc0.sht.synthesis_2d(alm=a, spin=3, mode="GRAD_ONLY", **gl) for a in alm]
     return _best(fns, rounds + 1)
+
+
+def _reduction_cost(nside: int, N: int, signals: int, rounds: int) -> float:
+    """Best CPU time of the fused steering and orientation reduction alone
+    (:func:`scatterdist.scattering.directional.oriented_moduli`, harmonic 1) of ``signals`` wavelet
+    signals at ``nside``: N random component planes each, in the ``(N, signals, npix)`` layout that
+    ducc0 writes them in."""
+    from scatterdist.scattering.directional import max_harmonic, oriented_moduli
+
+    comps = np.random.default_rng(2).standard_normal((N, signals, 12 * nside**2))
+    best = float("inf")
+    for _ in range(rounds + 1):
+        c = time.process_time()
+        oriented_moduli(comps, N, max_harmonic(N))
+        best = min(best, time.process_time() - c)
+    return best
 
 
 def _torch_row(nside: int, args: argparse.Namespace, maps: np.ndarray, sc_numpy) -> None:
@@ -178,11 +203,17 @@ def main() -> None:
         print(f"nside {nside} (L {L}, J0 {J0}): Scattering depth 2: N=1 {t1:.3f} s ({sc1.n_paths} paths), "
               f"N={args.N} {tN:.3f} s ({scN.n_paths} paths): {tN / t1:.2f}x; CPU time (all threads) "
               f"{cpu['N1'] / args.maps:.3f} s and {cpu['NN'] / args.maps:.3f} s: {cpu['NN'] / cpu['N1']:.2f}x")
-        for name, sc in ((1, sc1), (args.N, scN)):
-            parts = _breakdown(lambda: sc(maps))
-            print(f"nside {nside}: N={name} per map: " + ", ".join(f"{k} {v / args.maps:.3f} s" for k, v in parts.items()))
+        for clock, timer in (("wall", time.perf_counter), ("CPU", time.process_time)):
+            for name, sc in ((1, sc1), (args.N, scN)):
+                parts = _breakdown(lambda sc=sc: sc(maps), timer)
+                print(f"nside {nside}: N={name} per map, {clock} time: "
+                      + ", ".join(f"{k} {v / args.maps:.3f} s" for k, v in parts.items()))
         print(f"nside {nside}: one ducc0 synthesis at nside {nside}, lmax {L - 1}, {args.maps} maps: "
               + ", ".join(f"{k} {v:.4f} s" for k, v in _sht_costs(nside, L - 1, args.maps, args.threads, args.rounds).items()))
+        red = _reduction_cost(nside, args.N, 2 * args.maps, args.rounds)
+        print(f"nside {nside}: orientation reduction alone (N={args.N}, {2 * args.maps} wavelet signals at nside {nside}, "
+              f"the finest grid's first order): {red:.4f} s CPU time, "
+              f"{red / (2 * args.maps * 12 * nside**2) * 1e9:.1f} ns per pixel of each signal", flush=True)
         if args.torch:
             _torch_row(nside, args, maps, scN)
         if args.ops:

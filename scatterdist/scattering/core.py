@@ -111,11 +111,17 @@ class ScatteringPlan:
         reduced = reduce(components, self.bank.N, self.bank.harmonics)
         return reduced[0], reduced[1:]
 
-    def components(self, alm: Array, nside: int, Lj: int) -> list[Array]:
+    def components(self, alm: Array, nside: int, Lj: int) -> Any:
         """Wavelet alm ``(M, nalm(Lj - 1))`` (already times ``kappa_j``) -> the N real component maps
-        ``(M, npix)`` of :func:`~scatterdist.scattering.directional.steering_matrix` (views of the
-        spin syntheses' outputs: no copy)."""
+        ``(M, npix)`` of :func:`~scatterdist.scattering.directional.steering_matrix`: on numpy one
+        array ``(N, M, npix)`` that ducc0 wrote into
+        (:func:`~scatterdist.scattering.directional.component_maps`), else a list of N views of the
+        spin syntheses' outputs (no copy)."""
         be = self.backend
+        if isinstance(alm, np.ndarray):  # numpy: ducc0 writes every synthesis into one (N, M, npix) buffer
+            from scatterdist.scattering.directional import component_maps
+
+            return component_maps(alm, self.steer[Lj], Lj - 1, nside=nside, nthreads=getattr(be, "nthreads", None))
         comps = []
         for n, s in self.steer[Lj]:
             if n == 0:
@@ -251,7 +257,8 @@ def _oriented_paths(plan: ScatteringPlan, harmonics: list[Array], parents: list[
     if not harmonics:
         return
     be, L0 = plan.backend, plan.bank.L0
-    alm = be.analysis(be.concatenate(harmonics, axis=0), L0 - 1, mode="quadrature")
+    maps = harmonics[0] if len(harmonics) == 1 else be.concatenate(harmonics, axis=0)  # one harmonic: no copy
+    alm = be.analysis(maps, L0 - 1, mode="quadrature")
     per_h = len(parents) * B
     for h in range(1, len(harmonics) + 1):
         for k, p in enumerate(parents):

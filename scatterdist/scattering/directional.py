@@ -87,11 +87,14 @@ def _geometry(nside: int | None, geometry: dict | None) -> dict:
 
 
 def spin_synthesis(alm: np.ndarray, lmax: int, spin: int, nside: int | None = None,
-                   geometry: dict | None = None, nthreads: int | None = None) -> np.ndarray:
+                   geometry: dict | None = None, nthreads: int | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """ducc0 synthesis of gradient-only coefficients ``(M, nalm)`` -> ``(M, 2, npix)`` real ``(Q, U)``.
 
     ``spin = 0`` returns ``(M, 1, npix)`` (the scalar synthesis). On HEALPix RING pixels of
-    ``nside``, or on any ducc0 ring ``geometry`` (``theta, nphi, phi0, ringstart``).
+    ``nside``, or on any ducc0 ring ``geometry`` (``theta, nphi, phi0, ringstart``). ``out``: a
+    float64 array of that shape (any strides, e.g. a view of a larger buffer) that ducc0 writes the
+    maps into and that is returned.
     """
     import ducc0
 
@@ -101,7 +104,27 @@ def spin_synthesis(alm: np.ndarray, lmax: int, spin: int, nside: int | None = No
         raise ValueError(f"alm must be (M, {alm_size(lmax)}) for lmax={lmax}, got {alm.shape}")
     mode = "STANDARD" if spin == 0 else "GRAD_ONLY"
     return ducc0.sht.synthesis(alm=alm[:, None, :], lmax=lmax, spin=int(spin), mode=mode,
-                               nthreads=default_nthreads(nthreads), **geo)
+                               nthreads=default_nthreads(nthreads), map=out, **geo)
+
+
+def component_maps(alm: np.ndarray, kernels: list[tuple[int, np.ndarray]], lmax: int, nside: int | None = None,
+                   geometry: dict | None = None, nthreads: int | None = None) -> np.ndarray:
+    """The N real component maps ``(N, M, npix)`` of the alm ``(M, nalm(lmax))`` for the component
+    kernels ``[(n, |Psi_ln| on the alm layout)]`` (:func:`component_kernels`), in component order.
+
+    ducc0 writes every synthesis straight into its planes of one float64 buffer (no copy): each
+    plane's rows are contiguous, so :func:`oriented_moduli` and :func:`steer` read cache-sized
+    blocks of all N planes as one strided view.
+    """
+    geo = _geometry(nside, geometry)
+    npix = int(np.max(np.asarray(geo["ringstart"]) + np.asarray(geo["nphi"])))
+    planes = [1 if n == 0 else 2 for n, _ in kernels]
+    out = np.empty((sum(planes), alm.shape[0], npix))
+    c = 0
+    for (n, kernel), k in zip(kernels, planes):
+        spin_synthesis(alm * kernel, lmax, n, geometry=geo, nthreads=nthreads, out=out[c:c + k].transpose(1, 0, 2))
+        c += k
+    return out
 
 
 def directional_components(alm: np.ndarray, psi_j: np.ndarray, lmax: int, nside: int | None = None,
@@ -111,16 +134,54 @@ def directional_components(alm: np.ndarray, psi_j: np.ndarray, lmax: int, nside:
     ``alm``: ``(M, nalm(lmax))`` coefficients of real maps; ``psi_j``: ``(L, 2N - 1)``, L > lmax.
     Costs one scalar synthesis (odd N) plus ``floor(N/2)`` spin-n syntheses.
     """
-    out = []
-    for n, kernel in component_kernels(psi_j, lmax):
-        maps = spin_synthesis(alm * kernel, lmax, n, nside=nside, geometry=geometry, nthreads=nthreads)
-        out += [maps[:, c] for c in range(maps.shape[1])]
-    return np.stack(out, axis=0)
+    return component_maps(alm, component_kernels(psi_j, lmax), lmax, nside=nside, geometry=geometry,
+                          nthreads=nthreads)
 
 
-#: Pixels per block of the small matrix products over orientation: the blocks stay in cache
-#: (measured at nside 256, 2 maps: 0.07 s in blocks of 16384 against 0.8 s in one product).
+#: Pixels per block of the small matrix products over orientation: the block's component, oriented
+#: and reduced values stay in cache (measured at nside 256, 2 maps: 0.07 s in blocks of 16384
+#: against 0.8 s in one product).
 _BLOCK = 16384
+
+
+def _planes(components: Any) -> tuple[Any, list[np.ndarray], tuple[int, ...]]:
+    """``components`` (an array ``(C, ...)`` or a list of C arrays of one shape) -> the array viewed
+    as ``(C, rows, npix)`` where that needs no copy (else None), the C planes ``(rows, npix)``
+    (views) and the common shape ``(...)``."""
+    stacked = None
+    if isinstance(components, np.ndarray) and components.ndim >= 2 and components.dtype == np.float64:
+        stacked = components.reshape(components.shape[0], -1, components.shape[-1])
+        if not np.may_share_memory(stacked, components):  # the reshape had to copy
+            stacked = None
+    comps = [np.asarray(c) for c in components]
+    shape = comps[0].shape
+    return stacked, [c.reshape(-1, shape[-1]) if c.ndim > 1 else c.reshape(1, -1) for c in comps], shape
+
+
+def _blocks(nrow: int, npix: int) -> Any:
+    """``(r0, r1, p0, p1)`` cache-sized blocks of a ``(nrow, npix)`` plane: whole rows (small grids)
+    or pixel ranges of one row (large grids)."""
+    per = max(1, _BLOCK // npix)
+    step = _BLOCK if per == 1 else npix
+    for r0 in range(0, nrow, per):
+        r1 = min(nrow, r0 + per)
+        for p0 in range(0, npix, step):
+            yield r0, r1, p0, min(npix, p0 + step)
+
+
+def _gather(stacked: Any, planes: list[np.ndarray], r0: int, r1: int, p0: int, p1: int,
+            into: np.ndarray) -> np.ndarray:
+    """The block ``[r0:r1, p0:p1]`` of every plane as ``(C, size)``: a strided view of ``stacked``
+    where one exists (one row, or whole contiguous rows), else copied into the rows of ``into``."""
+    size = (r1 - r0) * (p1 - p0)
+    if stacked is not None and stacked.strides[-1] == stacked.itemsize:
+        if r1 - r0 == 1:
+            return stacked[:, r0, p0:p1]
+        if p1 - p0 == stacked.shape[-1] and stacked.strides[1] == stacked.strides[-1] * stacked.shape[-1]:
+            return stacked[:, r0:r1].reshape(len(planes), size)
+    for i, q in enumerate(planes):
+        np.copyto(into[i, :size].reshape(r1 - r0, p1 - p0), q[r0:r1, p0:p1])
+    return into[:, :size]
 
 
 def _blocked(matrix: np.ndarray, components: Any, then: Any = None) -> np.ndarray:
@@ -131,20 +192,15 @@ def _blocked(matrix: np.ndarray, components: Any, then: Any = None) -> np.ndarra
     (e.g. the orientation reductions) is applied to each ``(rows, n)`` block before it is
     stored. Returns ``(rows,) + shape``.
     """
-    comps = [np.asarray(c) for c in components]
-    shape = comps[0].shape
-    planes = [c.reshape(-1, shape[-1]) if c.ndim > 1 else c.reshape(1, -1) for c in comps]
+    stacked, planes, shape = _planes(components)
     nrow, npix = planes[0].shape
     rows = matrix.shape[0] if then is None else then(np.zeros((matrix.shape[0], 1))).shape[0]
     out = np.empty((rows, nrow, npix))
-    per = max(1, _BLOCK // npix)  # whole rows per block (small grids) or pixel blocks (large grids)
-    for r0 in range(0, nrow, per):
-        r1 = min(nrow, r0 + per)
-        for p0 in range(0, npix, _BLOCK if per == 1 else npix):
-            p1 = min(npix, p0 + (_BLOCK if per == 1 else npix))
-            x = np.stack([q[r0:r1, p0:p1].reshape(-1) for q in planes])
-            block = matrix @ x
-            out[:, r0:r1, p0:p1] = (block if then is None else then(block)).reshape(rows, r1 - r0, p1 - p0)
+    x = np.empty((len(planes), _BLOCK))
+    y = np.empty((matrix.shape[0], _BLOCK))
+    for r0, r1, p0, p1 in _blocks(nrow, npix):
+        block = np.matmul(matrix, _gather(stacked, planes, r0, r1, p0, p1, x), out=y[:, : (r1 - r0) * (p1 - p0)])
+        out[:, r0:r1, p0:p1] = (block if then is None else then(block)).reshape(rows, r1 - r0, p1 - p0)
     return out.reshape((rows,) + shape)
 
 
@@ -219,20 +275,39 @@ def _harmonic_matrix(K: int, harmonics: int) -> np.ndarray:
     return np.stack(rows) / K
 
 
-def oriented_moduli(components: np.ndarray, N: int, harmonics: int) -> list[np.ndarray]:
+def oriented_moduli(components: Any, N: int, harmonics: int) -> list[np.ndarray]:
     """Component maps ``(N, ...)`` -> :func:`orientation_harmonics` of ``|W|`` at :func:`modulus_orientations`,
-    fused block by block (the ``2N`` oriented maps never exist whole). ``components``: an
-    array ``(N, ...)`` or a list of N arrays of one shape."""
+    fused block by block: per cache-sized block of pixels, one steering product ``(2N, N)``, the
+    modulus in place, one reduction product ``(2H + 1, 2N)`` and the harmonics' moduli, all in
+    buffers reused from block to block (the ``2N`` oriented maps never exist whole).
+    ``components``: an array ``(N, ...)`` or a list of N arrays of one shape (e.g. views of the
+    spin syntheses' Q and U planes). Returns ``harmonics + 1`` float64 arrays ``(...)``, views of
+    one contiguous ``(harmonics + 1, ...)`` array."""
     S = steering_matrix(N, modulus_orientations(N))
     R = _harmonic_matrix(S.shape[0], harmonics)
-
-    def reduce(w: np.ndarray) -> np.ndarray:
-        r = R @ np.abs(w, out=w)
-        sq = r[1:] * r[1:]
-        return np.concatenate([r[:1], np.sqrt(sq[0::2] + sq[1::2])])
-
-    flat = _blocked(S, components, then=reduce)
-    return [flat[h] for h in range(harmonics + 1)]
+    stacked, planes, shape = _planes(components)
+    nrow, npix = planes[0].shape
+    out = np.empty((harmonics + 1, nrow, npix))
+    x = np.empty((len(planes), _BLOCK))
+    w = np.empty((S.shape[0], _BLOCK))
+    r = np.empty((R.shape[0], _BLOCK))
+    for r0, r1, p0, p1 in _blocks(nrow, npix):
+        size = (r1 - r0) * (p1 - p0)
+        wb, rb = w[:, :size], r[:, :size]
+        np.matmul(S, _gather(stacked, planes, r0, r1, p0, p1, x), out=wb)
+        np.abs(wb, out=wb)
+        np.matmul(R, wb, out=rb)
+        # (H + 1, size) views of the output: one row's pixel range, or whole rows (contiguous)
+        dest = (out[:, r0, p0:p1] if r1 - r0 == 1 else out[:, r0:r1].reshape(harmonics + 1, size))
+        dest[0] = rb[0]
+        for h in range(1, harmonics + 1):
+            cos, sin = rb[2 * h - 1], rb[2 * h]
+            np.multiply(cos, cos, out=cos)
+            np.multiply(sin, sin, out=sin)
+            np.add(cos, sin, out=dest[h])
+            np.sqrt(dest[h], out=dest[h])
+    out = out.reshape((harmonics + 1,) + shape)
+    return [out[h] for h in range(harmonics + 1)]
 
 
 def directional_wavelet_transform(alm: Any, L: int, lam: float = 2.0, J0: int = 0, N: int = 1,
