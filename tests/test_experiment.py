@@ -362,3 +362,22 @@ def test_folds_options_fail_with_a_message(tmp_path):
     assert proc.returncode == 2 and "pass --seeds 1" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run_cli("--quick", "--folds", "2", "--out", str(tmp_path / "r"), timeout=60)
     assert proc.returncode == 2 and "folds must be >= 3" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_cmb_folds_under_survey_conditions_with_masked_T(tmp_path):
+    """The survey sweep's configuration at tiny nside: masked covariance store, masked T (block-preconditioned
+    Wiener filter + linear term), pixel moments; every sky tested once."""
+    out = tmp_path / "survey"
+    proc = _run_cli("--nside", "16", "--n-per-class", "6", "--alpha", "0.5", "--folds", "3", "--fwhm-arcmin", "60",
+                    "--noise-uk-arcmin", "2000", "--galactic-cut", "20", "--models", "covariance_invariants",
+                    "pixel_moments", "cubic", "--out", str(out), "--no-progress", timeout=290)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "cmb.json").read_text())
+    assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 2000.0, "galactic_cut": 20.0}
+    assert {r["model"] for r in result["records"]} == {"recommended", "covariance_invariants", "pixel_moments", "cubic"}
+    assert all(r["n_test"] == 12 for r in result["records"])
+    import xarray as xr
+
+    ds = xr.open_zarr(next((out / "cmb-work").glob("nside16-n6-*/alpha0.5-seed0")) / "covariance.zarr", consolidated=False)
+    assert (ds.status.values == 1).all() and np.isnan(ds.coefficients.values).any()
