@@ -148,12 +148,13 @@ def signed_transform(nside: int) -> Any:
     return Scattering(nside, signed=True, oversample=SIGNED_OVERSAMPLE)
 
 
-#: Oversampling of the covariance store. Under an exact rotation its S3/S4 local maps move by 11-26% at
-#: oversample 1 and 3-5% at 2, its invariants by <= 4.4% of the local maps' rms at 1
-#: (``scatterdist equivariance --statistic covariance --nside 128``). The study uses 1: at 2 the store
-#: cost 4.5x more (0.45 vs 0.10 s per nside-128 map on one thread), which the shared 2-core machine could not
-#: afford at N = 100 per class; every sky is simulated in the same frame, so the study is not rotated.
-COVARIANCE_OVERSAMPLE = 1
+#: Oversampling of the covariance store. Under an exact rotation of 8 nside-128 skies, the invariants
+#: move by up to 76% of their spread across skies at oversample 1 (S1 of the finest scale; S4 up to
+#: 43%, S3 14%, S2 0.5%) and by up to 13% at 2 (S4 6%, S3 3%), for 1.2x the time per map
+#: (``python scripts/covariance_invariant_rotation.py``; the mean is left out: every sky has no monopole,
+#: its spread is rounding): at 1 the finest statistics are not rotation
+#: invariants, so the study uses 2. (``results/nside128-cov`` was computed at 1, its settings say so.)
+COVARIANCE_OVERSAMPLE = 2
 
 
 def covariance_transform(nside: int) -> Any:
