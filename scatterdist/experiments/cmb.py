@@ -149,7 +149,7 @@ def signed_transform(nside: int) -> Any:
 
 
 #: Oversampling of the covariance store. Under an exact rotation of 8 nside-128 skies, the invariants
-#: move by up to 76% of their spread across skies at oversample 1 (S1 of the finest scale; S4 up to
+#: move by up to 76% of their spread across skies at oversample 1 (an S1; S4 up to
 #: 43%, S3 14%, S2 0.5%) and by up to 13% at 2 (S4 6%, S3 3%), for 1.2x the time per map
 #: (``python scripts/covariance_invariant_rotation.py``; the mean is left out: every sky has no monopole,
 #: its spread is rounding): at 1 the finest statistics are not rotation
