@@ -190,7 +190,7 @@ def write_markdown(
         f"- skies: `SimulationSpec(kind=\"mixed\", nside={settings['nside']}, n={2 * settings['n_per_class']}, "
         f"seed={settings.get('sky_seed_rule', 'SEED')}, alpha=ALPHA)`, generated inside the Dask tasks from their seeds "
         f"(Gaussian LCDM skies vs local quadratic non-Gaussian skies with the same expected C_l)",
-        f"- survey conditions: {settings.get('survey') or 'none (clean full skies)'}",
+        f"- survey conditions: {settings.get('survey') or 'none (clean full skies)'}{_noise_note(settings)}",
         f"- scattering: `{settings['scattering_config']}` ({settings['n_paths']} paths at nside_out "
         f"{settings['nside_out']}); signed option: `{settings.get('signed_config')}` "
         f"({settings.get('n_signed_paths')} paths: adds ((f*Psi_j)|f*Psi_j|)*Phi per scale); "
@@ -234,6 +234,25 @@ def write_markdown(
     ]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
+
+
+def _noise_note(settings: dict[str, Any]) -> str:
+    """Where the survey's white noise overtakes the beamed CMB (``scripts/cmb_noise_crossing.py``), or ''."""
+    survey = settings.get("survey") or {}
+    if "noise_uK_arcmin" not in survey and "fwhm_arcmin" not in survey:
+        return ""
+    from scatterdist.sims.observe import beam_window
+    from scatterdist.sims.spectrum import cmb_cl
+
+    lmax = 2 * int(settings["nside"]) - 1
+    beam2 = beam_window(survey.get("fwhm_arcmin", 0.0), lmax) ** 2
+    n_l = (survey.get("noise_uK_arcmin", 0.0) * math.pi / 10800.0) ** 2
+    signal = beam2 * cmb_cl(lmax)
+    over = np.flatnonzero((signal < n_l) & (np.arange(lmax + 1) >= 2))
+    where = (f"the noise N_l exceeds b_l^2 C_l from l = {over[0]}" if over.size else
+             f"the noise stays below b_l^2 C_l up to l = {lmax} (b_l^2 C_l / N_l = {signal[-1] / max(n_l, 1e-300):.3g} there)")
+    return (f"; at L = {lmax + 1}: b_l^2 = {beam2[-1]:.3f} at l = {lmax}, {where} "
+            "(`python scripts/cmb_noise_crossing.py`)")
 
 
 def compare(rec: dict[str, Any], best: dict[str, Any], p_value: float | None = None) -> tuple[float, float, str]:
