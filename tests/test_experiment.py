@@ -377,6 +377,12 @@ def test_cmb_folds_under_survey_conditions_with_masked_T(tmp_path):
     assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 2000.0, "galactic_cut": 20.0}
     assert {r["model"] for r in result["records"]} == {"recommended", "covariance_invariants", "pixel_moments", "cubic"}
     assert all(r["n_test"] == 12 for r in result["records"])
+    from scatterdist.experiments.report import _noise_note
+
+    note = _noise_note(result["settings"])  # 2000 uK-arcmin never overtakes C_l below l = 31
+    assert "stays below b_l^2 C_l up to l = 31" in note and note in (out / "cmb.md").read_text()
+    assert "exceeds b_l^2 C_l from l = 228" in _noise_note({"nside": 128, "survey": {"fwhm_arcmin": 30.0,
+                                                                                      "noise_uK_arcmin": 2000.0}})
     import xarray as xr
 
     ds = xr.open_zarr(next((out / "cmb-work").glob("nside16-n6-*/alpha0.5-seed0")) / "covariance.zarr", consolidated=False)
