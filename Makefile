@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench cmb docs clean gpu-check
+.PHONY: install demo test test-all bench cmb cmb-cov cmb-survey docs clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ bench: $(STAMP)
 # The CMB study at L = 1024 (3 alphas x 3 seeds x 50 skies per class, every model; its wall time is in results/cmb.md)
 cmb: $(STAMP)
 	$(BIN)/scatterdist experiment cmb --out results
+
+# Issue 18 at L = 256, 300 skies per class, 5 folds: covariances, T, CNNs (results/nside128-cov) and the survey sweep
+CMB_L256 := --nside 128 --n-per-class 300 --alpha 0.005 0.007 0.01 --folds 5 --epochs 10 --workers 2
+cmb-cov: $(STAMP)
+	$(BIN)/scatterdist experiment cmb $(CMB_L256) --models covariance_invariants signed_invariants \
+		scattering_invariants scattering_signed scattering power_spectrum pixel_moments wavelet_moments cubic \
+		--out results/nside128-cov
+cmb-survey: $(STAMP)
+	$(BIN)/scatterdist experiment cmb $(CMB_L256) --fwhm-arcmin 30 --noise-uk-arcmin 2000 --galactic-cut 20 \
+		--models covariance_invariants power_spectrum pixel_moments wavelet_moments cubic --out results/nside128-survey
 
 # The first device call (issue 20): GPU tests + benchmarks, JSON and markdown in $(OUT) (default gpu_check_out)
 gpu-check: $(STAMP)

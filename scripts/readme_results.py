@@ -82,9 +82,12 @@ def block(result_dir: str) -> str:
     cnn = sum(v for k, v in steps.items() if k.startswith("train") and v is not None)
     machine = st.get("machine", {})
     training = f", {_minutes(cnn)} training and evaluating the CNNs" if any(k.startswith("train") for k in steps) else ""
+    design = (f"{len(alphas)} alpha(s) x {seeds} seed(s), ~{n_test:.0f} test skies per seed" if not st.get("folds") else
+              f"{len(alphas)} alpha(s), one independent set of skies per alpha, {st['folds']}-fold (every sky tested once: "
+              f"{n_test:.0f} test predictions per alpha; ± the larger of the bootstrap error over skies and the binomial error)")
     lines = [
         f"nside {st['nside']} (L = {2 * st['nside']}), {conditions}; N = {st['n_per_class']} skies per class, "
-        f"{len(alphas)} alpha(s) x {seeds} seed(s), ~{n_test:.0f} test skies per seed "
+        f"{design} "
         f"([`{result_dir}/cmb.md`]({result_dir}/cmb.md)). Wall time: {_minutes(timings.get('total'))} "
         f"({_minutes(sim)} simulating, scattering and computing features on {st['dask_workers']} Dask workers x "
         f"{st['dask_threads']} thread{training}) on a machine with os.cpu_count() = {machine.get('cpu_count', '?')}:",

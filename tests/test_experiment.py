@@ -276,3 +276,114 @@ def test_study_under_survey_conditions_runs_every_store_on_the_cut_sky(tmp_path)
         assert np.isnan(ds.coefficients.values).any(), store  # pixels below min_coverage
     assert "fwhm_arcmin" in (out / "cmb.md").read_text()
     assert "--galactic-cut 20" in result["command"]
+
+
+def test_folds_deal_every_sky_to_one_balanced_fold():
+    from scatterdist.experiments.folds import bootstrap_se, fold_of, fold_split
+
+    ids = np.array([f"mixed-s7-{i:06d}" for i in range(50)], dtype=object)
+    labels = np.arange(50) % 2
+    fold = fold_of(ids, labels, 5)
+    for k in range(5):  # 5 skies of each class per fold
+        assert np.sum((fold == k) & (labels == 0)) == 5 and np.sum((fold == k) & (labels == 1)) == 5
+    # a fold depends on the ids, not on their order
+    perm = np.random.default_rng(0).permutation(50)
+    np.testing.assert_array_equal(fold_of(ids[perm], labels[perm], 5), fold[perm])
+    tested = np.zeros(50, dtype=int)
+    for k in range(5):
+        split = fold_split(fold, k, 5)
+        assert set(np.flatnonzero(split == "val")) == set(np.flatnonzero(fold == (k + 1) % 5))
+        assert np.sum(split == "train") == 30
+        tested += split == "test"
+    assert np.all(tested == 1)
+    with pytest.raises(ValueError, match="folds >= 3"):
+        fold_of(ids, labels, 2)
+    with pytest.raises(ValueError, match="fewer than folds"):
+        fold_of(ids[:8], labels[:8], 5)
+    correct = np.r_[np.ones(80), np.zeros(20)]
+    assert bootstrap_se(correct) == pytest.approx(math.sqrt(0.8 * 0.2 / 100), rel=0.1)
+
+
+@pytest.mark.timeout(420)
+def test_cmb_folds_test_every_sky_once_through_the_real_pipeline(tmp_path):
+    """--folds 3 on one set of skies per alpha, tiny nside: logistic models, the covariance invariants,
+    T and a HybridCNN on the covariance store; every sky tested exactly once, pooled McNemar and
+    bootstrap errors, per-round validation choices."""
+    out = tmp_path / "folds"
+    proc = _run_cli("--nside", "16", "--n-per-class", "9", "--alpha", "0.5", "0.3", "--folds", "3", "--epochs", "1",
+                    "--hidden", "4", "--models", "covariance_invariants", "covariance_cnn", "pixel_moments", "cubic",
+                    "--out", str(out), "--no-progress", timeout=410)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "cmb.json").read_text())
+    assert "--folds 3" in result["command"] and "--seeds 1" in result["command"]
+    records, rounds = result["records"], result["fold_records"]
+    models = {"recommended", "covariance_invariants", "covariance_cnn", "pixel_moments", "cubic"}
+    assert len(records) == 2 * len(models) and len(rounds) == 3 * len(records)
+    from scatterdist.sims import SimulationSpec
+
+    for r in records:
+        assert r["n_test"] == 18 and r["folds"] == 3 and r["se_bootstrap"] >= 0, r["model"]
+        cell = [x for x in rounds if x["alpha"] == r["alpha"] and x["model"] == r["model"]]
+        assert sorted(x["fold"] for x in cell) == [0, 1, 2] and all(x["n_test"] == 6 for x in cell)
+        assert r["accuracy"] == pytest.approx(np.mean([x["accuracy"] for x in cell]))
+        seed = result["settings"]["sky_seed_rule"]
+        assert "ALPHA" in seed
+        spec = SimulationSpec(kind="mixed", nside=16, n=18, seed=int(round(r["alpha"] * 1e6)) * 1000, alpha=r["alpha"])
+        assert sorted(r["test_ids"]) == sorted(spec.map_ids())  # every sky tested exactly once
+    for x in rounds:  # per round, the recommended model is the candidate best on that round's validation fold
+        if x["model"] == "recommended":
+            same = [y for y in rounds if y["alpha"] == x["alpha"] and y["fold"] == x["fold"]
+                    and y["model"] in result["settings"]["candidates"]]
+            assert x["val_accuracy"] == max(y["val_accuracy"] for y in same)
+    rows = summarise(records)
+    for row in rows:
+        assert row["se"] >= max(row["se_bootstrap"], row["se_binomial"]) > 0  # 100% on all skies: the binomial floor
+    text = (out / "cmb.md").read_text()
+    assert "3-fold" in text and "## Per fold" in text and "p = " in text
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 18 * len(records)
+    # a repeated command reuses every round (the CNN is not retrained)
+    saved = sorted((out / "cmb-work").glob("nside16-n9/alpha0.5-seed0/run-covariance-fold*/fold.json"))
+    assert len(saved) == 3
+    stamps = [p.stat().st_mtime_ns for p in saved]
+    again = _run_cli("--nside", "16", "--n-per-class", "9", "--alpha", "0.5", "0.3", "--folds", "3", "--epochs", "1",
+                     "--hidden", "4", "--models", "covariance_invariants", "covariance_cnn", "pixel_moments", "cubic",
+                     "--out", str(out), "--no-progress", timeout=200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in saved] == stamps
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert strip(json.loads((out / "cmb.json").read_text())["records"]) == strip(records)
+
+
+def test_folds_options_fail_with_a_message(tmp_path):
+    proc = _run_cli("--quick", "--folds", "3", "--seeds", "2", "--out", str(tmp_path / "r"), timeout=60)
+    assert proc.returncode == 2 and "pass --seeds 1" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run_cli("--quick", "--folds", "2", "--out", str(tmp_path / "r"), timeout=60)
+    assert proc.returncode == 2 and "folds must be >= 3" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_cmb_folds_under_survey_conditions_with_masked_T(tmp_path):
+    """The survey sweep's configuration at tiny nside: masked covariance store, masked T (block-preconditioned
+    Wiener filter + linear term), pixel moments; every sky tested once."""
+    out = tmp_path / "survey"
+    proc = _run_cli("--nside", "16", "--n-per-class", "6", "--alpha", "0.5", "--folds", "3", "--fwhm-arcmin", "60",
+                    "--noise-uk-arcmin", "2000", "--galactic-cut", "20", "--models", "covariance_invariants",
+                    "pixel_moments", "cubic", "--out", str(out), "--no-progress", timeout=290)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((out / "cmb.json").read_text())
+    assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 2000.0, "galactic_cut": 20.0}
+    assert {r["model"] for r in result["records"]} == {"recommended", "covariance_invariants", "pixel_moments", "cubic"}
+    assert all(r["n_test"] == 12 for r in result["records"])
+    from scatterdist.experiments.report import _noise_note
+
+    note = _noise_note(result["settings"])  # 2000 uK-arcmin never overtakes C_l below l = 31
+    assert "stays below b_l^2 C_l up to l = 31" in note and note in (out / "cmb.md").read_text()
+    assert "exceeds b_l^2 C_l from l = 228" in _noise_note({"nside": 128, "survey": {"fwhm_arcmin": 30.0,
+                                                                                      "noise_uK_arcmin": 2000.0}})
+    import xarray as xr
+
+    ds = xr.open_zarr(next((out / "cmb-work").glob("nside16-n6-*/alpha0.5-seed0")) / "covariance.zarr", consolidated=False)
+    assert (ds.status.values == 1).all() and np.isnan(ds.coefficients.values).any()

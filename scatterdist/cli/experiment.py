@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, nargs="+", default=None, metavar="A",
                    help="non-Gaussianity amplitude(s) (full default 0.003 0.006 0.01)")
     p.add_argument("--seeds", type=int, default=None, help="independent replicates (skies, split, init; default 3)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="K-fold evaluation of ONE set of skies per alpha (implies --seeds 1): round k tests on fold k, "
+                        "validates on fold k+1 (mod K), trains on the rest; every sky is tested once, errors by "
+                        "bootstrap over skies (default: the trainer's split, one per seed)")
     p.add_argument("--seed0", type=int, default=None, help="first seed value (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (full default 10)")
     p.add_argument("--batch-size", type=int, default=None, help="maps per batch and per rank (default 16)")
@@ -78,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
     return with_overrides(
         QUICK if args.quick else FULL,
         nside=args.nside, n_per_class=args.n_per_class, alphas=tuple(args.alpha) if args.alpha else None,
-        seeds=args.seeds, seed0=args.seed0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seeds=args.seeds if args.seeds is not None or args.folds is None else 1, folds=args.folds, seed0=args.seed0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         hidden=args.hidden, layers=args.layers, ranks=args.ranks, out=args.out, work=args.work,
         cluster=args.cluster, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler_file=args.scheduler_file, progress=False if args.no_progress else None, shard_size=args.shard_size,
@@ -93,7 +97,8 @@ def run_cmb_command(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = run_cmb(cfg)
-    print(f"CMB study, nside {cfg.nside}, N = {cfg.n_per_class} per class, {cfg.seeds} seeds "
+    design = f"{cfg.seeds} seeds" if cfg.folds is None else f"{cfg.folds} folds"
+    print(f"CMB study, nside {cfg.nside}, N = {cfg.n_per_class} per class, {design} "
           f"(this command {result['timings']['this invocation']:.0f} s):")
     for row in result["summary"]:
         print(f"  alpha={row['alpha']:g}  {MODELS[row['model']][0]:<40} {100 * row['mean']:5.1f}% "

@@ -56,6 +56,8 @@ class CMBConfig:
     ``work`` defaults to ``<out>/cmb-work``. ``models``: which models to run (default all of
     :data:`ALL_MODELS`; only the stores they need are computed). ``fwhm_arcmin``,
     ``noise_uk_arcmin``, ``galactic_cut``: survey conditions of every sky (None: clean full sky).
+    ``folds``: K-fold evaluation (:mod:`scatterdist.experiments.folds`) of ONE set of skies per alpha
+    (``seeds`` must be 1): every sky is tested once; None: the trainer's split, one per seed.
     """
 
     nside: int = 512
@@ -84,6 +86,7 @@ class CMBConfig:
     noise_uk_arcmin: float | None = None
     galactic_cut: float | None = None
     models: tuple[str, ...] = ()
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         from scatterdist.sphere import check_nside
@@ -108,6 +111,15 @@ class CMBConfig:
             raise ValueError(f"need seeds >= 1, seed0 >= 0 and seed0 + seeds <= 1000, got {self.seeds}, {self.seed0}")
         if self.ranks < 1:
             raise ValueError(f"ranks must be >= 1, got {self.ranks}")
+        if self.folds is not None:
+            if self.folds < 3:
+                raise ValueError(f"folds must be >= 3 (test, validation and training folds), got {self.folds}")
+            if self.seeds != 1:
+                raise ValueError(f"--folds uses one set of skies per alpha: pass --seeds 1 (got {self.seeds})")
+            if self.n_per_class < self.folds:
+                raise ValueError(f"n_per_class ({self.n_per_class}) must be >= folds ({self.folds})")
+            if self.ranks > 1 and set(self.models) & set(CNN_MODELS.values()):
+                raise ValueError("--folds trains the CNNs in one process: use --ranks 1")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
 
     @property
@@ -136,12 +148,13 @@ def signed_transform(nside: int) -> Any:
     return Scattering(nside, signed=True, oversample=SIGNED_OVERSAMPLE)
 
 
-#: Oversampling of the covariance store. Under an exact rotation its S3/S4 local maps move by 11-26% at
-#: oversample 1 and 3-5% at 2, its invariants by <= 4.4% of the local maps' rms at 1
-#: (``scatterdist equivariance --statistic covariance --nside 128``). The study uses 1: at 2 the store
-#: cost 4.5x more (0.45 vs 0.10 s per nside-128 map on one thread), which the shared 2-core machine could not
-#: afford at N = 100 per class; every sky is simulated in the same frame, so the study is not rotated.
-COVARIANCE_OVERSAMPLE = 1
+#: Oversampling of the covariance store. Under an exact rotation of 8 nside-128 skies, the invariants
+#: move by up to 76% of their spread across skies at oversample 1 (an S1; S4 up to
+#: 43%, S3 14%, S2 0.5%) and by up to 13% at 2 (S4 6%, S3 3%), for 1.2x the time per map
+#: (``python scripts/covariance_invariant_rotation.py``; the mean is left out: every sky has no monopole,
+#: its spread is rounding): at 1 the finest statistics are not rotation
+#: invariants, so the study uses 2. (``results/nside128-cov`` was computed at 1, its settings say so.)
+COVARIANCE_OVERSAMPLE = 2
 
 
 def covariance_transform(nside: int) -> Any:
@@ -406,10 +419,48 @@ def _record(alpha: float, seed: int, model: str, scores: dict[str, Any], seconds
     return {"alpha": alpha, "seed": seed, "model": model, **scores, "seconds": seconds, **extra}
 
 
-def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Steps 3-5 for every (alpha, seed): the CNNs, the logistic models, the validation-selected model.
+def _round_split(ids: Any, labels: np.ndarray, cfg: CMBConfig, k: int | None) -> np.ndarray | None:
+    """Split of round ``k`` (``--folds``) of maps with these ids and labels; None in seed mode (the trainer's split)."""
+    from scatterdist.experiments.folds import fold_of, fold_split
 
-    Returns (records, split class counts per cell ``{"alpha=A seed=S": {split: {class: n}}}``).
+    if k is None:
+        return None
+    return fold_split(fold_of(ids, labels, cfg.folds), k, cfg.folds)
+
+
+def _rounds(cfg: CMBConfig) -> list[int | None]:
+    return [None] if cfg.folds is None else list(range(cfg.folds))
+
+
+def _train_cnn(cfg: CMBConfig, cell: str, name: str, seed: int, k: int | None) -> tuple[dict[str, Any], bool]:
+    """Scores of the HybridCNN on store ``name`` of ``cell`` (round ``k`` of ``--folds``, or the trainer's split)
+    and whether this call trained it (False: found finished)."""
+    from scatterdist.experiments.folds import train_cnn_fold
+    from scatterdist.store import read_store_info
+
+    store = os.path.join(cell, f"{name}.zarr")
+    if k is None:
+        run_dir = os.path.join(cell, f"run-{name}")
+        epochs_before = _epochs_done(run_dir)
+        scores = train_and_evaluate(cfg, store, run_dir, seed)
+        return scores, _epochs_done(run_dir) > epochs_before
+    run_dir = os.path.join(cell, f"run-{name}-fold{k}")
+    existed = os.path.exists(os.path.join(run_dir, "fold.json"))
+    info = read_store_info(store)
+    split = _round_split(info.map_ids, np.asarray(info.labels), cfg, k)
+    before = os.path.getmtime(os.path.join(run_dir, "fold.json")) if existed else None
+    scores = train_cnn_fold(store, split, run_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                            hidden=cfg.hidden, layers=cfg.layers, seed=1000 * seed + k)
+    after = os.path.getmtime(os.path.join(run_dir, "fold.json"))
+    return scores, before != after
+
+
+def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Steps 3-5 for every (alpha, seed) or, with ``--folds``, every (alpha, round): the CNNs, the logistic
+    models, the validation-selected model.
+
+    Returns (records, split class counts per cell ``{"alpha=A seed=S": {split: {class: n}}}``; with
+    folds ``"alpha=A fold=K"``). Fold records carry ``fold`` and per-sky predictions for every model.
     """
     from scatterdist.experiments.features import BASELINES, logistic_scores
     from scatterdist.train.data import split_class_counts
@@ -417,54 +468,61 @@ def train_models(cfg: CMBConfig, timings: dict[str, float]) -> tuple[list[dict[s
     records, splits = [], {}
     for alpha, seed, spec in _specs(cfg):
         cell = _cell_dir(cfg, alpha, seed)
-        cell_records = []
-        splits[f"alpha={alpha:g} seed={seed}"] = split_class_counts(
-            np.array(spec.map_ids(), dtype=object), spec.labels(), cfg.val_fraction, cfg.test_fraction)
-        for name, model in CNN_MODELS.items():
-            if model not in cfg.models:
-                continue
-            _log(f"alpha={alpha:g} seed={seed}: train + evaluate the HybridCNN on the {name} store")
-            t0 = time.perf_counter()
-            run_dir = os.path.join(cell, f"run-{name}")
-            epochs_before = _epochs_done(run_dir)
-            scores = train_and_evaluate(cfg, os.path.join(cell, f"{name}.zarr"), run_dir, seed)
-            trained = _epochs_done(run_dir) > epochs_before
-            dt = _ledger(cell, f"train + evaluate {name} CNN", time.perf_counter() - t0 if trained else None)
-            cell_records.append(_record(alpha, seed, model, scores, dt))
-            _log(f"  {model}: test accuracy {scores['accuracy']:.3f} on {scores['n_test']} skies "
-                 f"(val {scores['val_accuracy']:.3f}; predicted {scores['predicted']})")
-        n_cnn = len(cell_records)
+        spec_ids, spec_labels = np.array(spec.map_ids(), dtype=object), spec.labels()
         invariant_models = [m for m in INVARIANT_MODELS if m in cfg.models]
-        if invariant_models:
-            feats, labels, ids, kinds = store_invariants(os.path.join(cell, "signed.zarr"))
-            for model in invariant_models:
-                t0 = time.perf_counter()
-                keep = np.isin(kinds, INVARIANT_MODELS[model])
-                scores = logistic_scores(feats[:, keep], labels, ids, cfg.val_fraction, cfg.test_fraction)
-                cell_records.append(_record(alpha, seed, model, scores, time.perf_counter() - t0))
-        if "covariance_invariants" in cfg.models:
-            t0 = time.perf_counter()
-            feats, labels, ids, _ = store_invariants(os.path.join(cell, "covariance.zarr"))
-            scores = logistic_scores(feats, labels, ids, cfg.val_fraction, cfg.test_fraction)
-            cell_records.append(_record(alpha, seed, "covariance_invariants", scores, time.perf_counter() - t0))
+        signed = store_invariants(os.path.join(cell, "signed.zarr")) if invariant_models else None
+        cov = store_invariants(os.path.join(cell, "covariance.zarr")) if "covariance_invariants" in cfg.models else None
         baselines = [m for m in BASELINES if m in cfg.models]
-        if baselines:
-            with np.load(os.path.join(cell, "features.npz")) as f:
-                for name in baselines:
-                    t0 = time.perf_counter()
-                    scores = logistic_scores(f[f"features_{name}"], f["labels"], f["ids"], cfg.val_fraction,
-                                             cfg.test_fraction)
-                    cell_records.append(_record(alpha, seed, name, scores, time.perf_counter() - t0))
-        by_model = {r["model"]: r for r in cell_records}
-        candidates = [m for m in CANDIDATES if m in by_model]
-        best = max(candidates, key=lambda m: (by_model[m]["val_accuracy"], -CANDIDATES.index(m)))
-        chosen = {k: by_model[best][k] for k in ("accuracy", "n_test", "val_accuracy", "n_val", "predicted",
-                                                 "test_ids", "test_labels", "test_predicted") if k in by_model[best]}
-        cell_records.append(_record(alpha, seed, "recommended", chosen, None, choice=best))
-        for r in cell_records[n_cnn:]:
-            _log(f"  {r['model']}: test accuracy {r['accuracy']:.3f} on {r['n_test']} skies (val {r['val_accuracy']:.3f})"
-                 + (f" = {r['choice']}" if "choice" in r else ""))
-        records += cell_records
+        feats_file = dict(np.load(os.path.join(cell, "features.npz"))) if baselines else None
+        for k in _rounds(cfg):
+            tag = f"seed={seed}" if k is None else f"fold={k}"
+            extra = {} if k is None else {"fold": k}
+            if k is None:
+                splits[f"alpha={alpha:g} {tag}"] = split_class_counts(spec_ids, spec_labels, cfg.val_fraction,
+                                                                      cfg.test_fraction)
+            else:
+                sp = _round_split(spec_ids, spec_labels, cfg, k)
+                splits[f"alpha={alpha:g} {tag}"] = {s: {str(c): int(np.sum((sp == s) & (spec_labels == c))) for c in (0, 1)}
+                                                    for s in ("train", "val", "test")}
+            cell_records = []
+            for name, model in CNN_MODELS.items():
+                if model not in cfg.models:
+                    continue
+                _log(f"alpha={alpha:g} {tag}: train + evaluate the HybridCNN on the {name} store")
+                t0 = time.perf_counter()
+                scores, trained = _train_cnn(cfg, cell, name, seed, k)
+                spent = time.perf_counter() - t0 if trained else None
+                total = _ledger(cell, f"train + evaluate {name} CNN", spent)
+                dt = total if k is None else spent  # per round: this call's time (None when found finished)
+                cell_records.append(_record(alpha, seed, model, scores, dt, **extra))
+                _log(f"  {model}: test accuracy {scores['accuracy']:.3f} on {scores['n_test']} skies "
+                     f"(val {scores['val_accuracy']:.3f}; predicted {scores['predicted']})")
+            n_cnn = len(cell_records)
+
+            def logistic(model: str, feats: np.ndarray, labels: np.ndarray, ids: Any) -> None:
+                t0 = time.perf_counter()
+                scores = logistic_scores(feats, labels, ids, cfg.val_fraction, cfg.test_fraction,
+                                         split=_round_split(ids, np.asarray(labels), cfg, k))
+                cell_records.append(_record(alpha, seed, model, scores, time.perf_counter() - t0, **extra))
+
+            if signed is not None:
+                feats, labels, ids, kinds = signed
+                for model in invariant_models:
+                    logistic(model, feats[:, np.isin(kinds, INVARIANT_MODELS[model])], labels, ids)
+            if cov is not None:
+                logistic("covariance_invariants", cov[0], cov[1], cov[2])
+            for name in baselines:
+                logistic(name, feats_file[f"features_{name}"], feats_file["labels"], feats_file["ids"])
+            by_model = {r["model"]: r for r in cell_records}
+            candidates = [m for m in CANDIDATES if m in by_model]
+            best = max(candidates, key=lambda m: (by_model[m]["val_accuracy"], -CANDIDATES.index(m)))
+            chosen = {k2: by_model[best][k2] for k2 in ("accuracy", "n_test", "val_accuracy", "n_val", "predicted",
+                                                        "test_ids", "test_labels", "test_predicted") if k2 in by_model[best]}
+            cell_records.append(_record(alpha, seed, "recommended", chosen, None, choice=best, **extra))
+            for r in cell_records[n_cnn:]:
+                _log(f"  {r['model']}: test accuracy {r['accuracy']:.3f} on {r['n_test']} skies "
+                     f"(val {r['val_accuracy']:.3f})" + (f" = {r['choice']}" if "choice" in r else ""))
+            records += cell_records
     return records, splits
 
 
@@ -475,7 +533,7 @@ def command_line(cfg: CMBConfig) -> str:
         parts.append("--quick")
     parts += [
         "--nside", str(cfg.nside), "--n-per-class", str(cfg.n_per_class), "--alpha", *(f"{a:g}" for a in cfg.alphas),
-        "--seeds", str(cfg.seeds), "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+        "--seeds", str(cfg.seeds), *(["--folds", str(cfg.folds)] if cfg.folds is not None else []), "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
         "--lr", f"{cfg.lr:g}", "--hidden", str(cfg.hidden), "--layers", str(cfg.layers), "--ranks", str(cfg.ranks),
     ]
     for flag, value in (("--fwhm-arcmin", cfg.fwhm_arcmin), ("--noise-uk-arcmin", cfg.noise_uk_arcmin),
@@ -514,6 +572,11 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
         timings["cluster start"] = time.perf_counter() - t0
         prepare_data(cfg, client, timings)
     records, splits = train_models(cfg, timings)
+    fold_records = None
+    if cfg.folds is not None:
+        from scatterdist.experiments.folds import pool_folds
+
+        fold_records, records = records, pool_folds(records)
     needed = {STORE_OF[m] for m in cfg.models}
     keys = [k for k in STEP_KEYS
             if any(k == f"simulate + {s} store" for s in needed) or (k == "simulate + baseline features" and None in needed)
@@ -544,12 +607,15 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
     command = command_line(cfg)
     figure = "cmb_alpha.png"
     survey = ", ".join(f"{k} {v:g}" for k, v in cfg.survey.items())
+    design = f"{cfg.seeds} seeds" if cfg.folds is None else f"{cfg.folds} folds"
     plot_accuracy(os.path.join(cfg.out, figure), records,
-                  f"CMB, nside {cfg.nside} (L = {2 * cfg.nside}), N = {cfg.n_per_class}/class, {cfg.seeds} seeds"
+                  f"CMB, nside {cfg.nside} (L = {2 * cfg.nside}), N = {cfg.n_per_class}/class, {design}"
                   + (f"\n{survey}" if survey else ""))
-    write_markdown(os.path.join(cfg.out, "cmb.md"), records, settings, timings, command, figure)
+    write_markdown(os.path.join(cfg.out, "cmb.md"), records, settings, timings, command, figure, fold_records)
     result = {"command": command, "records": records, "summary": summarise(records), "settings": settings,
               "timings": timings}
+    if fold_records is not None:
+        result["fold_records"] = fold_records
     with open(os.path.join(cfg.out, "cmb.json"), "w") as fh:
         json.dump(result, fh, indent=1, default=str)
     write_predictions(os.path.join(cfg.out, "predictions.csv"), records)

@@ -14,7 +14,10 @@ mean is the Wiener-filtered sky ``g_hat``, solution of
 
     (C^-1 + B Y^T M N^-1 M Y B) g_hat = B Y^T M N^-1 d                (harmonic space; Y: synthesis)
 
-solved by preconditioned conjugate gradients for a batch of maps at once (:func:`wiener_filter`).
+solved by preconditioned conjugate gradients for a batch of maps at once (:func:`wiener_filter`). The
+preconditioner inverts the operator's m-blocks for the ring-averaged noise weights exactly (an
+iso-latitude cut with uniform noise couples only equal m), the diagonal above ``BLOCK_LMAX``: 3-4
+iterations to a 1e-7 residual at nside 128 where the diagonal preconditioner alone needs 80-400.
 The statistic is then the KSW form (Creminelli et al. 2006, JCAP 05, 004) with its linear term:
 
     T = sum_x [ g_hat^2 (C^-1 g_hat) - <g_hat^2> (C^-1 g_hat) - 2 g_hat <g_hat C^-1 g_hat> ]
@@ -33,7 +36,7 @@ import numpy as np
 
 from scatterdist.sphere import alm_l_index, analysis, synthesis
 
-__all__ = ["CGResult", "SurveyModel", "cubic_statistic", "linear_term_maps", "masked_cubic_statistic", "wiener_filter"]
+__all__ = ["BLOCK_LMAX", "CGResult", "SurveyModel", "TOL", "cubic_statistic", "linear_term_maps", "masked_cubic_statistic", "wiener_filter"]
 
 
 def _inverse_cl(cl: np.ndarray) -> np.ndarray:
@@ -99,13 +102,101 @@ class CGResult:
     residual: np.ndarray
 
 
-def _operator(model: SurveyModel, nthreads: int):
-    """``(apply A, rhs of data, preconditioner)`` of the Wiener system in harmonic space."""
+#: Largest multipole of the dense m-blocks of the preconditioner (above it: the diagonal). At
+#: lmax 255 the blocks hold 256 x 256 x 256 float64 = 134 MB.
+BLOCK_LMAX = 255
+
+
+def _ring_weights(weights: np.ndarray, nside: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colatitude, pixel count and mean of ``weights`` ``(npix,)`` of every HEALPix ring (RING order)."""
+    import healpy as hp
+
+    rings = np.arange(1, 4 * nside)
+    start, npix_ring, cos_theta, _, _ = hp.ringinfo(nside, rings)
+    ring_of = np.repeat(np.arange(rings.size), npix_ring)
+    mean = np.bincount(ring_of, weights=weights, minlength=rings.size) / npix_ring
+    return np.arccos(cos_theta), npix_ring.astype(np.float64), mean
+
+
+def _block_inverse(cinv_l: np.ndarray, beam_l: np.ndarray, ninv: np.ndarray, nside: int, lblock: int,
+                   ring_chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses of the m-blocks ``(lblock+1, lblock+1, lblock+1)`` [m, l, l'] and the live (m, l) modes.
+
+    Block m: ``C_l^-1 delta_ll' + b_l b_l' sum_r w_r N_r lambda_lm(theta_r) lambda_l'm(theta_r)``
+    (``lambda_lm(theta) = Y_lm(theta, 0)``, ``N_r`` pixels and ``w_r`` mean inverse noise of ring r);
+    padding (l < m, l < 2) is the identity. Legendre functions by ``scipy.special.sph_legendre_p_all``
+    over chunks of rings.
+    """
+    from scipy.special import sph_legendre_p_all
+
+    theta, n_ring, w = _ring_weights(ninv, nside)
+    lb = int(lblock)
+    ell = np.arange(lb + 1)
+    blocks = np.zeros((lb + 1, lb + 1, lb + 1))
+    for start in range(0, theta.size, ring_chunk):  # memory: (l, 2 m + 1, rings) per chunk
+        th = theta[start:start + ring_chunk]
+        lam = sph_legendre_p_all(lb, lb, th)[0][:, : lb + 1, :].transpose(1, 0, 2)  # (m, l, ring), 0 for l < m
+        blocks += np.matmul(lam * (w * n_ring)[start:start + ring_chunk], lam.transpose(0, 2, 1))
+    blocks *= beam_l[None, : lb + 1, None] * beam_l[None, None, : lb + 1]
+    live = (ell[None, :] >= ell[:, None]) & (cinv_l[None, : lb + 1] > 0)  # (m, l): a mode of the system
+    blocks = np.where(live[:, :, None] & live[:, None, :], blocks, 0.0)
+    blocks[:, ell, ell] += np.where(live, cinv_l[None, : lb + 1], 1.0)
+    return np.linalg.inv(blocks), live
+
+
+_BLOCK_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _block_preconditioner(cinv_l: np.ndarray, beam_l: np.ndarray, ninv: np.ndarray, nside: int, lmax: int,
+                          lblock: int):
+    """Exact inverse of the Wiener operator's m-blocks for the ring-averaged inverse noise, up to ``lblock``.
+
+    With weights constant on every ring (an iso-latitude cut such as the study's Galactic cut, uniform
+    noise), ``Y^T N^-1 Y`` couples only equal m (aliasing on the short polar rings neglected), so these
+    blocks are the operator itself below ``lblock``; for any other mask the ring means give an
+    approximate, still symmetric positive definite, preconditioner. The blocks are built once per
+    process and observation (cached by a digest of spectrum, beam, noise and mask). Returns
+    ``(apply(r) -> z`` on alm ``(n, nalm)`` for l <= lblock, zero above; the healpy indices it covers).
+    """
+    import hashlib
+
+    key = hashlib.sha256(b"".join(np.ascontiguousarray(v, dtype=np.float64).tobytes()
+                                  for v in (cinv_l, beam_l, ninv, [nside, lmax, lblock]))).hexdigest()
+    if key not in _BLOCK_CACHE:
+        _BLOCK_CACHE.clear()  # one observation at a time: the blocks of lmax 255 hold 134 MB
+        _BLOCK_CACHE[key] = _block_inverse(cinv_l, beam_l, ninv, nside, lblock)
+    inverse, live = _BLOCK_CACHE[key]
+    lb = int(lblock)
+    m = np.arange(lb + 1)
+    index = m[:, None] * (2 * lmax + 1 - m[:, None]) // 2 + m[None, :]  # healpy: m (2 lmax + 1 - m) / 2 + l
+    flat = index[live]
+
+    def apply(r: np.ndarray) -> np.ndarray:
+        n = r.shape[0]
+        padded = np.zeros((lb + 1, lb + 1, 2 * n))  # (m, l, real and imaginary parts of every map)
+        padded[live] = np.concatenate([r[:, flat].real, r[:, flat].imag], axis=0).T
+        z = np.matmul(inverse, padded)[live]
+        out = np.zeros_like(r)
+        out[:, flat] = (z[:, :n] + 1j * z[:, n:]).T
+        return out
+
+    return apply, flat
+
+
+def _operator(model: SurveyModel, nthreads: int, preconditioner: str = "block"):
+    """``(apply A, rhs of data, preconditioner z = M^-1 r)`` of the Wiener system in harmonic space.
+
+    ``preconditioner``: ``"block"`` (exact m-blocks of the ring-averaged operator for l <= BLOCK_LMAX,
+    the diagonal above) or ``"diagonal"`` (``1 / (C_l^-1 + b_l^2 <N^-1>)``).
+    """
+    if preconditioner not in ("block", "diagonal"):
+        raise ValueError(f"preconditioner must be 'block' or 'diagonal', got {preconditioner!r}")
     nside, lmax = model.nside, model.lmax
     npix = 12 * nside**2
     lidx = alm_l_index(lmax)
     cl = np.asarray(model.cl, dtype=np.float64)[: lmax + 1]
-    cinv = _inverse_cl(cl)[lidx]
+    cinv_l = _inverse_cl(cl)
+    cinv = cinv_l[lidx]
     keep = (cl > 0)[lidx]  # the system lives on l with C_l > 0
     beam = np.ones(lmax + 1) if model.beam is None else np.asarray(model.beam, dtype=np.float64)[: lmax + 1]
     b = beam[lidx]
@@ -123,9 +214,18 @@ def _operator(model: SurveyModel, nthreads: int):
         return adjoint(np.where(ninv > 0, data, 0.0) * ninv) * b * keep
 
     diag = cinv + b**2 * float(ninv.mean()) * adjoint_scale
-    precond = np.zeros_like(diag)
-    np.divide(1.0, diag, out=precond, where=keep & (diag > 0))
-    return apply, rhs, precond
+    inv_diag = np.zeros_like(diag)
+    np.divide(1.0, diag, out=inv_diag, where=keep & (diag > 0))
+    if preconditioner == "diagonal":
+        return apply, rhs, lambda r: inv_diag * r
+    block, flat = _block_preconditioner(cinv_l, beam, ninv, nside, lmax, min(lmax, BLOCK_LMAX))
+    rest = inv_diag.copy()
+    rest[flat] = 0.0
+
+    def precondition(r: np.ndarray) -> np.ndarray:
+        return block(r) + rest * r
+
+    return apply, rhs, precondition
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -137,20 +237,22 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def wiener_filter(data: np.ndarray, model: SurveyModel, tol: float = 1e-5, maxiter: int = 1000,
-                  nthreads: int = 1) -> CGResult:
+                  nthreads: int = 1, preconditioner: str = "block") -> CGResult:
     """Wiener-filtered sky ``g_hat`` (alm, lmax = 2 nside - 1) of observed maps ``(n, npix)``.
 
     Preconditioned conjugate gradients on ``(C^-1 + B Y^T N^-1 Y B) x = B Y^T N^-1 d`` for all maps
     at once (one batched synthesis and analysis per iteration); stops when every map's residual is
     below ``tol`` relative to its right-hand side. Pixels outside the mask (any value, UNSEEN
-    included) are ignored. Raises RuntimeError if ``maxiter`` is reached first.
+    included) are ignored. Raises RuntimeError if ``maxiter`` is reached first. ``preconditioner``:
+    ``"block"`` (exact m-blocks of the ring-averaged operator up to :data:`BLOCK_LMAX`, built once per
+    process and observation) or ``"diagonal"``.
     """
     data = np.atleast_2d(np.asarray(data, dtype=np.float64))
-    apply, rhs, precond = _operator(model, nthreads)
+    apply, rhs, precond = _operator(model, nthreads, preconditioner)
     b = rhs(data)
     x = np.zeros_like(b)
     r = b.copy()
-    z = precond * r
+    z = precond(r)
     p = z.copy()
     rz = _dot(r, z)
     bnorm = np.sqrt(_dot(b, b))
@@ -163,7 +265,7 @@ def wiener_filter(data: np.ndarray, model: SurveyModel, tol: float = 1e-5, maxit
         res = np.sqrt(_dot(r, r)) / bnorm
         if np.all(res < tol):
             return CGResult(x, it, res)
-        z = precond * r
+        z = precond(r)
         rz_new = _dot(r, z)
         p = z + (rz_new / rz)[:, None] * p
         rz = rz_new
@@ -171,25 +273,40 @@ def wiener_filter(data: np.ndarray, model: SurveyModel, tol: float = 1e-5, maxit
                        f"(worst residual {res.max():.2e}); raise maxiter or the noise level")
 
 
-def _filtered_maps(data: np.ndarray, model: SurveyModel, nthreads: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(g_hat, C^-1 g_hat)`` as maps ``(n, npix)``."""
+#: Relative CG residual of the study's Wiener filter. With the block preconditioner it costs 3-4
+#: iterations at nside 128 and moves T by < 1e-4 of its spread across skies against tol 1e-10
+#: (``python scripts/cmb_masked_T_speed.py``).
+TOL = 1e-7
+
+
+def _filtered_maps(data: np.ndarray, model: SurveyModel, nthreads: int, tol: float, preconditioner: str,
+                   info: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(g_hat, C^-1 g_hat)`` as maps ``(n, npix)``; ``info["iterations"]`` set when ``info`` is given."""
     lmax = model.lmax
-    res = wiener_filter(data, model, nthreads=nthreads)
+    res = wiener_filter(data, model, tol=tol, nthreads=nthreads, preconditioner=preconditioner)
+    if info is not None:
+        info["iterations"] = res.iterations
     cinv = _inverse_cl(np.asarray(model.cl)[: lmax + 1])[alm_l_index(lmax)]
     both = synthesis(np.concatenate([res.alm, res.alm * cinv]), model.nside, lmax, nthreads=nthreads)
     n = data.shape[0] if data.ndim == 2 else 1
     return both[:n], both[n:]
 
 
-def linear_term_maps(gaussian_data: np.ndarray, model: SurveyModel, nthreads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def linear_term_maps(gaussian_data: np.ndarray, model: SurveyModel, nthreads: int = 1, tol: float = TOL,
+                     preconditioner: str = "block") -> tuple[np.ndarray, np.ndarray]:
     """``(<g_hat^2>, <g_hat C^-1 g_hat>)`` pixel maps from Gaussian skies observed like the data ``(n_mc, npix)``."""
-    g, h = _filtered_maps(gaussian_data, model, nthreads)
+    g, h = _filtered_maps(gaussian_data, model, nthreads, tol, preconditioner, None)
     return np.mean(g * g, axis=0), np.mean(g * h, axis=0)
 
 
 def masked_cubic_statistic(data: np.ndarray, model: SurveyModel, linear: tuple[np.ndarray, np.ndarray],
-                           nthreads: int = 1) -> np.ndarray:
-    """KSW cubic statistic with its linear term of observed maps ``(n, npix)`` -> ``(n,)`` (module docstring)."""
-    g, h = _filtered_maps(np.atleast_2d(data), model, nthreads)
+                           nthreads: int = 1, tol: float = TOL, preconditioner: str = "block",
+                           info: dict | None = None) -> np.ndarray:
+    """KSW cubic statistic with its linear term of observed maps ``(n, npix)`` -> ``(n,)`` (module docstring).
+
+    ``tol``, ``preconditioner``: of the Wiener filter (:func:`wiener_filter`); ``info`` (a dict) receives
+    the CG iterations.
+    """
+    g, h = _filtered_maps(np.atleast_2d(data), model, nthreads, tol, preconditioner, info)
     g2, gh = linear
     return np.mean(g * g * h - g2 * h - 2.0 * g * gh, axis=-1)

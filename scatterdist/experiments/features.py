@@ -185,6 +185,7 @@ def logistic_scores(
     val_fraction: float,
     test_fraction: float,
     l2: float = 1.0,
+    split: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Logistic regression on ``features`` fitted on the train split; accuracy on val and test.
 
@@ -192,13 +193,18 @@ def logistic_scores(
     ``labels``, with the trainer's fractions, i.e. exactly the maps the CNNs train, are
     validated and evaluated on. Returns ``{"accuracy", "n_test", "val_accuracy", "n_val",
     "predicted": {class: test maps predicted as it}, "test_ids", "test_labels", "test_predicted"}``
-    (the last three: per-sky lists in test-split order, for paired tests).
+    (the last three: per-sky lists in test-split order, for paired tests). ``split`` (``(n,)`` of
+    "train"/"val"/"test"), when given, replaces the trainer's split (a fold of ``--folds``).
     """
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     if features.ndim != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"need features (n, d) and labels (n,), got {features.shape} and {labels.shape}")
-    split = split_of(np.asarray(map_ids, dtype=object), val_fraction, test_fraction, labels)
+    if split is None:
+        split = split_of(np.asarray(map_ids, dtype=object), val_fraction, test_fraction, labels)
+    elif np.shape(split) != labels.shape:
+        raise ValueError(f"split has shape {np.shape(split)}, need one entry per map {labels.shape}")
+    split = np.asarray(split, dtype=object)
     train, val, test = split == "train", split == "val", split == "test"
     if not train.any() or not test.any():
         raise ValueError(

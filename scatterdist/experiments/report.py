@@ -64,7 +64,8 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     ``se`` = the larger of the seed-to-seed error (sample std (ddof=1) / sqrt(n_seeds); 0 with a single
     seed) and the binomial floor ``sqrt(p (1 - p) / n)`` of the pooled test skies (n over all seeds,
-    ``p = (k + 1) / (n + 2)``, never 0), so agreeing seeds never give "± 0.0". ``n_test`` is the mean
+    ``p = (k + 1) / (n + 2)``, never 0), so agreeing seeds never give "± 0.0"; a pooled ``--folds`` record
+    brings its bootstrap error over skies (``se_bootstrap``), which enters the maximum too. ``n_test`` is the mean
     number of held-out maps per seed; ``val_mean`` the mean validation accuracy (what choices use).
     """
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
@@ -79,8 +80,10 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         p = (k + 1.0) / (n + 2.0)
         se_binomial = math.sqrt(p * (1.0 - p) / max(n, 1))
         val = np.array([r.get("val_accuracy", float("nan")) for r in rs], dtype=np.float64)
+        se_boot = max((float(r["se_bootstrap"]) for r in rs if r.get("se_bootstrap") is not None), default=0.0)
         rows.append({
-            "alpha": alpha, "model": model, "mean": float(acc.mean()), "se": max(se_seeds, se_binomial),
+            "alpha": alpha, "model": model, "mean": float(acc.mean()), "se": max(se_seeds, se_binomial, se_boot),
+            "se_bootstrap": se_boot,
             "se_seeds": se_seeds, "se_binomial": se_binomial, "n_seeds": int(acc.size),
             "min": float(acc.min()), "max": float(acc.max()), "n_test": float(np.mean([r["n_test"] for r in rs])),
             "n_test_total": n, "val_mean": float(np.nanmean(val)) if np.isfinite(val).any() else float("nan"),
@@ -109,9 +112,15 @@ def write_markdown(
     timings: dict[str, float],
     command: str,
     figure: str | None,
+    fold_records: Sequence[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the results page: table per alpha (mean ± SE over seeds), settings, timings, machine."""
+    """Write the results page: table per alpha (mean ± SE over seeds), settings, timings, machine.
+
+    With ``fold_records`` (a ``--folds`` study: ``records`` are the pooled ones), the table is the
+    pooled accuracy over every sky and the per-round records are listed instead of the per-seed ones.
+    """
     rows = summarise(records)
+    folds = settings.get("folds")
     by = {(r["alpha"], r["model"]): r for r in rows}
     alphas = sorted({r["alpha"] for r in rows})
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
@@ -125,11 +134,18 @@ def write_markdown(
         command,
         "```",
         "",
-        f"Accuracy on held-out skies, mean over {n_seeds} seeds ± standard error (the larger of the seed-to-seed "
-        f"error and the binomial error of the pooled test skies). Each (alpha, seed) has its own skies, "
-        f"train/val/test split and model initialisation. "
-        f"nside = {settings['nside']} (L = {2 * settings['nside']}), N = {settings['n_per_class']} skies per class, "
-        f"~{rows[0]['n_test']:.0f} test skies per seed." if rows else "No results.",
+        (f"Accuracy on held-out skies, mean over {n_seeds} seeds ± standard error (the larger of the seed-to-seed "
+         f"error and the binomial error of the pooled test skies). Each (alpha, seed) has its own skies, "
+         f"train/val/test split and model initialisation. "
+         f"nside = {settings['nside']} (L = {2 * settings['nside']}), N = {settings['n_per_class']} skies per class, "
+         f"~{rows[0]['n_test']:.0f} test skies per seed." if not folds else
+         f"Accuracy on held-out skies, {folds}-fold: one independent set of {settings['n_per_class']} skies per class "
+         f"at each alpha (its own simulation seed), dealt into {folds} folds balanced per class; round k trains on "
+         f"the other folds but k + 1, validates on fold k + 1 (mod {folds}) and tests on fold k, so every sky is "
+         f"tested exactly once ({rows[0]['n_test']:.0f} test predictions per model and alpha). ± is the larger of "
+         f"the bootstrap standard error over skies ({records[0].get('bootstrap_resamples', '?')} resamples) and the "
+         f"binomial error. Choices made on validation (recommended model, best baseline) are made per round. "
+         f"nside = {settings['nside']} (L = {2 * settings['nside']}).") if rows else "No results.",
         "",
         "| alpha | " + " | ".join(MODELS[m][0] for m in models) + " |",
         "|---|" + "---|" * len(models),
@@ -145,22 +161,23 @@ def write_markdown(
     if figure:
         lines += [f"![accuracy vs alpha]({figure})", ""]
     lines += _split_section(settings.get("splits", {}))
+    unit = "seed" if not fold_records else "fold"
     lines += [
-        "## Per seed",
+        f"## Per {unit}",
         "",
         "`val` is the accuracy on the validation split (used to choose the recommended model); "
         "`predicted 0/1` counts the test skies the model assigned to each class (a collapsed model "
         "predicts one class only).",
         "",
-        "| alpha | seed | model | test accuracy | val accuracy | test skies | predicted 0/1 | train/eval time |",
+        f"| alpha | {unit} | model | test accuracy | val accuracy | test skies | predicted 0/1 | train/eval time |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (r["alpha"], r["seed"], list(MODELS).index(r["model"]))):
+    for r in sorted(fold_records or records, key=lambda r: (r["alpha"], r.get(unit, r["seed"]), list(MODELS).index(r["model"]))):
         pred = r.get("predicted") or {}
         name = MODELS[r["model"]][0] + (f" = {MODELS[r['choice']][0]}" if r.get("choice") else "")
         val = r.get("val_accuracy")
         lines.append(
-            f"| {r['alpha']:g} | {r['seed']} | {name} | {100 * r['accuracy']:.1f}% | "
+            f"| {r['alpha']:g} | {r.get(unit, r['seed'])} | {name} | {100 * r['accuracy']:.1f}% | "
             f"{'-' if val is None or val != val else f'{100 * val:.1f}%'} | {r['n_test']} | "
             f"{pred.get('0', '-')}/{pred.get('1', '-')} | "
             f"{'-' if r.get('choice') else _fmt_seconds(r['seconds'])} |"
@@ -173,13 +190,13 @@ def write_markdown(
         f"- skies: `SimulationSpec(kind=\"mixed\", nside={settings['nside']}, n={2 * settings['n_per_class']}, "
         f"seed={settings.get('sky_seed_rule', 'SEED')}, alpha=ALPHA)`, generated inside the Dask tasks from their seeds "
         f"(Gaussian LCDM skies vs local quadratic non-Gaussian skies with the same expected C_l)",
-        f"- survey conditions: {settings.get('survey') or 'none (clean full skies)'}",
+        f"- survey conditions: {settings.get('survey') or 'none (clean full skies)'}{_noise_note(settings)}",
         f"- scattering: `{settings['scattering_config']}` ({settings['n_paths']} paths at nside_out "
         f"{settings['nside_out']}); signed option: `{settings.get('signed_config')}` "
         f"({settings.get('n_signed_paths')} paths: adds ((f*Psi_j)|f*Psi_j|)*Phi per scale); "
         f"low-resolution baseline: `{settings['lowpass_config']}`; scattering covariances: "
         f"`{settings.get('covariance_config')}` ({settings.get('n_covariance_paths')} statistics: mean, S1, S2, S3, S4)",
-        f"- recommended model: per (alpha, seed), the candidate among "
+        f"- recommended model: per (alpha, {unit}), the candidate among "
         f"{', '.join(MODELS[m][0] for m in settings.get('candidates', []))} with the best validation accuracy "
         "(ties: the first listed); its test accuracy is reported",
         f"- trainer: HybridCNN, epochs {settings['epochs']}, batch size {settings['batch_size']}, lr "
@@ -217,6 +234,25 @@ def write_markdown(
     ]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
+
+
+def _noise_note(settings: dict[str, Any]) -> str:
+    """Where the survey's white noise overtakes the beamed CMB (``scripts/cmb_noise_crossing.py``), or ''."""
+    survey = settings.get("survey") or {}
+    if "noise_uK_arcmin" not in survey and "fwhm_arcmin" not in survey:
+        return ""
+    from scatterdist.sims.observe import beam_window
+    from scatterdist.sims.spectrum import cmb_cl
+
+    lmax = 2 * int(settings["nside"]) - 1
+    beam2 = beam_window(survey.get("fwhm_arcmin", 0.0), lmax) ** 2
+    n_l = (survey.get("noise_uK_arcmin", 0.0) * math.pi / 10800.0) ** 2
+    signal = beam2 * cmb_cl(lmax)
+    over = np.flatnonzero((signal < n_l) & (np.arange(lmax + 1) >= 2))
+    where = (f"the noise N_l exceeds b_l^2 C_l from l = {over[0]}" if over.size else
+             f"the noise stays below b_l^2 C_l up to l = {lmax} (b_l^2 C_l / N_l = {signal[-1] / max(n_l, 1e-300):.3g} there)")
+    return (f"; at L = {lmax + 1}: b_l^2 = {beam2[-1]:.3f} at l = {lmax}, {where} "
+            "(`python scripts/cmb_noise_crossing.py`)")
 
 
 def compare(rec: dict[str, Any], best: dict[str, Any], p_value: float | None = None) -> tuple[float, float, str]:
