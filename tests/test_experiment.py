@@ -371,9 +371,13 @@ def test_cmb_folds_under_survey_conditions_with_masked_T(tmp_path):
     out = tmp_path / "survey"
     proc = _run_cli("--nside", "16", "--n-per-class", "6", "--alpha", "0.5", "--folds", "3", "--fwhm-arcmin", "60",
                     "--noise-uk-arcmin", "2000", "--galactic-cut", "20", "--models", "covariance_invariants",
-                    "pixel_moments", "cubic", "--out", str(out), "--no-progress", timeout=290)
+                    "pixel_moments", "cubic", "--covariance-oversample", "1", "--out", str(out), "--no-progress",
+                    timeout=290)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((out / "cmb.json").read_text())
+    # the covariance store's oversampling is an option (default 2), recorded and in the page's command
+    assert result["settings"]["covariance_config"]["oversample"] == 1 == result["settings"]["covariance_oversample"]
+    assert "--covariance-oversample 1" in result["command"] and "--covariance-oversample 1" in (out / "cmb.md").read_text()
     assert result["settings"]["survey"] == {"fwhm_arcmin": 60.0, "noise_uK_arcmin": 2000.0, "galactic_cut": 20.0}
     assert {r["model"] for r in result["records"]} == {"recommended", "covariance_invariants", "pixel_moments", "cubic"}
     assert all(r["n_test"] == 12 for r in result["records"])

@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="white noise level in uK-arcmin (issue 13: 45)")
     survey.add_argument("--galactic-cut", type=float, default=None, metavar="DEG",
                         help="mask |b| < DEG degrees (issue 13: 20)")
+    p.add_argument("--covariance-oversample", type=int, default=None, choices=(1, 2, 4), metavar="K",
+                   help="oversampling of the scattering-covariance store (default 2: at 1 the finest "
+                        "statistics move under rotation by up to 76%% of their spread across skies)")
     p.add_argument("--shard-size", type=int, default=None, metavar="K",
                    help="skies per store shard and per Dask task (default: even, 2-32, fewer at nside >= 1024 "
                         "so that a task fits a worker's memory)")
@@ -87,6 +90,7 @@ def config_from_args(args: argparse.Namespace):
         cluster=args.cluster, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler_file=args.scheduler_file, progress=False if args.no_progress else None, shard_size=args.shard_size,
         models=tuple(args.models) if args.models else None, fwhm_arcmin=args.fwhm_arcmin, noise_uk_arcmin=args.noise_uk_arcmin, galactic_cut=args.galactic_cut,
+        covariance_oversample=args.covariance_oversample,
     )
 
 

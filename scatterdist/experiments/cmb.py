@@ -45,6 +45,16 @@ __all__ = ["ALL_MODELS", "CANDIDATES", "CMBConfig", "FULL", "QUICK", "SIGNED_OVE
            "store_invariants"]
 
 
+#: Oversampling of the covariance store. Under an exact rotation of 8 nside-128 skies, the invariants
+#: move by up to 76% of their spread across skies at oversample 1 (an S1; S4 up to
+#: 43%, S3 14%, S2 0.5%) and by up to 13% at 2 (S4 6%, S3 3%), for 1.2x the time per map
+#: (``python scripts/covariance_invariant_rotation.py``; the mean is left out: every sky has no monopole,
+#: its spread is rounding): at 1 the finest statistics are not rotation
+#: invariants, so the study uses 2. (``results/nside128-cov`` and ``results/nside128-survey`` were computed at 1:
+#: their commands carry ``--covariance-oversample 1``.)
+COVARIANCE_OVERSAMPLE = 2
+
+
 @dataclass(frozen=True)
 class CMBConfig:
     """Settings of one CMB study (``scatterdist experiment cmb``).
@@ -87,6 +97,7 @@ class CMBConfig:
     galactic_cut: float | None = None
     models: tuple[str, ...] = ()
     folds: int | None = None
+    covariance_oversample: int = COVARIANCE_OVERSAMPLE
 
     def __post_init__(self) -> None:
         from scatterdist.sphere import check_nside
@@ -111,6 +122,8 @@ class CMBConfig:
             raise ValueError(f"need seeds >= 1, seed0 >= 0 and seed0 + seeds <= 1000, got {self.seeds}, {self.seed0}")
         if self.ranks < 1:
             raise ValueError(f"ranks must be >= 1, got {self.ranks}")
+        if self.covariance_oversample not in (1, 2, 4):
+            raise ValueError(f"covariance_oversample must be 1, 2 or 4, got {self.covariance_oversample}")
         if self.folds is not None:
             if self.folds < 3:
                 raise ValueError(f"folds must be >= 3 (test, validation and training folds), got {self.folds}")
@@ -148,28 +161,22 @@ def signed_transform(nside: int) -> Any:
     return Scattering(nside, signed=True, oversample=SIGNED_OVERSAMPLE)
 
 
-#: Oversampling of the covariance store. Under an exact rotation of 8 nside-128 skies, the invariants
-#: move by up to 76% of their spread across skies at oversample 1 (an S1; S4 up to
-#: 43%, S3 14%, S2 0.5%) and by up to 13% at 2 (S4 6%, S3 3%), for 1.2x the time per map
-#: (``python scripts/covariance_invariant_rotation.py``; the mean is left out: every sky has no monopole,
-#: its spread is rounding): at 1 the finest statistics are not rotation
-#: invariants, so the study uses 2. (``results/nside128-cov`` was computed at 1, its settings say so.)
-COVARIANCE_OVERSAMPLE = 2
 
 
-def covariance_transform(nside: int) -> Any:
-    """The study's scattering covariances: ``ScatteringCovariance(nside, oversample=COVARIANCE_OVERSAMPLE)``."""
+def covariance_transform(nside: int, oversample: int = COVARIANCE_OVERSAMPLE) -> Any:
+    """The study's scattering covariances: ``ScatteringCovariance(nside, oversample=oversample)``
+    (default :data:`COVARIANCE_OVERSAMPLE`; ``--covariance-oversample`` sets it)."""
     from scatterdist import ScatteringCovariance
 
-    return ScatteringCovariance(nside, oversample=COVARIANCE_OVERSAMPLE)
+    return ScatteringCovariance(nside, oversample=oversample)
 
 
-def _store_configs(nside: int) -> dict[str, dict[str, Any]]:
+def _store_configs(nside: int, covariance_oversample: int = COVARIANCE_OVERSAMPLE) -> dict[str, dict[str, Any]]:
     from scatterdist import Scattering
     from scatterdist.transforms import LowPass
 
     return {"scattering": Scattering(nside).config(), "signed": signed_transform(nside).config(),
-            "lowpass": LowPass(nside).config(), "covariance": covariance_transform(nside).config()}
+            "lowpass": LowPass(nside).config(), "covariance": covariance_transform(nside, covariance_oversample).config()}
 
 
 #: store -> model key of the HybridCNN trained on it.
@@ -303,7 +310,7 @@ def prepare_data(cfg: CMBConfig, client: Any, timings: dict[str, float]) -> None
     from scatterdist.pipeline import scatter
 
     needed = {STORE_OF[m] for m in cfg.models}
-    configs = {k: v for k, v in _store_configs(cfg.nside).items() if k in needed}
+    configs = {k: v for k, v in _store_configs(cfg.nside, cfg.covariance_oversample).items() if k in needed}
     for alpha, seed, spec in _specs(cfg):
         cell = _cell_dir(cfg, alpha, seed)
         os.makedirs(cell, exist_ok=True)
@@ -542,6 +549,8 @@ def command_line(cfg: CMBConfig) -> str:
             parts += [flag, f"{value:g}"]
     if cfg.models != ALL_MODELS and not (cfg.quick and cfg.models == QUICK.models):
         parts += ["--models", *cfg.models]
+    if cfg.covariance_oversample != COVARIANCE_OVERSAMPLE:
+        parts += ["--covariance-oversample", str(cfg.covariance_oversample)]
     if cfg.shard_size is not None:
         parts += ["--shard-size", str(cfg.shard_size)]
     if cfg.workers is not None:
@@ -592,7 +601,7 @@ def run_cmb(cfg: CMBConfig) -> dict[str, Any]:
 
     sc, lp = Scattering(cfg.nside), LowPass(cfg.nside)
     signed = signed_transform(cfg.nside)
-    cov = covariance_transform(cfg.nside)
+    cov = covariance_transform(cfg.nside, cfg.covariance_oversample)
     settings = {
         "covariance_config": cov.config(), "n_covariance_paths": cov.n_paths,
         "sky_seed_rule": "round(ALPHA * 1e6) * 1000 + SEED",
