@@ -125,6 +125,24 @@ def covariance_paths(scales: list[int], harmonics: int = 0) -> list[CovPath]:
     return paths + [CovPath(p.kind, *p, harmonic=h) for h in range(1, harmonics + 1) for p in paths if p.kind != "mean"]
 
 
+def _modulus_alm(plan: ScatteringPlan, js: list[int], u: Array, B: int, mask: Any) -> dict[int, tuple[Array, int]]:
+    """``{j: (alm of |W_j|, its bandlimit La)}`` for the scales ``js`` of one grid: ``u`` stacks their
+    moduli ``(len(js) * B, npix)`` (filled outside the valid region when masked), analysed together."""
+    if mask is not None:
+        u = mask.fill_modulus([(j,) for j in js], u, 2)
+    La = max(plan.bank.analysis_bandlimit(j, 1) for j in js)
+    alm_u = plan.backend.analysis(u, La - 1, mode="quadrature")
+    return {j: (alm_u[k * B:(k + 1) * B], La) for k, j in enumerate(js)}
+
+
+def _grids(bank: Any) -> dict[tuple[int, int], list[int]]:
+    """Scales grouped by their grid ``(nside_k, L_k)``: the products with ``Psi_k`` are formed there."""
+    by_grid: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k in bank.scales:
+        by_grid[(bank.nside(k), bank.bandlimit(k))].append(k)
+    return by_grid
+
+
 def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, analysis: str = "quadrature",
                    mask: Any = None) -> Array:
     """Raw (unnormalised) smoothed product maps of every statistic, ``(B, n_paths, nalm(L0 - 1))``.
@@ -156,17 +174,9 @@ def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, anal
             out[CovPath("S1", j)] = first[k * B:(k + 1) * B]
             out[CovPath("S2", j)] = first[n + k * B:n + (k + 1) * B]
             wavelet[j] = w[k * B:(k + 1) * B]
-        if mask is not None:
-            u = mask.fill_modulus([(j,) for j in js], u, 2)
-        La = max(bank.analysis_bandlimit(j, 1) for j in js)
-        alm_u = be.analysis(u, La - 1, mode="quadrature")
-        for k, j in enumerate(js):
-            modulus_alm[j] = (alm_u[k * B:(k + 1) * B], La)
+        modulus_alm.update(_modulus_alm(plan, js, u, B, mask))
     # V_jk = |W_j| * Psi_k (j > k) on grid k, with the products formed there.
-    by_grid: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for k in bank.scales:
-        by_grid[(bank.nside(k), bank.bandlimit(k))].append(k)
-    for (nside_k, Lk), ks in by_grid.items():
+    for (nside_k, Lk), ks in _grids(bank).items():
         pairs = [(j, k) for k in ks for j in bank.scales if j > k]
         if not pairs:
             continue
@@ -238,16 +248,8 @@ def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps
         for k, j in enumerate(js):
             wavelet[j] = [c[k * B:(k + 1) * B] for c in comps]
         u = s1[0]  # the orientation mean of |W_j|, already analysed: filled in place (a new array)
-        if mask is not None:
-            u = mask.fill_modulus([(j,) for j in js], u, 2)
-        La = max(bank.analysis_bandlimit(j, 1) for j in js)
-        alm_u = be.analysis(u, La - 1, mode="quadrature")
-        for k, j in enumerate(js):
-            modulus_alm[j] = (alm_u[k * B:(k + 1) * B], La)
-    by_grid: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for k in bank.scales:
-        by_grid[(bank.nside(k), bank.bandlimit(k))].append(k)
-    for (nside_k, Lk), ks in by_grid.items():
+        modulus_alm.update(_modulus_alm(plan, js, u, B, mask))
+    for (nside_k, Lk), ks in _grids(bank).items():
         pairs = [(j, k) for k in ks for j in bank.scales if j > k]
         wanted = [p for p in paths if p.kind in ("S3", "S4") and p.harmonic == 0 and p.grid_scale in ks]
         if not pairs or not wanted:
