@@ -136,7 +136,8 @@ def test_component_buffer_and_fused_reduction_equal_the_plain_products(N, block,
         maps = dr.spin_synthesis(alm * kernel, L - 1, n, nside=nside)
         plain += [maps[:, c] for c in range(maps.shape[1])]
     assert comps.shape == (N, M, 12 * nside**2)
-    np.testing.assert_array_equal(comps, np.stack(plain))
+    # equal up to rounding: ducc0 may take another SIMD path for another output buffer's alignment
+    np.testing.assert_allclose(comps, np.stack(plain), rtol=0, atol=1e-14 * np.abs(np.stack(plain)).max())
 
     S = dr.steering_matrix(N, dr.modulus_orientations(N))
     r = np.tensordot(dr._harmonic_matrix(2 * N, 1), np.abs(np.tensordot(S, comps, axes=1)), axes=1)
