@@ -45,8 +45,7 @@ cmb-cov: $(STAMP)
 	$(BIN)/scatterdist experiment cmb $(CMB_L256) --covariance-oversample 1 --out results/nside128-cov
 cmb-survey: $(STAMP)
 	$(BIN)/scatterdist experiment cmb $(CMB_L256) --fwhm-arcmin 30 --noise-uk-arcmin 2000 --galactic-cut 20 \
-		--models signed_invariants scattering_invariants covariance_invariants covariance_cnn power_spectrum \
-		pixel_moments wavelet_moments cubic --covariance-oversample 1 --out results/nside128-survey
+		--covariance-oversample 1 --out results/nside128-survey
 
 # The first device call (issue 20): GPU tests + benchmarks, JSON and markdown in $(OUT) (default gpu_check_out)
 gpu-check: $(STAMP)
