@@ -49,7 +49,11 @@ class TritonToolchainError(RuntimeError):
 
 
 def _tool(name: str) -> str:
-    import triton
+    try:
+        import triton
+    except ImportError as err:  # triton is the optional extra [triton]
+        raise TritonToolchainError("triton is not installed: pip install 'scatterdist[triton]' "
+                                   "(the ahead-of-time compile needs it)") from err
 
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if bundled.exists():
