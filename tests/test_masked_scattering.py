@@ -167,7 +167,8 @@ def test_signed_and_power_paths_are_normalised_too(red_maps):
     sc = Scattering(32, signed=True, powers=(2,), nthreads=1)
     out, cov = sc(maps, mask=w, return_coverage=True)
     base = Scattering(32, nthreads=1)(maps, mask=w)
-    np.testing.assert_array_equal(out[:, : base.shape[1]], base)
+    # same numbers up to rounding: ducc0 may take another SIMD path for another buffer layout
+    np.testing.assert_allclose(out[:, : base.shape[1]], base, rtol=1e-13, atol=1e-15)
     full = sc(maps)
     extra = slice(base.shape[1], None)
     ok = cov[0, extra] >= 0.9

@@ -27,10 +27,11 @@ def test_defaults_and_attributes():
 
 def test_output_shapes_and_batch_consistency(red_maps):
     maps, _ = red_maps
-    sc = Scattering(32, nthreads=1)  # bitwise comparison: ducc0's threaded sums vary in the last bit
+    sc = Scattering(32, nthreads=1)
     out = sc(maps)
     assert out.shape == (4, 7, 768) and out.dtype == np.float64
-    np.testing.assert_array_equal(sc(maps[2]), out[2])
+    # rounding only: ducc0's SIMD path depends on the buffer layout (one map vs a batch)
+    np.testing.assert_allclose(sc(maps[2]), out[2], rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(sc(maps[::-1])[::-1], out, rtol=0, atol=1e-13)
     inv = sc.invariants(maps)
     assert inv.shape == (4, 7)
