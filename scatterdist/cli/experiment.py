@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "each store, fit logistic baselines (power spectrum, pixel moments, wavelet moments, signed "
             "scattering invariants) on the same splits, choose the recommended scattering model on the "
             "validation split, and write OUT/cmb.md, OUT/cmb_alpha.png and OUT/cmb.json. "
-            "Defaults are the full study (nside 512, L = 1024); --quick is a 1-2 minute nside-64 run. "
+            "Defaults are the full study (nside 512, L = 1024); --quick is a one-minute nside-64 run (2 seeds). "
             "Options given with --quick override its presets. Repeating a command resumes from OUT/cmb-work."
         ),
     )
