@@ -24,7 +24,7 @@ from scatterdist.testing import write_synthetic_store
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
-EPOCHS = 8
+EPOCHS = 6
 TIMEOUT = 120
 
 
@@ -126,6 +126,7 @@ def test_killed_run_resumes_to_the_same_metrics(reference_run, store, tmp_path):
         assert torch.equal(tensor, state["model"][name]), name
 
 
+@pytest.mark.slow  # the default suite launches two c10d agents through deploy/slurm and deploy/pbs (test_deploy.py)
 def test_two_node_launch_with_c10d_rendezvous(store, tmp_path):
     out = tmp_path / "two_nodes"
     port = _free_port()
