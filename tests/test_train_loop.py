@@ -73,7 +73,9 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     assert (reference_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result_path = tmp_path / "eval.json"
-    proc = _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store, "--json", str(result_path), "--no-progress"])
+    # no --no-progress: in a pipe no bar is drawn by default (no "evaluate:   0%|" fragments)
+    proc = _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store, "--json", str(result_path)])
+    assert "evaluate" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
     result = json.loads(result_path.read_text())
     assert result["split"] == "test" and result["n_maps"] >= 10
     assert result["accuracy"] > 0.9, proc.stdout
@@ -83,9 +85,7 @@ def test_learns_synthetic_problem_and_evaluates(reference_run, store, tmp_path):
     counts = store_split_counts(store)
     assert result["class_counts"] == counts["test"] and set(counts["test"].values()) <= {6, 7}
     assert load_checkpoint(reference_run / "checkpoint.pt")["split_counts"] == counts
-    # progress bars: none in a pipe by default (no "evaluate:   0%|" fragments), drawn when forced
-    quiet = _run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store])
-    assert "evaluate" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
+    # progress bars: drawn when forced
     forced = subprocess.run([PY, "-m", "scatterdist", "evaluate", str(reference_run), store],
                             env={**_env(), "SCATTERDIST_PROGRESS": "1"}, capture_output=True, text=True, timeout=TIMEOUT)
     assert forced.returncode == 0 and "evaluate:" in forced.stderr
