@@ -290,12 +290,13 @@ def fused_time(kind: str, lmax: int, nr: int, ncol: int, dtype: str, device: dic
                kernel: str = "dot") -> dict:
     """As-compiled time of one fused Legendre launch: issue cycles of the compiled loop times
     the iterations every warp runs, over the SMs' schedulers (132 SMs x 4 at 1.755 GHz on an H100),
-    or its bytes at the bandwidth when that is longer. ``kernel``: "dot" (tl.dot tiles) or
-    "loop" (the per-degree accumulation of the first version); "workspace": the alternative of
+    or its bytes at the bandwidth when that is longer. ``kernel``: "dot" (tl.dot tiles, the
+    engine's kernels); "workspace": the alternative of
     recomputing table tiles into a bounded workspace and multiplying them with ``torch.bmm``
     (modelled: the dot kernel's recurrence plus writing and reading every table value once)."""
-    suffix = "_dot_kernel" if kernel in ("dot", "workspace") else "_kernel"
-    name = ("synth" if kind == "synthesis" else "adjoint") + suffix
+    if kernel not in ("dot", "workspace"):
+        raise ValueError(f"kernel must be 'dot' or 'workspace', got {kernel!r}")
+    name = ("synth" if kind == "synthesis" else "adjoint") + "_dot_kernel"
     code = kernel_code(name, dtype)
     degrees = degrees_per_iteration(name)
     M = lmax + 1
@@ -373,7 +374,7 @@ class Model:
 
     def __init__(self, device: dict = H100, memory_bytes: int = 80 << 30, engine: str = "auto",
                  kernel: str = "dot", elementwise: bool = True) -> None:
-        self.kernel = kernel  # fused Legendre kernel: "dot", "loop" or "workspace" (see fused_time)
+        self.kernel = kernel  # fused Legendre kernel: "dot" or "workspace" (see fused_time)
         # the chirp-z passes as the Triton kernels of triton_elementwise (what CUDA runs), or torch ops
         self.elementwise = elementwise
         self._rec: Recorder | None = None
@@ -546,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--engine", choices=["auto", "tables", "fused"], default="auto")
-    ap.add_argument("--kernel", choices=["dot", "loop", "workspace"], default="dot",
-                    help="fused Legendre step: tl.dot tiles (the engine's), the first per-degree loop, or table tiles + bmm")
+    # the first per-degree loop kernels were replaced by the tl.dot ones (issue 20) and are no longer in the
+    # package, so they can no longer be compiled and modelled (their figures: issue 20's text and the git history)
+    ap.add_argument("--kernel", choices=["dot", "workspace"], default="dot",
+                    help="fused Legendre step: tl.dot tiles (the engine's) or table tiles + bmm")
     ap.add_argument("--torch-elementwise", action="store_true",
                     help="the chirp-z passes as torch ops (the CPU path) instead of the fused Triton kernels")
     ap.add_argument("--memory-gib", type=float, default=80.0, help="device memory (H100: 80)")
