@@ -143,6 +143,15 @@ def _grids(bank: Any) -> dict[tuple[int, int], list[int]]:
     return by_grid
 
 
+def _input_alm(plan: ScatteringPlan, maps: Array, analysis: str, mask: Any) -> tuple[Array, dict[CovPath, Array]]:
+    """The input's alm to ``L - 1`` (filled outside the mask first, when there is one) and the output
+    dict holding its smoothed ``mean`` path."""
+    if mask is not None:
+        maps = mask.fill_input(maps)
+    alm_in = plan.backend.analysis(maps, plan.bank.L - 1, mode=analysis)
+    return alm_in, {CovPath("mean"): plan.truncate(alm_in, plan.bank.L, plan.bank.L0) * plan.eta}
+
+
 def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, analysis: str = "quadrature",
                    mask: Any = None) -> Array:
     """Raw (unnormalised) smoothed product maps of every statistic, ``(B, n_paths, nalm(L0 - 1))``.
@@ -155,10 +164,7 @@ def covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps: Array, anal
         return _directional_covariance_alm(plan, paths, maps, analysis, mask)
     L, L0 = bank.L, bank.L0
     B = maps.shape[0]
-    if mask is not None:
-        maps = mask.fill_input(maps)
-    alm_in = be.analysis(maps, L - 1, mode=analysis)
-    out: dict[CovPath, Array] = {CovPath("mean"): plan.truncate(alm_in, L, L0) * plan.eta}
+    alm_in, out = _input_alm(plan, maps, analysis, mask)
     wavelet: dict[int, Array] = {}  # W_j on grid j
     modulus_alm: dict[int, tuple[Array, int]] = {}  # |W_j| (filled when masked) analysed to La
     grids: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -218,10 +224,7 @@ def _directional_covariance_alm(plan: ScatteringPlan, paths: list[CovPath], maps
     gammas = modulus_orientations(N)
     L, L0 = bank.L, bank.L0
     B = maps.shape[0]
-    if mask is not None:
-        maps = mask.fill_input(maps)
-    alm_in = be.analysis(maps, L - 1, mode=analysis)
-    out: dict[CovPath, Array] = {CovPath("mean"): plan.truncate(alm_in, L, L0) * plan.eta}
+    alm_in, out = _input_alm(plan, maps, analysis, mask)
 
     def smoothed(reduced: list[Array], keys: list[tuple[str, tuple[int, ...]]]) -> None:
         """Analyse every harmonic of every statistic of ``keys`` (reduced: H + 1 arrays, keys-major) to L0."""
