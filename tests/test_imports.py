@@ -192,3 +192,19 @@ def test_every_runtime_import_is_a_declared_dependency():
         missing[module] = sorted(files)
     assert not missing, f"imported but not declared in pyproject's dependencies: {missing}"
     assert {"scipy", "astropy"} <= runtime
+
+
+def test_ahead_of_time_compile_without_triton_is_one_actionable_error(monkeypatch):
+    """triton is an optional extra: without it, the ahead-of-time compile (tests, make gpu-check,
+    benchmarks/gpu_model.py) raises one TritonToolchainError naming the install command."""
+    import sys
+
+    import pytest
+
+    from scatterdist.sphere import triton_aot
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
+    with pytest.raises(triton_aot.TritonToolchainError, match=r"pip install 'scatterdist\[triton\]'"):
+        triton_aot.compile_kernel(lambda: None, {}, {}, 90)
+    with pytest.raises(triton_aot.TritonToolchainError, match="triton is not installed"):
+        triton_aot._tool("cuobjdump")

@@ -48,13 +48,18 @@ class TritonToolchainError(RuntimeError):
     """Triton or its bundled CUDA tools are missing or failed (the message says which)."""
 
 
-def _tool(name: str) -> str:
+def _triton() -> Any:
+    """The triton module, or one :class:`TritonToolchainError` that says how to install it."""
     try:
         import triton
     except ImportError as err:  # triton is the optional extra [triton]
         raise TritonToolchainError("triton is not installed: pip install 'scatterdist[triton]' "
                                    "(the ahead-of-time compile needs it)") from err
+    return triton
 
+
+def _tool(name: str) -> str:
+    triton = _triton()
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if bundled.exists():
         return str(bundled)
@@ -94,7 +99,7 @@ def disassemble(cubin: bytes) -> str:
 def compile_kernel(fn: Any, signature: dict, constexprs: dict, arch: int, num_warps: int = 4,
                    with_sass: bool = False) -> tuple[dict, bytes, str]:
     """Compile a ``@triton.jit`` function for ``sm_<arch>``; returns (resource usage, cubin, sass)."""
-    import triton
+    triton = _triton()
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
